@@ -1,0 +1,76 @@
+# Two commands on a fresh machine:  `make book`  then  `make test`.
+# Each target installs what it needs into a local virtual environment (.venv).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+# The venv's bin first: nbgrader starts `alembic`, jupyter-book starts kernels.
+export PATH := $(BIN):$(PATH)
+export JUPYTER_PREFER_ENV_PATH := 1
+# Exact pins where we have them for this Python (CI: 3.11), the pyproject ranges elsewhere.
+PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+CONSTRAINTS := $(wildcard requirements/constraints-py$(PYVER).txt)
+PIP := $(BIN)/python -m pip install --disable-pip-version-check -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+
+.PHONY: help book test notebooks solutions exercises gradescope grade preview system-deps clean clean-book
+
+help:
+	@echo "make book       build the book into _build/html (installs what it needs)"
+	@echo "make test       run the whole test suite (builds the book first)"
+	@echo "make notebooks  regenerate the Colab notebooks paired with the chapters"
+	@echo "make solutions  regenerate the nbgrader source notebooks (solutions/) from the library"
+	@echo "make exercises  regenerate the student notebooks (exercises/) with nbgrader"
+	@echo "make gradescope build Gradescope autograder zips into _build/gradescope/"
+	@echo "make grade SUBMISSIONS=path  grade notebooks (or an nbgrader submitted/ folder) into grades/"
+	@echo "make preview    serve _build/html on http://localhost:8000"
+	@echo "make clean      remove _build and the virtual environment"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps: reinstall only when the dependency lists change.
+$(VENV)/.book-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) -e ".[book]"
+	@touch $@
+
+$(VENV)/.test-installed: $(VENV)/.book-installed pyproject.toml $(CONSTRAINTS)
+	$(PIP) -e ".[book,grade,test]"
+	@touch $@
+
+book: $(VENV)/.book-installed
+	$(BIN)/jupyter-book build -n -W --keep-going .
+	@echo
+	@echo "The book is at file://$(CURDIR)/_build/html/index.html  (or run: make preview)"
+
+notebooks: $(VENV)/.book-installed
+	$(BIN)/python -m tools.notebooks write
+
+solutions: $(VENV)/.test-installed
+	$(BIN)/python -m tools.exercises write
+
+exercises: solutions
+	$(BIN)/python -m tools.exercises release
+
+gradescope: $(VENV)/.test-installed system-deps
+	$(BIN)/python -m autograder.gradescope build _build/gradescope
+
+SUBMISSIONS ?= submitted
+grade: $(VENV)/.test-installed system-deps
+	$(BIN)/python -m autograder grade $(SUBMISSIONS) --out grades
+
+preview:
+	@echo "Serving _build/html on http://localhost:8000 (Ctrl-C stops)"
+	$(BIN)/python -m http.server --directory _build/html 8000
+
+# System packages the tests need (bubblewrap for the grader's sandbox).
+system-deps:
+	@tools/system_deps.sh
+
+test: $(VENV)/.test-installed system-deps book
+	$(BIN)/python -m pytest
+
+clean-book:
+	rm -rf _build
+
+clean: clean-book
+	rm -rf $(VENV)

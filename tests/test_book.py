@@ -1,0 +1,177 @@
+"""The built book: executed, clean, citing real works, and opening in Colab."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from tests.conftest import EXECUTED, ROOT
+from tools import bookconfig, notebooks
+
+CHAPTERS = notebooks.chapter_sources()
+
+
+def chapter_id(path: Path) -> str:
+    return path.stem
+
+
+def page(built_html: Path, source: Path) -> str:
+    return (built_html / source.relative_to(ROOT)).with_suffix(".html").read_text(encoding="utf-8")
+
+
+def test_every_toc_entry_is_built(built_html):
+    for docname in bookconfig.toc_files():
+        assert (built_html / f"{docname}.html").exists(), f"{docname}.md was not built"
+    assert len(CHAPTERS) >= 1
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=chapter_id)
+def test_chapter_has_executed_outputs_and_no_errors(built_html, source):
+    text = page(built_html, source)
+    assert "cell_output" in text, f"{source.name}: no executed output in the page"
+    for marker in ("Traceback (most recent call last)", 'class="output traceback', 'class="output error',
+                   'class="output stderr'):
+        assert marker not in text, f"{source.name}: the page shows an error or stderr output ({marker})"
+
+
+def glued_values(source: Path) -> dict[str, str]:
+    """name -> text/plain repr of each value the executed chapter glued."""
+    glue_file = EXECUTED / source.relative_to(ROOT).with_suffix(".glue.json")  # written by MyST-NB
+    if not glue_file.exists():
+        return {}
+    return {name: output["data"]["text/plain"] for name, output in json.loads(glue_file.read_text()).items()}
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=chapter_id)
+def test_numbers_quoted_in_prose_are_the_computed_ones(built_html, source):
+    """Each {glue:text} in the prose appears in the page, formatted from the value the code computed."""
+    quoted = re.findall(r"\{glue:text\}`([\w-]+)(?::([^`]*))?`", source.read_text(encoding="utf-8"))
+    if not quoted:
+        pytest.skip(f"{source.name} quotes no computed number")
+    values = glued_values(source)
+    text = html.unescape(re.sub(r"<[^>]+>", "", page(built_html, source)))
+    for name, fmt in quoted:
+        assert name in values, f"{source.name}: prose quotes {name!r} but no cell glued it"
+        value = eval(values[name], {"__builtins__": {}})  # a repr of a plain number
+        rendered = format(value, fmt) if fmt else str(value)
+        assert rendered in text, f"{source.name}: {name} = {rendered} is not in the page"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=chapter_id)
+def test_colab_button_targets_the_paired_notebook(built_html, source):
+    text = page(built_html, source)
+    links = re.findall(r'href="(https://colab\.research\.google\.com/github/[^"]+)"', text)
+    assert links, f"{source.name}: no Colab launch button"
+    expected = bookconfig.colab_url(source.relative_to(ROOT).with_suffix(".ipynb").as_posix())
+    assert html.unescape(links[0]) == expected
+    target = ROOT / html.unescape(links[0]).split("/blob/", 1)[1].split("/", 1)[1]
+    assert target.exists(), f"{source.name}: Colab link points at missing {target.relative_to(ROOT)}"
+
+
+def test_paired_notebooks_are_current():
+    problems = notebooks.stale_notebooks()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=chapter_id)
+def test_notebook_first_cell_installs_only_when_missing(source):
+    nb = json.loads(notebooks.paired_path(source).read_text(encoding="utf-8"))
+    first = nb["cells"][0]
+    assert first["cell_type"] == "code" and "colab-setup" in first["metadata"]["tags"]
+    code = "".join(first["source"])
+    assert bookconfig.package_install_spec() in code
+    assert not any(cell.get("outputs") for cell in nb["cells"] if cell["cell_type"] == "code")
+
+    with mock.patch("subprocess.run") as run:
+        exec(code, {})  # tinyllm is importable here: nothing to do
+        run.assert_not_called()
+    with mock.patch("subprocess.run") as run, mock.patch("importlib.util.find_spec", return_value=None):
+        exec(code, {})  # as in a fresh Colab runtime
+        args = run.call_args.args[0]
+        assert args[1:4] == ["-m", "pip", "install"] and bookconfig.package_install_spec() in args
+
+
+def cited_keys() -> set[str]:
+    keys = set()
+    for path in (ROOT / "book").glob("*.md"):
+        for group in re.findall(r"\{cite:[pt]\}`([^`]+)`", path.read_text(encoding="utf-8")):
+            keys.update(k.strip() for k in group.split(","))
+    return keys
+
+
+def bib_entries() -> dict[str, str]:
+    text = (ROOT / "references.bib").read_text(encoding="utf-8")
+    return {m.group(1).strip(): m.group(2) for m in re.finditer(r"@\w+\{([^,]+),(.*?)\n\}", text, re.S)}
+
+
+def test_every_citation_key_resolves():
+    missing = cited_keys() - set(bib_entries())
+    assert not missing, f"cited but not in references.bib: {sorted(missing)}"
+
+
+def test_bibliography_entries_are_complete():
+    for key, body in bib_entries().items():
+        fields = set(re.findall(r"^\s*(\w+)\s*=", body, re.M))
+        assert {"author", "title", "year"} <= fields, f"{key}: needs author, title and year"
+        assert fields & {"journal", "booktitle", "publisher", "institution", "howpublished"}, f"{key}: no venue"
+
+
+def test_bibliography_page_lists_cited_works(built_html):
+    text = html.unescape(re.sub(r"<[^>]+>", "", (built_html / "book" / "bibliography.html").read_text(encoding="utf-8")))
+    text = " ".join(text.split())
+    entries = bib_entries()
+    for key in cited_keys():
+        title = re.search(r"title\s*=\s*\{(.*?)\},\s*\n", entries[key], re.S).group(1)
+        title = re.sub(r"[{}\\]", "", title).replace("---", "\u2014").replace("--", "\u2013")
+        words = title.split()[:4]  # the start of the title, as BibTeX typesets it
+        assert " ".join(words).lower() in text.lower(), f"{key}: {' '.join(words)!r} is not on the bibliography page"
+
+
+@pytest.mark.slow
+def test_broken_inputs_fail_the_build_naming_the_file(tmp_path):
+    """A failing cell, an unknown citation key and a stale notebook are each reported by file name."""
+    book = tmp_path / "book"
+    (book / "book").mkdir(parents=True)
+    (book / "references.bib").write_text((ROOT / "references.bib").read_text())
+    (book / "_config.yml").write_text((ROOT / "_config.yml").read_text())
+    (book / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/index\nchapters:\n  - file: book/broken_cell\n  - file: book/bad_cite\n"
+    )
+    front = (ROOT / "book" / "01_language_modelling.md").read_text().split("---", 2)[1]
+    (book / "book" / "index.md").write_text("# Scratch\n\n```{bibliography}\n```\n")
+    (book / "book" / "broken_cell.md").write_text(
+        f"---{front}---\n# Broken\n\n```{{code-cell}} ipython3\n1 / 0\n```\n"
+    )
+    (book / "book" / "bad_cite.md").write_text(f"---{front}---\n# Bad\n\nSee {{cite:p}}`no_such_key2099`.\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", "-n", "-W", "--keep-going", str(book)],
+        capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "broken_cell" in output and "ZeroDivisionError" in output
+    assert "bad_cite" in output and "no_such_key2099" in output
+
+
+def test_stale_notebook_is_named(tmp_path, monkeypatch):
+    source = tmp_path / "book" / "01_language_modelling.md"
+    source.parent.mkdir()
+    original = ROOT / "book" / "01_language_modelling.md"
+    source.write_text(original.read_text() + "\nA new sentence.\n")
+    (tmp_path / "book" / "01_language_modelling.ipynb").write_text(notebooks.render(original))
+    (tmp_path / "references.bib").write_text((ROOT / "references.bib").read_text())
+    (tmp_path / "tinyllm").symlink_to(ROOT / "tinyllm")
+    monkeypatch.setattr(notebooks, "ROOT", tmp_path)
+    monkeypatch.setattr(notebooks, "chapter_sources", lambda: [source])
+    problems = notebooks.stale_notebooks()
+    assert problems == [
+        "book/01_language_modelling.ipynb: stale, book/01_language_modelling.md changed since it "
+        "was generated; run `make notebooks`"
+    ]

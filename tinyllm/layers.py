@@ -1,0 +1,104 @@
+"""The pieces of a transformer layer besides attention (chapter 7)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tinyllm.attention import MultiHeadAttention
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """Normalise each feature vector (last dim) to mean 0, variance 1, then scale and shift.
+
+    The variance is the biased one (divide by d_model, not d_model - 1), as in
+    nn.LayerNorm; eps keeps the division finite for a constant vector.
+    """
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+class LayerNorm(nn.Module):
+    """:func:`layer_norm` with a learnable gain (init 1) and bias (init 0)."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: d_model -> d_ff -> d_model with a GELU between."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.act = nn.GELU()  # the exact (erf) GELU, as GPT-2 and nn.TransformerEncoderLayer
+        self.fc2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))  # (B, T, d_model)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(ln1(x)), then + ffn(ln2(x)).
+
+    Normalising the input of each branch (not the sum) leaves the residual path
+    an identity from the first layer to the last, which is why deep pre-norm
+    stacks train without warm-up tricks.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0):
+        super().__init__()
+        self.ln1 = LayerNorm(d_model)
+        self.attn = MultiHeadAttention(d_model, n_heads, causal=True)
+        self.ln2 = LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_ff)
+        self.drop = nn.Dropout(dropout)  # on each branch's output, before the add
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.ln1(x)))  # (B, T, d_model)
+        x = x + self.drop(self.ffn(self.ln2(x)))
+        return x
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """Divide each feature vector (last dim) by its root mean square, then scale.
+
+    RMSNorm (Zhang & Sennrich, 2019) is layer norm without the mean subtraction
+    and without the bias: cheaper, and in practice as good, which is why LLaMA
+    and most recent models use it. eps keeps the division finite for x = 0.
+    """
+    rms = torch.sqrt((x**2).mean(dim=-1, keepdim=True) + eps)  # (..., 1)
+    return x / rms * weight
+
+
+class RMSNorm(nn.Module):
+    """:func:`rms_norm` with a learnable gain (init 1); no bias."""
+
+    def __init__(self, d_model: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class PostNormBlock(TransformerBlock):
+    """Post-norm block of the original transformer: ln1(x + attn(x)), then ln2(x + ffn(x)).
+
+    Same submodules (and state_dict names) as :class:`TransformerBlock`, wired
+    the other way: the norm sits on the residual path itself, so no identity
+    path runs through the stack. Kept for comparison (chapter 7), not used by TinyGPT.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.ln1(x + self.drop(self.attn(x)))  # (B, T, d_model)
+        x = self.ln2(x + self.drop(self.ffn(x)))
+        return x

@@ -1,0 +1,52 @@
+"""Read the few settings that are set once in _config.yml and used elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DISTRIBUTION = "llm-foundations"  # the name in pyproject.toml
+
+
+def config() -> dict:
+    return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+
+
+def repository() -> tuple[str, str]:
+    """(https URL, branch) of the repository the Colab links point at."""
+    repo = config()["repository"]
+    return repo["url"].rstrip("/"), repo.get("branch", "main")
+
+
+def colab_url(path_in_repo: str) -> str:
+    """The Colab address that opens ``path_in_repo`` (an .ipynb) from GitHub."""
+    url, branch = repository()
+    owner_repo = url.split("github.com/", 1)[1]
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{branch}/{path_in_repo}"
+
+
+def package_install_spec() -> str:
+    """What pip installs in Colab: this repository's student package."""
+    url, branch = repository()
+    return f"{DISTRIBUTION} @ git+{url}@{branch}"
+
+
+def toc_files() -> list[str]:
+    """Docnames listed in _toc.yml, in order (e.g. 'book/01_language_modelling')."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    found = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                found.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc.get("parts", toc.get("chapters", [])))
+    return found
