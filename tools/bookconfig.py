@@ -50,3 +50,25 @@ def toc_files() -> list[str]:
 
     walk(toc.get("parts", toc.get("chapters", [])))
     return found
+
+
+def generator_main(argv: list[str], doc: str, commands: dict, stale) -> int:
+    """The shared command line of the generators: named commands that write files, and `check`.
+
+    ``commands`` maps a name to a function returning the paths it wrote;
+    ``stale`` returns one message per out-of-date file.
+    """
+    import sys
+
+    command = argv[0] if argv else "check"
+    if command in commands:
+        for path in commands[command]():
+            print(f"wrote {path.relative_to(ROOT)}")
+        return 0
+    if command == "check":
+        problems = stale()
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else 0
+    print(doc, file=sys.stderr)
+    return 2

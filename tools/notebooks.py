@@ -22,7 +22,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-from tools.bookconfig import ROOT, package_install_spec, toc_files
+from tools.bookconfig import ROOT, generator_main, package_install_spec, toc_files
 
 SETUP_CELL = '''\
 # Set-up for Google Colab: install the book's library (tinyllm) when it is missing.
@@ -155,20 +155,16 @@ def stale_notebooks() -> list[str]:
     return problems
 
 
+def write_all() -> list[Path]:
+    written = []
+    for source in chapter_sources():
+        paired_path(source).write_text(render(source), encoding="utf-8")
+        written.append(paired_path(source))
+    return written
+
+
 def main(argv: list[str]) -> int:
-    command = argv[0] if argv else "check"
-    if command == "write":
-        for source in chapter_sources():
-            paired_path(source).write_text(render(source), encoding="utf-8")
-            print(f"wrote {paired_path(source).relative_to(ROOT)}")
-        return 0
-    if command == "check":
-        problems = stale_notebooks()
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return 1 if problems else 0
-    print(__doc__, file=sys.stderr)
-    return 2
+    return generator_main(argv, __doc__, {"write": write_all}, stale_notebooks)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""Public checks for 03_softmax: softmax, cross_entropy, perplexity."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from autograder import expect
+from autograder.forbidden import GROUPS
+from autograder.registry import check
+
+BOOK = "book/04_softmax.html"
+
+
+@check("03_softmax", "softmax", points=2, book=BOOK)
+def test_softmax_public(sub):
+    """softmax matches F.softmax, along any dim, with temperature, and does not overflow."""
+    softmax = sub.function("softmax", ["logits", "dim", "temperature"], forbid=GROUPS["softmax"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, generator=g)
+    expect.close(softmax(x, dim=-1), F.softmax(x, dim=-1), "softmax(logits, dim=-1)",
+                 expect.describe_tensor(x))
+    y = torch.randn(4, 3, generator=g)
+    expect.close(softmax(y, dim=0), F.softmax(y, dim=0), "softmax(logits, dim=0)", expect.describe_tensor(y),
+                 hint="Normalise along the dimension `dim` you are given, not a fixed one.")
+    big = torch.tensor([[1000.0, 1001.0, 999.0], [-1000.0, -1002.0, -1001.0]])
+    expect.close(softmax(big, dim=-1), F.softmax(big, dim=-1), "softmax on large logits", "[[1000, 1001, 999], "
+                 "[-1000, -1002, -1001]]", hint="exp(1000) overflows float32 to inf: subtract each row's "
+                 "maximum before exponentiating (it cancels in the ratio).")
+    expect.close(softmax(x, dim=-1, temperature=2.0), F.softmax(x / 2.0, dim=-1),
+                 "softmax(logits, dim=-1, temperature=2.0)", expect.describe_tensor(x),
+                 hint="Temperature divides the logits before the softmax: softmax(z / T).")
+
+
+@check("03_softmax", "cross_entropy", points=2, book=BOOK)
+def test_cross_entropy_public(sub):
+    """cross_entropy matches F.cross_entropy (mean over positions), stably."""
+    cross_entropy = sub.function("cross_entropy", ["logits", "targets"], forbid=GROUPS["cross_entropy"])
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 10, generator=g)
+    targets = torch.randint(0, 10, (6,), generator=g)
+    expect.close(cross_entropy(logits, targets), F.cross_entropy(logits, targets),
+                 "cross_entropy(logits, targets)", f"logits {tuple(logits.shape)}, targets {targets.tolist()}",
+                 hint="The loss is the MEAN over positions of -log softmax(logits)[target].")
+    big = logits * 500
+    expect.close(cross_entropy(big, targets), F.cross_entropy(big, targets), "cross_entropy on large logits",
+                 "logits scaled by 500", hint="Compute log-softmax as z - logsumexp(z) with the max trick; "
+                 "log(softmax(z)) underflows to log(0) = -inf.")
+
+
+@check("03_softmax", "perplexity", points=1, book=BOOK)
+def test_perplexity_public(sub):
+    """perplexity is exp(cross-entropy); uniform logits over V tokens give V."""
+    perplexity = sub.function("perplexity", ["logits", "targets"], forbid=GROUPS["cross_entropy"])
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(5, 7, generator=g)
+    targets = torch.randint(0, 7, (5,), generator=g)
+    expect.close(perplexity(logits, targets), torch.exp(F.cross_entropy(logits, targets)),
+                 "perplexity(logits, targets)", f"logits {tuple(logits.shape)}", atol=1e-4)
+    uniform = perplexity(torch.zeros(4, 13), torch.tensor([0, 3, 7, 12]))
+    expect.close(uniform, torch.tensor(13.0), "perplexity of uniform logits over 13 tokens", atol=1e-3,
+                 hint=f"A uniform model has cross-entropy log V = {math.log(13):.4f}, so perplexity V.")

@@ -1,0 +1,135 @@
+"""Public checks for 06_tiny_gpt: TinyGPT, top_k_filter, top_p_filter, sample_next_token, generate."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from autograder import expect
+from autograder.forbidden import GROUPS
+from autograder.registry import check
+from tinyllm.model import GPTConfig, TinyGPT
+
+BOOK_MODEL = "book/08_tiny_gpt.html"
+BOOK_DECODING = "book/09_decoding.html"
+SMALL = dict(vocab_size=300, context_length=16, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0)
+INF = float("-inf")
+
+
+def reference_model(seed: int, **sizes) -> TinyGPT:
+    torch.manual_seed(seed)
+    return TinyGPT(GPTConfig(**{**SMALL, **sizes})).eval()
+
+
+def state_of(model: TinyGPT) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def student_model(sub, cls, reference: TinyGPT):
+    """The student's TinyGPT built from the same config, carrying the reference weights."""
+    config = sub.library("tinyllm.model:GPTConfig")(**reference.config.to_dict())
+    model = cls(config)
+    model.load_state_dict(state_of(reference))
+    return model.eval()
+
+
+def library_model(sub, reference: TinyGPT):
+    """The book's TinyGPT inside the submission's process, carrying the reference weights."""
+    config = sub.library("tinyllm.model:GPTConfig")(**reference.config.to_dict())
+    model = sub.library("tinyllm.model:TinyGPT")(config)
+    model.load_state_dict(state_of(reference))
+    return model.eval()
+
+
+def pair(result, what):
+    expect.true(isinstance(result, tuple) and len(result) == 2,
+                f"{what} should return a tuple (logits, loss); it returned {expect.describe_tensor(result)}.")
+    return result
+
+
+@check("06_tiny_gpt", "TinyGPT", points=3, book=BOOK_MODEL)
+def test_TinyGPT_public(sub):
+    """TinyGPT with the reference weights gives the reference logits and cross-entropy loss."""
+    cls = sub.cls("TinyGPT", ["config"])
+    reference = reference_model(seed=0)
+    model = student_model(sub, cls, reference)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, SMALL["vocab_size"], (2, 10), generator=g)
+    targets = torch.randint(0, SMALL["vocab_size"], (2, 10), generator=g)
+    logits, loss = pair(model(idx, targets), "TinyGPT.forward(idx, targets)")
+    ref_logits, _ = reference(idx)
+    expect.close(logits, ref_logits.detach(), "the logits of TinyGPT(config)(idx)", "idx of shape (2, 10)",
+                 hint="tok_emb(idx) + pos_emb(positions), the blocks, ln_f, then lm_head.")
+    expect.close(loss, F.cross_entropy(ref_logits.detach().view(-1, SMALL["vocab_size"]), targets.view(-1)),
+                 "the loss of TinyGPT(config)(idx, targets)", hint="The mean cross-entropy over all B*T positions.")
+    _, no_loss = pair(model(idx), "TinyGPT.forward(idx)")
+    expect.true(no_loss is None, "TinyGPT.forward(idx) without targets should return (logits, None).")
+    too_long = torch.zeros(1, SMALL["context_length"] + 1, dtype=torch.long)
+    expect.raises(lambda: model(too_long), ValueError, "TinyGPT on a sequence longer than context_length")
+
+
+@check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING)
+def test_top_k_filter_public(sub):
+    """top_k_filter keeps the k largest logits per row (and ties with the k-th)."""
+    top_k = sub.function("top_k_filter", ["logits", "k"], forbid=GROUPS["sampling"])
+    logits = torch.tensor([[1.0, 5.0, 3.0, 2.0], [0.0, 2.0, 2.0, -1.0]])
+    expect.close(top_k(logits, 2), torch.tensor([[INF, 5.0, 3.0, INF], [INF, 2.0, 2.0, INF]]),
+                 "top_k_filter(logits, 2)", "[[1, 5, 3, 2], [0, 2, 2, -1]]")
+    expect.close(top_k(logits, 1), torch.tensor([[INF, 5.0, INF, INF], [INF, 2.0, 2.0, INF]]),
+                 "top_k_filter(logits, 1)", hint="Entries equal to the k-th largest value are kept.")
+    expect.close(top_k(logits, 10), logits, "top_k_filter(logits, 10) with only 4 entries")
+
+
+@check("06_tiny_gpt", "top_p_filter", points=2, book=BOOK_DECODING)
+def test_top_p_filter_public(sub):
+    """top_p_filter keeps the smallest most-likely set reaching p, including the token that crosses p."""
+    top_p = sub.function("top_p_filter", ["logits", "p"], forbid=GROUPS["sampling"])
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
+    logits = probs.log()
+    expect.close(top_p(logits, 0.7), torch.where(probs >= 0.3, logits, INF), "top_p_filter(logits, 0.7)",
+                 "probabilities [0.05, 0.5, 0.15, 0.3]", hint="0.5 alone is below 0.7, so the 0.3 token that "
+                 "carries the total to 0.8 is kept; 0.15 and 0.05 are dropped.")
+    expect.close(top_p(logits, 0.5), torch.where(probs >= 0.5, logits, INF), "top_p_filter(logits, 0.5)",
+                 hint="The most likely token alone reaches 0.5: keep only it.")
+    expect.close(top_p(logits, 1.0), logits, "top_p_filter(logits, 1.0)")
+
+
+@check("06_tiny_gpt", "sample_next_token", points=2, book=BOOK_DECODING)
+def test_sample_next_token_public(sub):
+    """sample_next_token: greedy at temperature 0, seeded, respects top-k, follows the distribution."""
+    sample = sub.function("sample_next_token", ["logits", "temperature", "top_k", "top_p", "generator"],
+                          forbid=GROUPS["sampling"])
+    logits = torch.tensor([[0.0, 3.0, 1.0, -1.0], [2.0, 0.0, 0.0, 0.0]])
+    expect.equal(sample(logits, temperature=0), torch.tensor([1, 0]), "sample_next_token(logits, temperature=0)")
+    many = logits[0].repeat(4000, 1)
+    draws = sample(many, generator=torch.Generator().manual_seed(0))
+    expect.true(isinstance(draws, torch.Tensor) and tuple(draws.shape) == (4000,),
+                f"sample_next_token on logits of shape (4000, 4) should return 4000 ids; got "
+                f"{expect.describe_tensor(draws)}.")
+    again = sample(many, generator=torch.Generator().manual_seed(0))
+    expect.equal(again, draws, "sample_next_token with the same seeded generator twice",
+                 hint="Pass the generator to torch.multinomial so results are reproducible.")
+    frequencies = torch.bincount(draws.long(), minlength=4).double() / 4000
+    expect.close(frequencies, F.softmax(logits[0].double(), -1), "the frequency of each sampled id", atol=0.03,
+                 rtol=0.0, hint="Sample from softmax(logits / temperature).")
+    top2 = sample(many, top_k=2, generator=torch.Generator().manual_seed(1))
+    expect.true(set(top2.tolist()) <= {1, 2}, "with top_k=2, only the two most likely ids (1 and 2) may be drawn.")
+
+
+@check("06_tiny_gpt", "generate", points=2, book=BOOK_DECODING)
+def test_generate_public(sub):
+    """generate appends max_new_tokens ids; greedy decoding matches the reference."""
+    generate = sub.function("generate", ["model", "idx", "max_new_tokens"], forbid=GROUPS["sampling"])
+    reference = reference_model(seed=2)
+    model = library_model(sub, reference)
+    prompt = torch.tensor([[5, 17, 42], [1, 2, 3]])
+    from tinyllm.sampling import generate as reference_generate
+
+    expected = reference_generate(reference, prompt, 20, temperature=0)
+    got = generate(model, prompt, 20, temperature=0)
+    expect.equal(got, expected, "generate(model, idx, 20, temperature=0)", "idx of shape (2, 3)",
+                 hint="Append one id at a time: the argmax of the last position's logits.")
+    long_prompt = torch.randint(0, 300, (1, SMALL["context_length"] + 5), generator=torch.Generator().manual_seed(3))
+    expected = reference_generate(reference, long_prompt, 4, temperature=0)
+    expect.equal(generate(model, long_prompt, 4, temperature=0), expected, "generate on a prompt longer than "
+                 "the context", hint="Feed the model only the last config.context_length tokens.")

@@ -1,0 +1,122 @@
+"""Checks: pytest-style test functions with points, found by directory.
+
+A check is a function ``test_<id>(sub)`` decorated with :func:`check`. Public
+checks live in ``autograder/checks/`` (they ship to students); hidden ones in
+``autograder/hidden/`` (instructor-only, never packaged). The id doubles as
+the nbgrader ``grade_id`` of the notebook test cell that runs the same check,
+so the two graders score the same units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BOOK_URL = "https://llm-foundations.github.io/llm-foundations/"  # html.baseurl in _config.yml
+
+# The order of assignments, and the names each defines (the design's contract).
+ASSIGNMENTS: dict[str, list[str]] = {
+    "01_tokenization": ["train_bpe", "bpe_encode", "bpe_decode"],
+    "02_embeddings": ["embedding_lookup", "sinusoidal_positional_encoding"],
+    "03_softmax": ["softmax", "cross_entropy", "perplexity"],
+    "04_attention": ["scaled_dot_product_attention", "MultiHeadAttention"],
+    "05_transformer_layer": ["layer_norm", "FeedForward", "TransformerBlock"],
+    "06_tiny_gpt": ["TinyGPT", "top_k_filter", "top_p_filter", "sample_next_token", "generate"],
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str  # e.g. "softmax_public": the nbgrader grade_id too
+    assignment: str
+    target: str  # the name it tests
+    points: float
+    hidden: bool
+    book: str  # "book/04_softmax.html#anchor", relative to BOOK_URL
+    function: Callable
+    seed: int  # fixed per check: both graders feed the same inputs
+
+    @property
+    def title(self) -> str:
+        doc = (self.function.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else self.id
+
+    @property
+    def book_url(self) -> str:
+        return BOOK_URL + self.book
+
+
+_REGISTRY: dict[str, Check] = {}
+
+
+def check(assignment: str, target: str, points: float, book: str, hidden: bool = False):
+    """Register a check. The function's name is ``test_<id>``."""
+    if assignment not in ASSIGNMENTS or target not in ASSIGNMENTS[assignment]:
+        raise ValueError(f"unknown assignment/target {assignment}/{target}")
+
+    def register(function: Callable) -> Callable:
+        if not function.__name__.startswith("test_"):
+            raise ValueError(f"check functions are named test_<id>, not {function.__name__}")
+        check_id = function.__name__[len("test_"):]
+        seed = int(hashlib.sha256(check_id.encode()).hexdigest()[:8], 16)
+        entry = Check(check_id, assignment, target, float(points), hidden, book, function, seed)
+        _REGISTRY[check_id] = entry
+        function.autograder_check = entry
+        return function
+
+    return register
+
+
+def _import_folder(folder: str) -> None:
+    path = PACKAGE_DIR / folder
+    if not path.is_dir():
+        return
+    for module in sorted(pkgutil.iter_modules([str(path)]), key=lambda m: m.name):
+        if module.name.startswith("test_"):
+            importlib.import_module(f"autograder.{folder}.{module.name}")
+
+
+def hidden_available() -> bool:
+    return (PACKAGE_DIR / "hidden").is_dir()
+
+
+def load_checks(include_hidden: bool = True) -> list[Check]:
+    """Every registered check, in assignment and definition order."""
+    _import_folder("checks")
+    if include_hidden:
+        _import_folder("hidden")
+    order = {name: i for i, name in enumerate(ASSIGNMENTS)}
+    checks = [c for c in _REGISTRY.values() if include_hidden or not c.hidden]
+    targets = {a: names for a, names in ASSIGNMENTS.items()}
+    return sorted(checks, key=lambda c: (order[c.assignment], targets[c.assignment].index(c.target), c.hidden))
+
+
+def checks_for(assignment: str, include_hidden: bool = True) -> list[Check]:
+    return [c for c in load_checks(include_hidden) if c.assignment == assignment]
+
+
+def assignment_of_target(target: str) -> str:
+    for assignment, names in ASSIGNMENTS.items():
+        if target in names:
+            return assignment
+    raise KeyError(target)
+
+
+def checks_version() -> str:
+    """A hash of everything that decides a grade: checks, oracle library, sandbox, runner."""
+    import tinyllm
+
+    digest = hashlib.sha256()
+    roots = [PACKAGE_DIR, Path(tinyllm.__file__).resolve().parent]
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            if "__pycache__" in path.parts or "gradescope_build" in path.parts:
+                continue
+            digest.update(str(path.relative_to(root.parent)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,187 @@
+"""Grading one submission: run its cells in a sandboxed worker, then every check against it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from autograder import api
+from autograder.api import CheckFailure, RemoteSubmission
+from autograder.notebook import Notebook, NotebookError, read_notebook
+from autograder.registry import ASSIGNMENTS, Check, checks_for, checks_version
+from autograder.sandbox import Limits, Worker, WorkerError, make_folder
+
+MAX_RESTARTS = 3  # after a crash or timeout the next check gets a fresh worker, this many times
+
+
+class WorkerSession:
+    """One submission's worker, restarted after a crash or timeout.
+
+    Time: every check gets the full ``call_seconds`` (so an infinite loop in one
+    function never starves the checks of another), and so does running the
+    notebook's cells, plus ``startup_seconds`` once per worker for Python and
+    torch to start. A submission therefore costs at most about
+    (checks + restarts + 1) x call_seconds + restarts x startup_seconds.
+    """
+
+    def __init__(self, notebook: Notebook, runtime: Path, limits: Limits, isolation: str):
+        self.notebook, self.runtime, self.limits, self.isolation = notebook, runtime, limits, isolation
+        self.worker: Worker | None = None
+        self.starts = 0
+        self.load_errors: list[dict] = []
+        self.load_failure: WorkerError | None = None
+        self.folder = make_folder("submission")
+        self.copy = self.folder / "submission.ipynb"
+        shutil.copyfile(notebook.path, self.copy)  # the sandbox sees this copy, nothing else
+
+
+    def ensure_started(self) -> Worker:
+        if self.load_failure is not None:
+            raise self.load_failure
+        if self.worker is not None:
+            return self.worker
+        if self.starts > MAX_RESTARTS:
+            raise WorkerError("crashed", "not run: the worker crashed or timed out too many times")
+        self.starts += 1
+        self.worker = Worker(self.runtime, self.copy, self.limits, self.isolation)
+        self.worker.start()
+        cells = [{"index": c.index, "source": c.source} for c in self.notebook.runnable]
+        try:
+            response = self.worker.request({"op": "load", "cells": cells},
+                                           self.limits.call_seconds + self.limits.startup_seconds)
+        except WorkerError as error:
+            self.close()
+            # Loading is deterministic: if it hangs or dies once, it will again.
+            if error.kind == "timeout":
+                what = f"did not finish running its code cells within {self.limits.call_seconds:g} s"
+            else:
+                what = f"stopped the worker while running its code cells ({error.message})"
+            self.load_failure = WorkerError(error.kind, f"your notebook {what}; no check could run. Look for "
+                                            "an infinite loop, exit(), or heavy work at the top level of a cell")
+            raise self.load_failure from None
+        if self.starts == 1:
+            self.load_errors = response.get("errors", []) if isinstance(response.get("errors"), list) else []
+        return self.worker
+
+    def request(self, message: dict) -> dict:
+        worker = self.ensure_started()
+        try:
+            return worker.request(message, self.limits.call_seconds)
+        except WorkerError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def cleanup(self) -> None:
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def detect_assignment(notebook: Notebook, hint: str | None = None) -> str | None:
+    """Metadata first, then the file name, then its folders (nbgrader's submitted/<s>/<a>/)."""
+    candidates = [hint, notebook.assignment, notebook.path.stem, *[p.name for p in notebook.path.parents][:3]]
+    for candidate in candidates:
+        if candidate in ASSIGNMENTS:
+            return candidate
+    for candidate in candidates[2:]:
+        for assignment in ASSIGNMENTS:
+            if candidate and candidate.startswith(assignment):
+                return assignment
+    return None
+
+
+def failure_message(kind: str, target: str, message: str) -> tuple[str, str]:
+    if kind == "timeout":
+        return api.TIMEOUT, (f"`{target}` did not finish within the time limit ({message}). Does it loop "
+                             "forever, or do far more work than needed?")
+    if kind == "memory":
+        return api.MEMORY, f"`{target}` ran out of memory: {message}"
+    return api.CRASHED, f"while checking `{target}`: {message}"
+
+
+def run_check(check: Check, submission: api.Submission) -> tuple[str, str]:
+    """(status, output) of one check."""
+    try:
+        check.function(submission)
+    except CheckFailure as failure:
+        return failure.status, failure.message
+    except WorkerError as error:
+        return failure_message(error.kind, check.target, error.message)
+    return api.PASSED, ""
+
+
+def test_entry(check: Check, status: str, output: str) -> dict:
+    passed = status == api.PASSED
+    text = check.title if passed else f"{check.title}\n{output}\nSee: {check.book_url}"
+    return {
+        "name": check.id,
+        "score": check.points if passed else 0.0,
+        "max_score": check.points,
+        "status": status,
+        "output": text,
+        "visibility": "after_published" if check.hidden else "visible",
+    }
+
+
+def empty_report(submission: str, assignment: str | None, message: str, status: str,
+                 checks: list[Check], sha256: str | None) -> dict:
+    tests = [test_entry(c, status, message) for c in checks]
+    return finish_report(submission, assignment, tests, sha256, notes=[message], sandbox=None)
+
+
+def finish_report(submission: str, assignment: str | None, tests: list[dict], sha256: str | None,
+                  notes: list[str], sandbox: str | None) -> dict:
+    score = sum(t["score"] for t in tests)
+    max_score = sum(t["max_score"] for t in tests)
+    lines = [f"{assignment or 'unknown assignment'}: {score:g} / {max_score:g} points"] + notes
+    return {
+        "score": score,
+        "max_score": max_score,
+        "output": "\n".join(lines),
+        "tests": tests,
+        "extra_data": {
+            "submission": submission,
+            "assignment": assignment,
+            "sha256": sha256,
+            "checks_version": checks_version(),
+            "sandbox": sandbox,
+        },
+    }
+
+
+def grade_notebook(path: str | Path, runtime: Path, limits: Limits = Limits(), isolation: str = "bwrap",
+                   assignment: str | None = None, include_hidden: bool = True, label: str | None = None) -> dict:
+    """The Gradescope-shaped report for one notebook. Never raises for a bad submission."""
+    path = Path(path)
+    label = label or path.name
+    try:
+        notebook = read_notebook(path)
+    except NotebookError as error:
+        found = assignment if assignment in ASSIGNMENTS else detect_assignment(
+            Notebook(path=path, sha256=""), assignment)
+        checks = checks_for(found, include_hidden) if found else []
+        return empty_report(label, found, f"This file could not be graded: {error}.", "invalid_notebook",
+                            checks, None)
+    found = detect_assignment(notebook, assignment)
+    if found is None:
+        return empty_report(label, None, "Could not tell which assignment this notebook is for (name the "
+                            "file after it, e.g. 03_softmax.ipynb, or pass --assignment).",
+                            "invalid_notebook", [], notebook.sha256)
+    checks = checks_for(found, include_hidden)
+    session = WorkerSession(notebook, runtime, limits, isolation)
+    tests = []
+    try:
+        submission = RemoteSubmission(session)
+        for check in checks:
+            status, output = run_check(check, submission)
+            tests.append(test_entry(check, status, output))
+    finally:
+        session.cleanup()
+    notes = [f"Note: cell {e.get('cell')} raised {e.get('type')}: {str(e.get('message', ''))[:300]} "
+             "(the checks still ran on what the notebook defines)." for e in session.load_errors
+             if isinstance(e, dict) and e.get("type") != "NotImplementedError"]
+    return finish_report(label, found, tests, notebook.sha256, notes, isolation)

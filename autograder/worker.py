@@ -1,0 +1,215 @@
+"""The process that runs a submission's code, inside the sandbox.
+
+It executes the notebook's code cells in one namespace, then answers the
+grader's requests (describe a name, call a function, build an object, call
+its methods) over two pipes in the length-prefixed JSON of :mod:`wire`. It
+only ever *answers*: the grader decides every score, in its own process, from
+the values it receives. Whatever the submission does in here (patching torch,
+printing scores, exiting) can change its own answers, never the grading.
+
+    python -m autograder.worker IN_FD OUT_FD
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import linecache
+import os
+import resource
+import sys
+import traceback
+from typing import Any
+
+CELL_FILENAME = "<cell {}>"
+
+
+def trimmed_traceback(error: BaseException) -> str:
+    """The traceback restricted to frames in the student's cells."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith("<cell ")]
+    lines = traceback.format_list(frames) if frames else []
+    lines += traceback.format_exception_only(type(error), error)
+    return "".join(lines)[-4000:]
+
+
+def error_kind(error: BaseException) -> str:
+    text = str(error)
+    if isinstance(error, MemoryError) or "can't allocate memory" in text or "not enough memory" in text:
+        return "memory"
+    if isinstance(error, (SystemExit, KeyboardInterrupt)):
+        return "exit"
+    return "exception"
+
+
+def describe_object(obj: Any) -> dict:
+    """What a check needs to know about a name before using it: kind, origin, signature."""
+    from autograder import forbidden
+
+    kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "other"
+    info: dict[str, Any] = {"kind": kind, "module": str(getattr(obj, "__module__", "") or ""),
+                            "type": type(obj).__name__}
+    if kind == "class":
+        info["bases"] = [f"{c.__module__}.{c.__qualname__}" for c in inspect.getmro(obj)[1:]]
+    try:
+        signature = inspect.signature(obj)
+        info["params"] = [{"name": p.name, "kind": p.kind.name, "default": p.default is not p.empty}
+                          for p in signature.parameters.values()]
+    except (TypeError, ValueError):
+        info["params"] = None
+    info["references"] = sorted(forbidden.referenced(obj))
+    return info
+
+
+def error_payload(error: BaseException) -> dict:
+    message = str(error)
+    if isinstance(error, SystemExit):
+        message = f"the code called exit()/sys.exit({error.code!r})"
+    return {"type": type(error).__name__, "message": message[:2000], "kind": error_kind(error),
+            "traceback": trimmed_traceback(error)}
+
+
+class Session:
+    """State of one worker: the submission's namespace and the objects built for checks."""
+
+    def __init__(self) -> None:
+        from autograder import forbidden
+
+        self.forbidden = forbidden
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        # Test cells call check(...); inside the grader they must do nothing.
+        self.namespace["check"] = self.namespace["run_hidden"] = lambda *a, **k: None
+        self.handles: dict[int, Any] = {}
+
+    # ---------------------------------------------------------------- ops
+
+    def op_load(self, cells: list[dict]) -> dict:
+        errors = []
+        for cell in cells:
+            filename = CELL_FILENAME.format(cell["index"])
+            source = cell["source"]
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            try:
+                code = compile(source, filename, "exec")
+                exec(code, self.namespace)
+            except BaseException as error:  # noqa: BLE001 - a student's cell may raise anything
+                errors.append({"cell": cell["index"], **error_payload(error)})
+        return {"errors": errors}
+
+    def lookup(self, target: str) -> Any:
+        """A name of the submission, or 'module:attr' from the public library."""
+        if ":" in target:
+            module, _, attr = target.partition(":")
+            if not module.startswith(("tinyllm", "torch")):
+                raise ValueError(f"cannot import {module}")
+            return getattr(importlib.import_module(module), attr)
+        if target not in self.namespace:
+            raise NameError(target)
+        return self.namespace[target]
+
+    def op_describe(self, name: str) -> dict:
+        if name not in self.namespace or name in ("check", "run_hidden"):
+            return {"kind": "missing"}
+        return describe_object(self.namespace[name])
+
+    def run(self, function, args, kwargs, forbid: list[str]) -> tuple[Any, list[str]]:
+        with self.forbidden.recording() as used:
+            value = function(*args, **kwargs)
+        return value, sorted(used & set(forbid))
+
+    def op_call(self, target: str, args: list, kwargs: dict, forbid: list[str]) -> dict:
+        from autograder import wire
+
+        function = self.lookup(target)
+        args = wire.decode(args, handles=self.handles)
+        kwargs = wire.decode(kwargs, handles=self.handles)
+        value, used = self.run(function, args, kwargs, forbid)
+        return {"value": wire.encode(value), "used": used}
+
+    def op_new(self, target: str, args: list, kwargs: dict, forbid: list[str]) -> dict:
+        from autograder import wire
+
+        cls = self.lookup(target)
+        obj, used = self.run(cls, wire.decode(args, handles=self.handles),
+                             wire.decode(kwargs, handles=self.handles), forbid)
+        number = len(self.handles) + 1
+        self.handles[number] = obj
+        return {"handle": number, "used": used}
+
+    def op_method(self, handle: int, method: str, args: list, kwargs: dict, forbid: list[str]) -> dict:
+        from autograder import wire
+
+        obj = self.handles[handle]
+        if method == "state_dict_keys":
+            return {"value": list(obj.state_dict().keys()), "used": []}
+        if method == "__getattr__":
+            return {"value": wire.encode(getattr(obj, args[0])), "used": []}
+        function = getattr(obj, method)
+        value, used = self.run(function, wire.decode(args, handles=self.handles),
+                               wire.decode(kwargs, handles=self.handles), forbid)
+        if method in ("eval", "train", "to") or value is obj:
+            value = None  # these return the module itself, which cannot travel
+        return {"value": wire.encode(value), "used": used}
+
+
+def read_exactly(fd: int, count: int) -> bytes:
+    chunks = []
+    while count:
+        chunk = os.read(fd, count)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def serve(fd_in: int, fd_out: int) -> None:
+    from autograder import wire
+
+    session = Session()
+    ops = {"load": session.op_load, "describe": session.op_describe, "call": session.op_call,
+           "new": session.op_new, "method": session.op_method}
+    while True:
+        try:
+            length = wire.unpack_length(read_exactly(fd_in, 4))
+            request = wire.parse(read_exactly(fd_in, length))
+        except EOFError:
+            return
+        op = ops.get(request.pop("op", None))
+        try:
+            if op is None:
+                raise ValueError("unknown operation")
+            response = {"ok": True, **op(**request)}
+        except BaseException as error:  # noqa: BLE001
+            response = {"ok": False, "error": error_payload(error)}
+        try:
+            message = wire.pack(response)
+        except (wire.WireError, TypeError, ValueError) as error:
+            message = wire.pack({"ok": False, "error": {"type": "WireError", "kind": "wire",
+                                                        "message": str(error), "traceback": ""}})
+        os.write(fd_out, message)
+
+
+def apply_own_limits() -> None:
+    """Limits the worker sets on itself, inside the sandbox (see sandbox.py for why)."""
+    nproc = os.environ.get("AUTOGRADER_NPROC")
+    if nproc and os.getuid() != 0:
+        resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))
+
+
+def main() -> None:
+    fd_in, fd_out = int(sys.argv[1]), int(sys.argv[2])
+    apply_own_limits()
+    # Import what submissions use before their code runs, and wrap the
+    # forbidden built-ins so that any later reference to them is a wrapper.
+    import torch  # noqa: F401
+
+    import tinyllm.attention, tinyllm.embedding, tinyllm.layers, tinyllm.model  # noqa: E401,F401
+    import tinyllm.positional, tinyllm.sampling, tinyllm.softmax, tinyllm.bpe  # noqa: E401,F401
+    from autograder import forbidden
+
+    forbidden.install()
+    serve(fd_in, fd_out)
+
+
+if __name__ == "__main__":
+    main()

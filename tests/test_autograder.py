@@ -1,0 +1,233 @@
+"""The autograder: sandboxed, reproducible, resumable, and honest under attack."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from autograder import wire
+from autograder.forbidden import GROUPS
+from autograder.notebook import NotebookError, read_notebook
+from tests.conftest import ROOT
+from tests.fixtures import hostile
+from tests.fixtures.submissions import MAX, all_fixtures
+
+FIXTURES = all_fixtures()
+from tests.nbgrader_course import Course
+
+
+def grade(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "autograder", "grade", *args], capture_output=True, text=True,
+                            timeout=1200, cwd=ROOT)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def reports(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.json"))}
+
+
+def expect_case(case, report: dict) -> None:
+    got = {t["name"]: (t["status"], t["output"]) for t in report["tests"] if t["status"] != "passed"}
+    assert set(got) == set(case.fails), f"{case.name}: {got}"
+    for check_id, (status, phrase) in case.fails.items():
+        assert got[check_id][0] == status and phrase in got[check_id][1], f"{case.name}/{check_id}: {got[check_id]}"
+    assert report["score"] == case.score, f"{case.name}: score {report['score']}"
+
+
+@pytest.fixture(scope="module")
+def normal_submissions(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("normal")
+    for fixture in FIXTURES:
+        if fixture.assignment == "03_softmax":
+            fixture.write(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_hostile_submissions_score_what_they_earn_and_leave_others_untouched(normal_submissions, tmp_path):
+    baseline = tmp_path / "baseline"
+    grade(str(normal_submissions), "--out", str(baseline), "--jobs", "2", "--quiet")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(normal_submissions, mixed)
+    hostile.write_all(mixed)
+    out = tmp_path / "out"
+    grade(str(mixed), "--out", str(out), "--jobs", "2", "--quiet")
+    graded = reports(out)
+    for case in hostile.CASES:
+        expect_case(case, json.loads(graded[f"03_softmax__{case.name}.json"]))
+    for name, data in reports(baseline).items():
+        assert graded[name] == data, f"{name} changed when graded beside hostile submissions"
+    assert not (mixed / "03_softmax" / "results.json").exists()  # the sandbox's writes stay inside it
+    rows = (out / "grades.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(graded)
+
+
+def test_rerun_skips_up_to_date_reports_and_force_regrades(tmp_path):
+    source = ROOT / "solutions" / "03_softmax" / "03_softmax.ipynb"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(source, folder / "03_softmax.ipynb")
+    out = tmp_path / "out"
+    first = grade(str(folder), "--out", str(out))
+    assert "grading" in first.stderr  # the progress bar
+    report = out / "03_softmax.json"
+    stamp = report.stat().st_mtime_ns
+    second = grade(str(folder), "--out", str(out))
+    assert "already graded" in second.stderr and report.stat().st_mtime_ns == stamp
+    grade(str(folder), "--out", str(out), "--force", "--quiet")
+    assert report.stat().st_mtime_ns != stamp
+    changed = json.loads(source.read_text())
+    changed["cells"].append(hostile.code_cell("x = 1"))
+    (folder / "03_softmax.ipynb").write_text(json.dumps(changed))
+    stamp = report.stat().st_mtime_ns
+    grade(str(folder), "--out", str(out), "--quiet")
+    assert report.stat().st_mtime_ns != stamp  # new content, new report
+    assert json.loads(report.read_text())["score"] == 10
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path):
+    from autograder.grade import OutputLock
+
+    out = tmp_path / "out"
+    lock = OutputLock(out)
+    assert lock.acquire()
+    result = grade(str(ROOT / "exercises" / "03_softmax"), "--out", str(out), check=False)
+    assert result.returncode == 3
+    assert "another grading run" in result.stderr and str(os.getpid()) in result.stderr
+
+
+def test_broken_files_get_reports_and_the_run_exits_zero(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "03_softmax_empty.ipynb").write_text("")
+    (folder / "03_softmax_truncated.ipynb").write_text('{"cells": [')
+    out = tmp_path / "out"
+    grade(str(folder), "--out", str(out), "--quiet")
+    empty = json.loads((out / "03_softmax_empty.json").read_text())
+    assert empty["score"] == 0 and empty["max_score"] == MAX["03_softmax"]
+    assert {t["status"] for t in empty["tests"]} == {"invalid_notebook"} and "empty" in empty["output"]
+    truncated = json.loads((out / "03_softmax_truncated.json").read_text())
+    assert "not valid notebook JSON" in truncated["output"]
+
+
+@pytest.mark.slow
+def test_scores_go_into_the_nbgrader_gradebook_and_export(tmp_path):
+    course = Course(tmp_path / "course")
+    course.release("03_softmax")
+    fixtures = {f.name: f for f in FIXTURES if f.assignment == "03_softmax"}
+    course.submit("alice", "03_softmax", fixtures["passes_all"].build())
+    course.submit("bob", "03_softmax", fixtures["fails_softmax_wrong_axis"].build())
+    grade(str(course.folder / "submitted"), "--out", str(tmp_path / "grades"), "--gradebook",
+          course.db_url, "--quiet")
+    assert course.scores("03_softmax", "alice") == {"softmax_public": 2, "softmax_hidden": 2, "cross_entropy_public": 2,
+                                                    "cross_entropy_hidden": 2, "perplexity_public": 1, "perplexity_hidden": 1}
+    assert sum(course.scores("03_softmax", "bob").values()) == 6
+    exported = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "export", "--to", "export.csv",
+                               f"--CourseDirectory.db_url={course.db_url}"], cwd=course.folder,
+                              capture_output=True, text=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert exported.returncode == 0, exported.stderr
+    rows = {line.split(",")[3]: line for line in (course.folder / "export.csv").read_text().splitlines()[1:]}
+    assert ",10.0,10.0" in rows["alice"] and ",6.0,10.0" in rows["bob"]
+
+
+@pytest.mark.slow
+def test_gradescope_zip_grades_in_a_fake_autograder_root(tmp_path):
+    from autograder.gradescope import build
+
+    (zip_path,) = build(tmp_path / "zips", ["03_softmax"])
+    with zipfile.ZipFile(zip_path) as archive:
+        names = archive.namelist()
+        assert {"setup.sh", "run_autograder", "source/ASSIGNMENT"} <= set(names)
+        assert any(n.startswith("source/autograder/hidden/") for n in names)  # the instructor's package
+        assert (archive.getinfo("run_autograder").external_attr >> 16) & 0o111
+    assert subprocess.run(["bash", "-n", "-c", zipfile.ZipFile(zip_path).read("setup.sh").decode()]).returncode == 0
+    expected = {"passes_all": 10.0, "prints_perfect_score": 6.0}
+    for name, score in expected.items():
+        root = tmp_path / name / "autograder"
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(root)
+        (root / "run_autograder").chmod(0o755)
+        (root / "submission").mkdir()
+        source = [f for f in FIXTURES if f.assignment == "03_softmax" and f.name == name]
+        notebook = source[0].build() if source else [c for c in hostile.CASES if c.name == name][0].build()
+        (root / "submission" / "my_notebook.ipynb").write_text(json.dumps(notebook))
+        result = subprocess.run([str(root / "run_autograder")], capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "AUTOGRADER_ROOT": str(root), "AUTOGRADER_PYTHON": sys.executable})
+        assert result.returncode == 0, result.stderr
+        results = json.loads((root / "results" / "results.json").read_text())
+        assert results["score"] == score
+        assert {t["status"] for t in results["tests"]} <= {"passed", "failed"}
+        hidden = [t for t in results["tests"] if t["name"].endswith("_hidden")]
+        assert hidden and all(t["visibility"] == "after_published" for t in hidden)
+
+
+# ---------------------------------------------------------------- units
+
+def test_wire_round_trips_plain_values_and_rejects_objects():
+    value = {"t": torch.arange(6, dtype=torch.float32).view(2, 3), "x": (1, 2.5, float("nan"), None, "s"),
+             "b": torch.tensor([True, False]), "i": [torch.tensor(7, dtype=torch.int64)]}
+    back = wire.roundtrip(value)
+    assert torch.equal(back["t"], value["t"]) and back["t"].dtype == torch.float32
+    assert back["x"][:2] == (1, 2.5) and back["x"][2] != back["x"][2]
+    assert torch.equal(back["b"], value["b"])
+
+    class Liar(torch.Tensor):
+        def __eq__(self, other):
+            return True
+
+    liar = torch.zeros(3).as_subclass(Liar)
+    assert type(wire.roundtrip(liar)) is torch.Tensor  # the subclass does not survive
+    with pytest.raises(wire.WireError):
+        wire.encode(object())
+    with pytest.raises(wire.WireError):
+        wire.decode({"__tensor__": {"dtype": "float32", "shape": [4], "data": "AAAA"}})  # 3 bytes for 4 floats
+    with pytest.raises(wire.WireError):
+        wire.decode({"__pickle__": "gASVAAAAAAAAAACMBXBvc2l4lIwGc3lzdGVtlJOUjAJpZJSFlFKULg=="})
+
+
+def test_forbidden_builtins_are_caught_through_aliases():
+    from autograder.api import CheckFailure, LocalSubmission
+
+    namespace = {}
+    exec("from torch.nn.functional import softmax as sm\n"
+         "def softmax(logits, dim=-1, temperature=1.0):\n    return sm(logits / temperature, dim=dim)\n", namespace)
+    with pytest.raises(CheckFailure, match="uses F.softmax"):
+        LocalSubmission(namespace).function("softmax", ["logits", "dim", "temperature"], forbid=GROUPS["softmax"])
+    namespace = {}
+    exec("import torch\nclass Helper:\n    @staticmethod\n    def go(x):\n        return x.softmax(-1)\n"
+         "def softmax(logits, dim=-1, temperature=1.0):\n    return Helper.go(logits)\n", namespace)
+    proxy = LocalSubmission(namespace).function("softmax", ["logits", "dim", "temperature"], forbid=GROUPS["softmax"])
+    with pytest.raises(CheckFailure, match="Tensor.softmax"):
+        proxy(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("content,phrase", [
+    (b"", "empty"),
+    (b'{"cells": [', "not valid notebook JSON"),
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+    (json.dumps({"nbformat": 3, "worksheets": []}).encode(), "format version 3"),
+    (json.dumps([1, 2, 3]).encode(), "not a Jupyter notebook"),
+])
+def test_unreadable_notebooks_say_why(tmp_path, content, phrase):
+    path = tmp_path / "x.ipynb"
+    path.write_bytes(content)
+    with pytest.raises(NotebookError, match=phrase):
+        read_notebook(path)
+
+
+def test_cells_are_read_by_content_not_position():
+    notebook = read_notebook(ROOT / "solutions" / "03_softmax" / "03_softmax.ipynb")
+    runnable = [c.source for c in notebook.runnable]
+    assert any("def softmax" in s for s in runnable)
+    assert not any(s.startswith("check(") for s in runnable)  # test cells never run in the worker

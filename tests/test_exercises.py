@@ -1,0 +1,219 @@
+"""The exercise notebooks: generated from the library, graded by nbgrader and by our grader alike."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from autograder.registry import ASSIGNMENTS, checks_for
+from tests.conftest import ROOT
+from tests.fixtures.submissions import MAX, MISTAKES, all_fixtures
+from tests.nbgrader_course import Course
+from tools import exercises
+
+FIXTURES = all_fixtures()
+NON_HOSTILE = FIXTURES
+
+
+def test_solution_notebooks_are_current():
+    problems = exercises.stale()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_student_notebooks_are_what_nbgrader_generates(tmp_path):
+    generated = exercises.release(tmp_path)
+    for path in generated:
+        committed = ROOT / "exercises" / path.relative_to(tmp_path)
+        assert committed.exists(), f"{committed.relative_to(ROOT)} is missing: run `make exercises`"
+        assert committed.read_bytes() == path.read_bytes(), \
+            f"{committed.relative_to(ROOT)} is stale: run `make exercises`"
+
+
+def solution_lines(assignment: str) -> list[str]:
+    """Every non-trivial line between BEGIN/END SOLUTION markers in the instructor notebook."""
+    notebook = json.loads((ROOT / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+    lines = []
+    for cell in notebook["cells"]:
+        inside = False
+        for line in "".join(cell["source"]).splitlines():
+            if "### BEGIN SOLUTION" in line:
+                inside = True
+            elif "### END SOLUTION" in line:
+                inside = False
+            elif inside and len(line.strip()) > 12 and not line.strip().startswith("#"):
+                lines.append(line.strip())
+    assert lines
+    return lines
+
+
+@pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
+def test_student_notebook_has_no_solution_or_hidden_check(assignment):
+    text = (ROOT / "exercises" / assignment / f"{assignment}.ipynb").read_text()
+    notebook = json.loads(text)
+    everything = json.dumps(notebook)  # every cell's source and all metadata
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "run_hidden", "autograder.hidden"):
+        assert marker not in everything, f"{assignment}: the student notebook contains {marker!r}"
+    sources = "\n".join("".join(cell["source"]) for cell in notebook["cells"])
+    leaked = [line for line in solution_lines(assignment) if line in sources]
+    assert not leaked, f"{assignment}: solution code in the student notebook: {leaked[:3]}"
+    for cell in notebook["cells"]:
+        meta = cell["metadata"].get("nbgrader", {})
+        if meta.get("grade") and not meta.get("solution"):
+            assert meta.get("locked") and "checksum" in meta, f"{assignment}: test cell {meta.get('grade_id')} unlocked"
+
+
+def test_nbgrader_metadata_is_valid():
+    for assignment in ASSIGNMENTS:
+        notebook = json.loads((ROOT / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+        ids = [c["metadata"]["nbgrader"]["grade_id"] for c in notebook["cells"] if "nbgrader" in c["metadata"]]
+        assert len(ids) == len(set(ids)), f"{assignment}: duplicate grade_id"
+        graded = {c["metadata"]["nbgrader"]["grade_id"]: c["metadata"]["nbgrader"]["points"]
+                  for c in notebook["cells"] if c["metadata"].get("nbgrader", {}).get("grade")}
+        assert graded == {c.id: c.points for c in checks_for(assignment)}, \
+            f"{assignment}: test cells and registered checks differ"
+        for cell in notebook["cells"]:
+            meta = cell["metadata"]["nbgrader"]
+            assert meta["schema_version"] == 3
+            if meta["grade"]:
+                assert meta["locked"] and not meta["solution"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
+def test_student_notebook_runs_with_only_not_implemented_errors(assignment, tmp_path):
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "exercises" / assignment / f"{assignment}.ipynb", as_version=4)
+    client = NotebookClient(notebook, timeout=120, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors, "the checks of an empty exercise should fail"
+    assert {e.ename for e in errors} == {"NotImplementedError"}, \
+        [f"{e.ename}: {e.evalue}" for e in errors if e.ename != "NotImplementedError"]
+    checks = [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("check(")]
+    assert all(any(o.output_type == "error" for o in c.outputs) for c in checks)
+
+
+# ---------------------------------------------------------------- grading the fixtures
+
+@pytest.fixture(scope="session")
+def fixture_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("submissions")
+    for fixture in FIXTURES:
+        fixture.write(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cli_reports(fixture_folder, tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("grades")
+    result = subprocess.run([sys.executable, "-m", "autograder", "grade", str(fixture_folder), "--out", str(out),
+                             "--jobs", "2", "--quiet"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return {path.stem: json.loads(path.read_text()) for path in out.glob("*.json")}  # "<assignment>__<name>"
+
+
+def assert_expected(fixture, report: dict) -> None:
+    assert report["extra_data"]["assignment"] == fixture.assignment
+    got = {t["name"]: (t["status"], t["output"]) for t in report["tests"] if t["status"] != "passed"}
+    assert set(got) == set(fixture.fails), f"{fixture.name}: failing checks {sorted(got)}"
+    for check_id, (status, phrase) in fixture.fails.items():
+        assert got[check_id][0] == status, f"{fixture.name}/{check_id}: {got[check_id]}"
+        assert phrase in got[check_id][1], f"{fixture.name}/{check_id}: {got[check_id][1]!r}"
+    assert report["score"] == fixture.score and report["max_score"] == MAX[fixture.assignment]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda f: f"{f.assignment}/{f.name}")
+def test_fixture_gets_its_expected_result_from_the_cli(fixture, cli_reports):
+    assert_expected(fixture, cli_reports[f"{fixture.assignment}__{fixture.name}"])
+
+
+@pytest.mark.slow
+def test_fixtures_get_the_same_result_from_pytest(fixture_folder, tmp_path):
+    def run(fixture):
+        report = tmp_path / f"{fixture.assignment}-{fixture.name}.json"
+        notebook = fixture_folder / fixture.assignment / f"{fixture.name}.ipynb"
+        result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "autograder"), "-q", "-p",
+                                 "no:cacheprovider", "--submission", str(notebook), "--report", str(report)],
+                                capture_output=True, text=True, timeout=600, cwd=ROOT)
+        return fixture, result, report
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for fixture, result, report in pool.map(run, MISTAKES + [f for f in FIXTURES if f.name == "passes_all"][:2]):
+            assert result.returncode == (0 if not fixture.fails else 1), result.stdout[-2000:]
+            assert_expected(fixture, json.loads(report.read_text()))
+
+
+@pytest.mark.slow
+def test_nbgrader_autograde_agrees(tmp_path, cli_reports):
+    """A real course: reference -> full marks, release -> 0, each mistake -> the same cells as our grader."""
+    course = Course(tmp_path / "course")
+    for assignment in ASSIGNMENTS:
+        release = course.release(assignment)
+        course.submit("reference", assignment, ROOT / "solutions" / assignment / f"{assignment}.ipynb")
+        course.submit("blank", assignment, release)
+        assert sum(course.autograde(assignment, "reference").values()) == MAX[assignment]
+        assert sum(course.autograde(assignment, "blank").values()) == 0
+    for fixture in MISTAKES:
+        student = fixture.name.replace("_", "-")
+        course.submit(student, fixture.assignment, fixture.build())
+        nbgrader_scores = course.autograde(fixture.assignment, student)
+        ours = {t["name"]: t["score"] for t in cli_reports[f"{fixture.assignment}__{fixture.name}"]["tests"]}
+        assert nbgrader_scores == ours, f"{fixture.name}: nbgrader {nbgrader_scores} vs ours {ours}"
+
+
+def test_grading_twice_gives_identical_reports(fixture_folder):
+    from autograder.report import report_bytes
+    from autograder.runner import grade_notebook
+    from autograder.sandbox import stage_runtime
+
+    runtime = stage_runtime()
+    path = fixture_folder / "03_softmax" / "fails_softmax_wrong_axis.ipynb"
+    first = report_bytes(grade_notebook(path, runtime))
+    second = report_bytes(grade_notebook(path, runtime))
+    assert first == second
+
+
+@pytest.mark.slow
+def test_student_package_alone_passes_public_checks_with_reference_code(tmp_path):
+    """As in Colab: a fresh venv with only the student package, a student notebook with the answers pasted in."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    constraints = ROOT / "requirements" / f"constraints-py{sys.version_info[0]}{sys.version_info[1]}.txt"
+    install = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)]
+    if constraints.exists():
+        install += ["-c", str(constraints)]
+    subprocess.run(install, check=True, timeout=900)
+    probe = subprocess.run([str(python), "-c", "import autograder, tinyllm, importlib.util, pathlib;"
+                            "print(importlib.util.find_spec('autograder.hidden') is None);"
+                            "print(sorted(p.name for p in pathlib.Path(autograder.__file__).parent.iterdir()))"],
+                           capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert probe.stdout.splitlines()[0] == "True", "the student package contains the hidden checks"
+    for assignment in ASSIGNMENTS:
+        student = json.loads((ROOT / "exercises" / assignment / f"{assignment}.ipynb").read_text())
+        reference = json.loads((ROOT / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+        answers = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]) for c in reference["cells"]
+                   if c["metadata"].get("nbgrader", {}).get("solution")}
+        code = []
+        for cell in student["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            grade_id = cell["metadata"].get("nbgrader", {}).get("grade_id")
+            code.append(answers.get(grade_id, "".join(cell["source"])))  # paste the answer into each solution cell
+        script = tmp_path / f"{assignment}.py"
+        script.write_text("\n\n".join(code))
+        result = subprocess.run([str(python), str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        passed = re.findall(r"^\u2713 (\w+)", result.stdout, re.M)
+        assert sorted(passed) == sorted(c.id for c in checks_for(assignment, include_hidden=False))

@@ -1,0 +1,247 @@
+"""Build the nbgrader source notebooks (solutions/) from recipes and the book's library.
+
+    python -m tools.exercises write     # regenerate solutions/<a>/<a>.ipynb
+    python -m tools.exercises release   # nbgrader generate_assignment -> exercises/
+    python -m tools.exercises check     # exit 1 naming each stale solution notebook
+
+A recipe (tools/exercise_recipes/<assignment>.md, MyST Markdown) holds the
+instructions and says, per code cell, what goes there:
+
+* tag ``setup``: the set-up cell (Colab install, ``from autograder import check``),
+  followed by the cell's own lines;
+* tag ``given``: ``# from: module:name`` lines, copied verbatim from the library;
+* tag ``solution``: ``# from: module:name`` lines. Each function keeps its
+  signature and docstring; its body goes between ``### BEGIN SOLUTION`` and
+  ``### END SOLUTION`` (nbgrader replaces it by a stub for students);
+* tag ``check``: a target name. It becomes a locked test cell calling
+  ``check(target)`` worth the public checks' points, followed by a test cell
+  whose ``### BEGIN HIDDEN TESTS`` block runs the hidden checks.
+
+So the solution code IS the library's code: the book, the solutions and the
+grader's oracle cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import inspect
+import sys
+import textwrap
+from pathlib import Path
+
+import jupytext
+import nbformat
+
+from tools.bookconfig import ROOT, generator_main, package_install_spec
+
+RECIPES = ROOT / "tools" / "exercise_recipes"
+SOLUTIONS = ROOT / "solutions"
+
+SETUP = '''\
+# Set-up. In Colab this installs the book's library and the exercise checks;
+# locally they are installed already and nothing is downloaded.
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("autograder") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{spec}"], check=True)
+
+from autograder import check'''
+
+HIDDEN = '''\
+# Hidden checks run here when your notebook is graded.
+### BEGIN HIDDEN TESTS
+from autograder.hidden import run_hidden
+run_hidden("{target}")
+### END HIDDEN TESTS'''
+
+
+def _nbgrader(grade_id: str, *, grade: bool = False, solution: bool = False, locked: bool = False,
+              points: float | None = None) -> dict:
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution}
+    if points is not None:
+        meta["points"] = points
+    return {"nbgrader": meta}
+
+
+def _object(path: str) -> tuple[str, ast.AST, list[str]]:
+    module_name, _, name = path.strip().partition(":")
+    module = importlib.import_module(module_name)
+    source = Path(inspect.getsourcefile(module)).read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+            return name, node, source.splitlines()
+    raise ValueError(f"{module_name} has no top-level {name}")
+
+
+def _start(node: ast.AST) -> int:
+    return min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+
+
+def _function_with_solution(node: ast.FunctionDef, lines: list[str]) -> list[str]:
+    """Signature (+ docstring, + a leading super().__init__()) kept; the rest marked as solution."""
+    body = node.body
+    keep_until = node.body[0].lineno - 1  # the line before the first statement
+    first = 0
+    if ast.get_docstring(node) is not None:
+        keep_until, first = body[0].end_lineno, 1
+    if first < len(body) and "super().__init__(" in ast.unparse(body[first]):
+        keep_until, first = body[first].end_lineno, first + 1
+    head = lines[_start(node) - 1 : keep_until]
+    if first >= len(body):
+        return head
+    indent = " " * body[first].col_offset
+    return head + [f"{indent}### BEGIN SOLUTION"] + lines[body[first].lineno - 1 : node.end_lineno] + [
+        f"{indent}### END SOLUTION"]
+
+
+def solution_source(path: str) -> str:
+    name, node, lines = _object(path)
+    if isinstance(node, ast.FunctionDef):
+        return "\n".join(_function_with_solution(node, lines))
+    out = lines[_start(node) - 1 : node.body[0].lineno - 1]
+    previous_end = node.body[0].lineno - 1
+    for item in node.body:
+        start = _start(item)
+        out += lines[previous_end : start - 1]  # blank lines and comments between members
+        if isinstance(item, ast.FunctionDef):
+            out += _function_with_solution(item, lines)
+        else:
+            out += lines[start - 1 : item.end_lineno]
+        previous_end = item.end_lineno
+    return "\n".join(out)
+
+
+def given_source(path: str) -> str:
+    name, node, lines = _object(path)
+    return "\n".join(lines[_start(node) - 1 : node.end_lineno])
+
+
+def _paths(source: str) -> list[str]:
+    return [line.split("# from:", 1)[1].strip() for line in source.splitlines() if line.startswith("# from:")]
+
+
+def build(recipe: Path) -> nbformat.NotebookNode:
+    from autograder.registry import checks_for
+
+    assignment = recipe.stem
+    checks = {c.id: c for c in checks_for(assignment)}
+    source_nb = jupytext.read(recipe, fmt="md:myst")
+    cells = []
+    counter = 0
+    for cell in source_nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type == "markdown":
+            counter += 1
+            cells.append(nbformat.v4.new_markdown_cell(cell.source, metadata=_nbgrader(
+                f"md_{counter}", locked=True)))
+        elif "setup" in tags:
+            code = SETUP.format(spec=package_install_spec())
+            extra = cell.source.strip()
+            cells.append(nbformat.v4.new_code_cell(code + ("\n" + extra if extra else ""), metadata={
+                **_nbgrader("setup", locked=True), "tags": ["colab-setup"]}))
+        elif "given" in tags:
+            code = "\n\n\n".join(given_source(p) for p in _paths(cell.source))
+            grade_id = "given_" + "_".join(p.rsplit(":", 1)[1] for p in _paths(cell.source))
+            cells.append(nbformat.v4.new_code_cell(code, metadata=_nbgrader(grade_id, locked=True)))
+        elif "solution" in tags:
+            paths = _paths(cell.source)
+            code = "\n\n\n".join(solution_source(p) for p in paths)
+            grade_id = "_".join(p.rsplit(":", 1)[1] for p in paths)
+            cells.append(nbformat.v4.new_code_cell(code, metadata=_nbgrader(grade_id, solution=True)))
+        elif "check" in tags:
+            target = cell.source.strip()
+            public, hidden = checks.get(f"{target}_public"), checks.get(f"{target}_hidden")
+            if public is None or hidden is None:
+                raise ValueError(f"{recipe.name}: no public/hidden checks registered for {target!r}")
+            cells.append(nbformat.v4.new_code_cell(f'check("{target}")', metadata=_nbgrader(
+                public.id, grade=True, locked=True, points=public.points)))
+            cells.append(nbformat.v4.new_code_cell(HIDDEN.format(target=target), metadata=_nbgrader(
+                hidden.id, grade=True, locked=True, points=hidden.points)))
+        else:
+            cells.append(nbformat.v4.new_code_cell(cell.source))
+    for i, cell in enumerate(cells):  # stable ids: regenerating changes nothing
+        cell["id"] = hashlib.sha1(f"{assignment}:{i}:{cell.source}".encode()).hexdigest()[:12]
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        "autograder": {"assignment": assignment},
+    }
+    return notebook
+
+
+def render(recipe: Path) -> str:
+    return nbformat.writes(build(recipe), version=4) + "\n"
+
+
+def target_path(recipe: Path) -> Path:
+    return SOLUTIONS / recipe.stem / f"{recipe.stem}.ipynb"
+
+
+def recipes() -> list[Path]:
+    return sorted(RECIPES.glob("*.md"))
+
+
+def stale() -> list[str]:
+    problems = []
+    for recipe in recipes():
+        target = target_path(recipe)
+        if not target.exists():
+            problems.append(f"{target.relative_to(ROOT)}: missing; run `make solutions`")
+        elif target.read_text(encoding="utf-8") != render(recipe):
+            problems.append(f"{target.relative_to(ROOT)}: stale (its recipe, the library or the checks "
+                            "changed); run `make solutions`")
+    return problems
+
+
+def release(destination: Path, assignments: list[str] | None = None) -> list[Path]:
+    """Run nbgrader's generate_assignment for each assignment into ``destination``.
+
+    A throw-away gradebook is used: the release must not depend on (or touch) an
+    instructor's gradebook, and nbgrader needs one to compute cell checksums.
+    """
+    import os
+    import tempfile
+
+    from nbgrader.apps import NbGraderAPI
+
+    # nbgrader runs `alembic` by name when it creates a gradebook: it must find
+    # the one installed beside this Python, even when the venv is not activated.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    from traitlets.config import Config
+
+    names = assignments or [r.stem for r in recipes()]
+    with tempfile.TemporaryDirectory() as scratch:
+        config = Config()
+        config.CourseDirectory.root = str(ROOT)
+        config.CourseDirectory.source_directory = "solutions"
+        config.CourseDirectory.release_directory = str(destination)
+        config.CourseDirectory.db_url = f"sqlite:///{scratch}/gradebook.db"
+        config.CourseDirectory.course_id = "llm-foundations"
+        config.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+        api = NbGraderAPI(config=config)
+        for name in names:
+            result = api.generate_assignment(name, force=True)
+            if not result["success"]:
+                raise RuntimeError(f"nbgrader generate_assignment {name} failed:\n{result['log']}")
+    return [destination / name / f"{name}.ipynb" for name in names]
+
+
+def write_all() -> list[Path]:
+    written = []
+    for recipe in recipes():
+        target = target_path(recipe)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render(recipe), encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    return generator_main(argv, __doc__, {"write": write_all, "release": lambda: release(ROOT / "exercises")},
+                          stale)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
