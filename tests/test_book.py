@@ -175,3 +175,26 @@ def test_stale_notebook_is_named(tmp_path, monkeypatch):
         "book/01_language_modelling.ipynb: stale, book/01_language_modelling.md changed since it "
         "was generated; run `make notebooks`"
     ]
+
+
+def test_links_set_once_agree_with_config():
+    """The repository and site URLs live in _config.yml; code that runs without it must agree."""
+    from autograder.registry import BOOK_URL
+    from tinyllm import colab
+
+    url, branch = bookconfig.repository()
+    assert (colab.REPOSITORY, colab.BRANCH) == (url, branch)
+    assert BOOK_URL == bookconfig.config()["html"]["baseurl"]
+    assert colab.colab_url("x.ipynb") == bookconfig.colab_url("x.ipynb")
+
+
+def test_every_exercise_is_linked_from_the_book(built_html):
+    from tinyllm.colab import EXERCISES, colab_url, exercise_path
+
+    index = (built_html / "book" / "exercises.html").read_text(encoding="utf-8")
+    chapters = "".join(page(built_html, source) for source in CHAPTERS)
+    for assignment in EXERCISES:
+        link = html.escape(colab_url(exercise_path(assignment)))
+        assert link in index, f"the exercises page does not link {assignment}"
+        assert link in chapters, f"no chapter links {assignment}"
+        assert (ROOT / exercise_path(assignment)).exists()

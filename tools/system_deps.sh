@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite needs, when they are missing.
+# As root with apt-get (CI, a fresh machine) it installs them; otherwise it says what to install.
+set -euo pipefail
+needed=()
+command -v bwrap >/dev/null 2>&1 || needed+=(bubblewrap)
+[ ${#needed[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "Installing system packages: ${needed[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}" >/dev/null
+else
+  echo "Missing system packages: ${needed[*]}. Install them (e.g. sudo apt-get install ${needed[*]}) and rerun." >&2
+  exit 1
+fi
