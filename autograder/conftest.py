@@ -115,7 +115,8 @@ def pytest_runtest_makereport(item, call):
     elif isinstance(call.excinfo.value, api.CheckFailure):
         status, output = call.excinfo.value.status, call.excinfo.value.message
     elif isinstance(call.excinfo.value, WorkerError):
-        status, output = failure_message(call.excinfo.value.kind, entry.target, call.excinfo.value.message)
+        error = call.excinfo.value
+        status, output = failure_message(error.kind, entry.target, error.message, error.whole_notebook)
     else:
         return  # a bug in a check: let pytest show the full traceback
     result = test_entry(entry, status, output)

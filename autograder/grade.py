@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"autograder: another grading run (pid {lock.holder()}) is writing to {out}; wait for it to "
               "finish or choose another --out folder.", file=sys.stderr)
         return 3
+    for leftover in out.glob(".*.tmp"):  # a report being written when a previous run was killed
+        leftover.unlink(missing_ok=True)
     isolation = "rlimits" if args.unsafe_no_sandbox else "bwrap"
     if isolation == "bwrap" and not bwrap_works():
         print("autograder: bubblewrap (bwrap) is not available, so submissions cannot be sandboxed. Install it "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,16 +108,19 @@ def assignment_of_target(target: str) -> str:
     raise KeyError(target)
 
 
+# The library modules grading depends on: the hidden checks' oracle, and what the
+# worker imports for submissions. Editing another module (the training loop, the
+# book's helpers) must not invalidate every report.
+ORACLE_MODULES = ["tinyllm.attention", "tinyllm.bpe", "tinyllm.embedding", "tinyllm.layers", "tinyllm.model",
+                  "tinyllm.positional", "tinyllm.sampling", "tinyllm.softmax"]
+
+
 def checks_version() -> str:
     """A hash of everything that decides a grade: checks, oracle library, sandbox, runner."""
-    import tinyllm
-
     digest = hashlib.sha256()
-    roots = [PACKAGE_DIR, Path(tinyllm.__file__).resolve().parent]
-    for root in roots:
-        for path in sorted(root.rglob("*.py")):
-            if "__pycache__" in path.parts or "gradescope_build" in path.parts:
-                continue
-            digest.update(str(path.relative_to(root.parent)).encode())
-            digest.update(path.read_bytes())
+    files = [p for p in sorted(PACKAGE_DIR.rglob("*.py")) if "__pycache__" not in p.parts]
+    files += [Path(importlib.util.find_spec(name).origin) for name in ORACLE_MODULES]
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

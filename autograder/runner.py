@@ -56,8 +56,9 @@ class WorkerSession:
                 what = f"did not finish running its code cells within {self.limits.call_seconds:g} s"
             else:
                 what = f"stopped the worker while running its code cells ({error.message})"
-            self.load_failure = WorkerError(error.kind, f"your notebook {what}; no check could run. Look for "
-                                            "an infinite loop, exit(), or heavy work at the top level of a cell")
+            self.load_failure = WorkerError(error.kind, f"Your notebook {what}, so no check could run. Look "
+                                            "for an infinite loop, exit(), or heavy work at the top level of a "
+                                            "cell.", whole_notebook=True)
             raise self.load_failure from None
         if self.starts == 1:
             self.load_errors = response.get("errors", []) if isinstance(response.get("errors"), list) else []
@@ -94,7 +95,10 @@ def detect_assignment(notebook: Notebook, hint: str | None = None) -> str | None
     return None
 
 
-def failure_message(kind: str, target: str, message: str) -> tuple[str, str]:
+def failure_message(kind: str, target: str, message: str, whole_notebook: bool = False) -> tuple[str, str]:
+    status = {"timeout": api.TIMEOUT, "memory": api.MEMORY}.get(kind, api.CRASHED)
+    if whole_notebook:
+        return status, message
     if kind == "timeout":
         return api.TIMEOUT, (f"`{target}` did not finish within the time limit ({message}). Does it loop "
                              "forever, or do far more work than needed?")
@@ -110,7 +114,7 @@ def run_check(check: Check, submission: api.Submission) -> tuple[str, str]:
     except CheckFailure as failure:
         return failure.status, failure.message
     except WorkerError as error:
-        return failure_message(error.kind, check.target, error.message)
+        return failure_message(error.kind, check.target, error.message, error.whole_notebook)
     return api.PASSED, ""
 
 

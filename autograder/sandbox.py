@@ -55,10 +55,11 @@ class Limits:
 class WorkerError(Exception):
     """The worker could not answer: ``kind`` is timeout, crashed, memory or protocol."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, whole_notebook: bool = False):
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.whole_notebook = whole_notebook  # running the cells failed: no check could run
 
 
 def bwrap_path() -> str | None:
@@ -191,7 +192,10 @@ class Worker:
             return limits + ["env", "-i"] + [f"{k}={v}" for k, v in env.items()] + worker
         command = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session",
                    "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
-                   "--clearenv", "--proc", "/proc", "--dev", "/dev"]
+                   "--clearenv", "--proc", "/proc"]
+        # Only the device nodes Python needs; a writable /dev could be filled.
+        for device in ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"):
+            command += ["--dev-bind", device, device]
         for name, value in env.items():
             command += ["--setenv", name, value]
         for path in ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache",
@@ -199,11 +203,14 @@ class Worker:
             command += ["--ro-bind-try", path, path]
         for prefix in sorted({sys.base_prefix, sys.prefix, os.path.dirname(os.path.dirname(os.path.realpath(python)))}):
             command += ["--ro-bind", prefix, prefix]
-        command += ["--ro-bind", str(self.runtime), "/opt/autograder-runtime",
-                    "--size", str(self.limits.scratch_bytes), "--tmpfs", "/tmp"]
+        command += ["--ro-bind", str(self.runtime), "/opt/autograder-runtime"]
         if self.submission_file is not None:
             command += ["--ro-bind", str(self.submission_file), "/submission/submission.ipynb"]
-        command += ["--chdir", "/tmp", "--"]
+        # The root is a tmpfs that bwrap builds the mount points in; once they exist it
+        # must be read-only, or a submission could fill it (it has no size limit).
+        command += ["--size", str(self.limits.scratch_bytes), "--tmpfs", "/tmp",
+                    "--size", str(self.limits.scratch_bytes // 4), "--tmpfs", "/dev/shm",
+                    "--remount-ro", "/", "--chdir", "/tmp", "--"]
         return limits + command + worker
 
     def start(self) -> None:

@@ -34,6 +34,8 @@ def trimmed_traceback(error: BaseException) -> str:
 
 def error_kind(error: BaseException) -> str:
     text = str(error)
+    if type(error).__name__ == "WireError":
+        return "wire"
     if isinstance(error, MemoryError) or "can't allocate memory" in text or "not enough memory" in text:
         return "memory"
     if isinstance(error, (SystemExit, KeyboardInterrupt)):
@@ -190,10 +192,17 @@ def serve(fd_in: int, fd_out: int) -> None:
 
 
 def apply_own_limits() -> None:
-    """Limits the worker sets on itself, inside the sandbox (see sandbox.py for why)."""
+    """Limits the worker sets on itself, before any submission code runs (see sandbox.py for why)."""
     nproc = os.environ.get("AUTOGRADER_NPROC")
     if nproc and os.getuid() != 0:
         resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))
+    if sys.platform.startswith("linux"):
+        # Die with the grader even without bubblewrap's --die-with-parent.
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def main() -> None:
@@ -203,10 +212,11 @@ def main() -> None:
     # forbidden built-ins so that any later reference to them is a wrapper.
     import torch  # noqa: F401
 
-    import tinyllm.attention, tinyllm.embedding, tinyllm.layers, tinyllm.model  # noqa: E401,F401
-    import tinyllm.positional, tinyllm.sampling, tinyllm.softmax, tinyllm.bpe  # noqa: E401,F401
     from autograder import forbidden
+    from autograder.registry import ORACLE_MODULES
 
+    for name in ORACLE_MODULES:
+        importlib.import_module(name)
     forbidden.install()
     serve(fd_in, fd_out)
 

@@ -36,42 +36,6 @@ def reports(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.json"))}
 
 
-def expect_case(case, report: dict) -> None:
-    got = {t["name"]: (t["status"], t["output"]) for t in report["tests"] if t["status"] != "passed"}
-    assert set(got) == set(case.fails), f"{case.name}: {got}"
-    for check_id, (status, phrase) in case.fails.items():
-        assert got[check_id][0] == status and phrase in got[check_id][1], f"{case.name}/{check_id}: {got[check_id]}"
-    assert report["score"] == case.score, f"{case.name}: score {report['score']}"
-
-
-@pytest.fixture(scope="module")
-def normal_submissions(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("normal")
-    for fixture in FIXTURES:
-        if fixture.assignment == "03_softmax":
-            fixture.write(folder)
-    return folder
-
-
-@pytest.mark.slow
-def test_hostile_submissions_score_what_they_earn_and_leave_others_untouched(normal_submissions, tmp_path):
-    baseline = tmp_path / "baseline"
-    grade(str(normal_submissions), "--out", str(baseline), "--jobs", "2", "--quiet")
-    mixed = tmp_path / "mixed"
-    shutil.copytree(normal_submissions, mixed)
-    hostile.write_all(mixed)
-    out = tmp_path / "out"
-    grade(str(mixed), "--out", str(out), "--jobs", "2", "--quiet")
-    graded = reports(out)
-    for case in hostile.CASES:
-        expect_case(case, json.loads(graded[f"03_softmax__{case.name}.json"]))
-    for name, data in reports(baseline).items():
-        assert graded[name] == data, f"{name} changed when graded beside hostile submissions"
-    assert not (mixed / "03_softmax" / "results.json").exists()  # the sandbox's writes stay inside it
-    rows = (out / "grades.csv").read_text().splitlines()
-    assert len(rows) == 1 + len(graded)
-
-
 def test_rerun_skips_up_to_date_reports_and_force_regrades(tmp_path):
     source = ROOT / "solutions" / "03_softmax" / "03_softmax.ipynb"
     folder = tmp_path / "in"
@@ -231,3 +195,11 @@ def test_cells_are_read_by_content_not_position():
     runnable = [c.source for c in notebook.runnable]
     assert any("def softmax" in s for s in runnable)
     assert not any(s.startswith("check(") for s in runnable)  # test cells never run in the worker
+
+
+def test_checks_depend_only_on_the_oracle_modules():
+    """The checks' version hashes ORACLE_MODULES; every library module the checks use must be among them."""
+    code = ("import sys\nfrom autograder.registry import load_checks, ORACLE_MODULES\nload_checks()\n"
+            "used = {m for m in sys.modules if m.startswith('tinyllm.')}\nprint(sorted(used - set(ORACLE_MODULES)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]"
