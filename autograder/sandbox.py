@@ -23,6 +23,7 @@ otherwise RLIMIT_NPROC set by the worker on itself inside its user namespace.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -179,17 +180,17 @@ class Worker:
             "MPLBACKEND": "Agg",
             "MPLCONFIGDIR": "/tmp/matplotlib",
             "AUTOGRADER_NPROC": str(self.limits.processes),
+            # The worker sets these on itself before any submission code runs (hard limits,
+            # so they cannot be raised again); portable, unlike the prlimit tool.
+            "AUTOGRADER_RLIMITS": json.dumps({
+                "AS": self.limits.memory_bytes, "FSIZE": self.limits.file_bytes, "NOFILE": self.limits.open_files,
+                "CORE": 0, "CPU": int(self.limits.startup_seconds + 20 * self.limits.call_seconds)}),
         }
         worker = [python, "-s", "-m", "autograder.worker", str(fd_in), str(fd_out)]
-        limits = [
-            "prlimit", f"--as={self.limits.memory_bytes}", f"--fsize={self.limits.file_bytes}",
-            f"--nofile={self.limits.open_files}", "--core=0",
-            f"--cpu={int(self.limits.startup_seconds + 20 * self.limits.call_seconds)}", "--",
-        ]
         if self.isolation != "bwrap":
             env["HOME"] = str(home)
             env["MPLCONFIGDIR"] = str(home / "matplotlib")
-            return limits + ["env", "-i"] + [f"{k}={v}" for k, v in env.items()] + worker
+            return ["env", "-i"] + [f"{k}={v}" for k, v in env.items()] + worker
         command = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session",
                    "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
                    "--clearenv", "--proc", "/proc"]
@@ -211,7 +212,7 @@ class Worker:
         command += ["--size", str(self.limits.scratch_bytes), "--tmpfs", "/tmp",
                     "--size", str(self.limits.scratch_bytes // 4), "--tmpfs", "/dev/shm",
                     "--remount-ro", "/", "--chdir", "/tmp", "--"]
-        return limits + command + worker
+        return command + worker
 
     def start(self) -> None:
         home = make_folder("worker")

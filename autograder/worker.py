@@ -193,6 +193,12 @@ def serve(fd_in: int, fd_out: int) -> None:
 
 def apply_own_limits() -> None:
     """Limits the worker sets on itself, before any submission code runs (see sandbox.py for why)."""
+    import json
+
+    for name, value in json.loads(os.environ.get("AUTOGRADER_RLIMITS", "{}")).items():
+        limit = getattr(resource, f"RLIMIT_{name}", None)
+        if limit is not None:
+            resource.setrlimit(limit, (int(value), int(value)))
     nproc = os.environ.get("AUTOGRADER_NPROC")
     if nproc and os.getuid() != 0:
         resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))
