@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results_file import write_results  # noqa: E402
 from tests.fixtures.submissions import all_fixtures  # noqa: E402
 from tests.nbgrader_course import Course  # noqa: E402
 
@@ -95,9 +95,7 @@ def main() -> None:
     print(f"  autograder grade --jobs {args.jobs} (bwrap):  {ours:7.1f} s  ({ours / n:.2f} s per submission)")
     print(f"  speed-up: {theirs / ours:.1f}x")
     print("  in-notebook public checks: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latency.items()))
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "grading.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results("grading", results)
 
 
 if __name__ == "__main__":

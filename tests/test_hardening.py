@@ -43,15 +43,24 @@ def leftover_workers() -> list[str]:
 
 
 def hidden_source_lines() -> set[str]:
-    """Lines of the hidden checks that say something (not imports, decorators or blank lines)."""
-    lines = set()
-    for path in HIDDEN.glob("*.py"):
-        for line in path.read_text().splitlines():
-            text = line.strip()
-            if len(text) > 30 and not text.startswith(("from ", "import ", "#", '"""', "@check", "def test_")):
-                lines.add(text)
+    """Lines only the hidden checks have (not imports, decorators, blank lines, or lines the public checks share)."""
+    def meaningful(folder: Path) -> set[str]:
+        lines = set()
+        for path in folder.glob("*.py"):
+            for line in path.read_text().splitlines():
+                text = line.strip()
+                if len(text) > 30 and not text.startswith(("from ", "import ", "#", '"""', "@check", "def test_")):
+                    lines.add(text)
+        return lines
+
+    lines = meaningful(HIDDEN) - meaningful(HIDDEN.parent / "checks")
     assert len(lines) > 20
     return lines
+
+
+def leaked_lines(text: str, lines: set[str]) -> list[str]:
+    """Hidden lines that occur in text as whole statements (`x = f()` must not match inside `max = f()`)."""
+    return [line for line in lines if re.search(r"(?<![\w.])" + re.escape(line), text)]
 
 
 def normal_fixtures():
@@ -118,7 +127,7 @@ def test_feedback_never_shows_hidden_check_source(hostile_run):
     lines = hidden_source_lines()
     for path in hostile_run["out"].glob("*.json"):
         text = json.dumps(json.loads(path.read_text()))
-        leaked = [line for line in lines if line in text]
+        leaked = leaked_lines(text, lines)
         assert not leaked, f"{path.name} shows hidden-check source: {leaked[:2]}"
 
 
@@ -201,7 +210,7 @@ def test_built_book_has_no_hidden_or_instructor_material(built_html):
         text = path.read_text(encoding="utf-8", errors="replace")
         for marker in markers:
             assert marker not in text, f"{path.relative_to(built_html)} contains {marker!r}"
-        leaked = [line for line in lines if line in text]
+        leaked = leaked_lines(text, lines)
         assert not leaked, f"{path.relative_to(built_html)} contains hidden-check source: {leaked[:2]}"
 
 
@@ -218,7 +227,7 @@ def test_student_package_wheel_has_no_hidden_checks_or_solutions(tmp_path):
         assert "tinyllm/_data/corpus.txt" in names
         for name in names:
             text = archive.read(name).decode("utf-8", errors="replace")
-            leaked = [line for line in lines if line in text]
+            leaked = leaked_lines(text, lines)
             assert not leaked, f"{name} contains hidden-check source"
 
 
@@ -226,5 +235,5 @@ def test_student_notebooks_have_no_hidden_check_source():
     lines = hidden_source_lines()
     for path in (ROOT / "exercises").rglob("*.ipynb"):
         text = path.read_text()
-        assert not [line for line in lines if line in text], path
+        assert not leaked_lines(text, lines), path
         assert not re.search(r"run_hidden|autograder\.hidden", text), path

@@ -1,0 +1,211 @@
+"""The ``tiny-llm`` command line: training, resuming, evaluation, generation and its error messages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyllm.cli import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser, main
+from tinyllm.data import read_corpus, split_documents
+from tinyllm.train import load_checkpoint
+
+TINY = ["--vocab-size", "270", "--context-length", "8", "--d-model", "16", "--n-layers", "1", "--n-heads", "2",
+        "--d-ff", "32", "--batch-size", "8", "--warmup-steps", "2", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    """The first 150 documents of the book's corpus: enough for all three splits, quick to tokenize."""
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text("\n\n".join(split_documents(read_corpus())[:150]) + "\n", encoding="utf-8")
+    return path
+
+
+def train(out: Path, corpus: Path, *extra: str) -> int:
+    return main(["train", "--out", str(out), "--corpus", str(corpus), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_corpus) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert train(out, small_corpus, "--max-steps", "40", "--eval-interval", "10") == 0
+    return out / "checkpoint.pt"
+
+
+def test_help_explains_every_option(capsys):
+    for command, options in (("train", [*MODEL_OPTIONS, *TRAIN_OPTIONS, "resume", "until", "out", "corpus", "device"]),
+                             ("evaluate", ["split", "corpus", "json"]),
+                             ("generate", ["prompt", "max_new_tokens", "greedy", "temperature", "top_k", "top_p",
+                                           "seed", "repetition_penalty"])):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        for option in options:
+            assert "--" + option.replace("_", "-") in text or option in text, (command, option)
+
+
+def test_a_tiny_model_trains_and_its_validation_loss_falls(trained):
+    ckpt = load_checkpoint(trained)
+    assert ckpt.finished and ckpt.step == 40
+    val = ckpt.history.val_loss
+    assert len(val) == 4 and val[-1] < val[0] - 0.5, val
+    assert ckpt.model_config.d_model == 16 and ckpt.model_config.vocab_size == 270
+    assert len(ckpt.merges) == 14 and ckpt.meta["corpus_sha256"]
+
+
+def test_same_seed_same_run_other_seed_another(tmp_path, small_corpus, trained):
+    assert train(tmp_path / "a", small_corpus, "--max-steps", "40", "--eval-interval", "10") == 0
+    assert train(tmp_path / "b", small_corpus, "--max-steps", "40", "--eval-interval", "10", "--seed", "1") == 0
+    same, other, ref = (load_checkpoint(p).history for p in
+                        (tmp_path / "a/checkpoint.pt", tmp_path / "b/checkpoint.pt", trained))
+    assert same.loss == ref.loss
+    assert other.loss != ref.loss
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).model_state
+
+
+def test_resume_after_until_gives_the_uninterrupted_weights(tmp_path, small_corpus):
+    options = ["--max-steps", "24", "--eval-interval", "5", "--dropout", "0.1"]
+    assert train(tmp_path / "whole", small_corpus, *options) == 0
+    assert train(tmp_path / "parts", small_corpus, *options, "--until", "7") == 0
+    assert load_checkpoint(tmp_path / "parts/checkpoint.pt").step == 7
+    assert main(["train", "--out", str(tmp_path / "parts"), "--corpus", str(small_corpus), "--resume",
+                 "--threads", "1", "--no-progress", "--until", "16"]) == 0
+    assert main(["train", "--out", str(tmp_path / "parts"), "--corpus", str(small_corpus), "--resume",
+                 "--threads", "1", "--no-progress"]) == 0
+    whole, parts = _weights(tmp_path / "whole/checkpoint.pt"), _weights(tmp_path / "parts/checkpoint.pt")
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        assert torch.equal(whole[name], parts[name]), name
+    assert load_checkpoint(tmp_path / "parts/checkpoint.pt").history.loss == \
+        load_checkpoint(tmp_path / "whole/checkpoint.pt").history.loss
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_resume_finishes_exactly(tmp_path, small_corpus):
+    """A real interruption: SIGINT to a running ``tiny-llm train``, then ``--resume``."""
+    options = ["--max-steps", "2000", "--eval-interval", "50"]
+    command = [sys.executable, "-m", "tinyllm.cli", "train", "--corpus", str(small_corpus), *TINY, *options]
+    interrupted = subprocess.Popen([*command, "--out", str(tmp_path / "parts")], stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "parts" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:  # the first validation has saved
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGINT)
+    _, stderr = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == 0, stderr
+    assert "continue with" in stderr and "Traceback" not in stderr
+    stopped_at = load_checkpoint(checkpoint).step
+    assert 50 <= stopped_at < 2000, stopped_at
+    subprocess.run([*command, "--out", str(tmp_path / "parts"), "--resume"], check=True, capture_output=True)
+    subprocess.run([*command, "--out", str(tmp_path / "whole")], check=True, capture_output=True)
+    whole, parts = _weights(tmp_path / "whole/checkpoint.pt"), _weights(checkpoint)
+    for name in whole:
+        assert torch.equal(whole[name], parts[name]), name
+
+
+def test_evaluate_reports_the_model_and_the_baselines(trained, small_corpus, capsys):
+    import json
+
+    assert main(["evaluate", str(trained), "--corpus", str(small_corpus), "--json", "--threads", "1"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["split"] == "test" and scores["tokens"] > 100
+    models = scores["models"]
+    assert set(models) == {"tiny GPT", "unigram", "bigram"}
+    for s in models.values():
+        assert s["perplexity"] == pytest.approx(torch.tensor(s["loss"]).exp().item(), rel=1e-6)
+        assert 0 < s["bits_per_byte"] < 8
+    # Same checkpoint, same numbers as the library computes directly.
+    from tinyllm.bpe import BPETokenizer
+    from tinyllm.data import split_corpus
+    from tinyllm.train import evaluate
+
+    ckpt = load_checkpoint(trained)
+    test_ids = BPETokenizer(ckpt.merges).encode(split_corpus(small_corpus.read_text()).test)
+    assert models["tiny GPT"]["loss"] == pytest.approx(evaluate(ckpt.model(), test_ids, 8), rel=1e-6)
+
+
+def test_evaluate_warns_about_another_corpus(trained, capsys):
+    assert main(["evaluate", str(trained), "--threads", "1"]) == 0
+    assert "was trained on" in capsys.readouterr().err
+
+
+def test_generate_continues_any_prompt_reproducibly(trained, capsys):
+    prompt = "Q: Что такое 注意力? 🙂"  # characters the tokenizer never saw: byte-level BPE still encodes them
+    args = ["generate", str(trained), "--prompt", prompt, "--max-new-tokens", "12", "--seed", "3", "--top-k", "20",
+            "--top-p", "0.9", "--temperature", "0.8", "--threads", "1"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.startswith(prompt)
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    assert main(["generate", str(trained), "--greedy", "--max-new-tokens", "5", "--samples", "2"]) == 0
+    greedy = capsys.readouterr().out.split("--- sample 2\n")
+    assert greedy[0].removeprefix("--- sample 1\n") == greedy[1]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, trained) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad")
+    files = {"empty": folder / "empty.txt", "latin1": folder / "latin1.txt", "garbage": folder / "garbage.pt",
+             "foreign": folder / "foreign.pt", "truncated": folder / "truncated.pt"}
+    files["empty"].write_text("  \n\n")
+    files["latin1"].write_bytes("Q: Qu'est-ce qu'un caf\xe9 ?\n".encode("latin-1"))
+    files["garbage"].write_bytes(os.urandom(2000))
+    torch.save({"weights": torch.zeros(3)}, files["foreign"])
+    files["truncated"].write_bytes(trained.read_bytes()[:5000])
+    return files
+
+
+BAD_INPUTS = {
+    "missing corpus": (["train", "--corpus", "{missing}"], "corpus file not found"),
+    "empty corpus": (["train", "--corpus", "{empty}"], "is empty"),
+    "non-UTF-8 corpus": (["train", "--corpus", "{latin1}"], "is not valid UTF-8: bad byte 0xe9"),
+    "vocabulary below 256": (["train", "--vocab-size", "200"], "vocab_size must be at least 256"),
+    "context below 1": (["train", "--context-length", "0"], "context_length must be at least 1"),
+    "heads do not divide d_model": (["train", "--d-model", "30", "--n-heads", "4"],
+                                    "d_model (30) must be divisible by n_heads (4)"),
+    "bad learning rates": (["train", "--lr", "0.001", "--min-lr", "0.01"], "need 0 < min_lr <= lr"),
+    "resume without a run": (["train", "--resume", "--out", "{nowhere}"], "nothing to resume"),
+    "overwrite a run": (["train", "--out", "{run}"], "already exists: continue it with --resume"),
+    "resume with other sizes": (["train", "--out", "{run}", "--resume", "--d-model", "32"],
+                                "these differ from it: --d-model"),
+    "missing checkpoint": (["evaluate", "{missing}"], "checkpoint not found"),
+    "garbage checkpoint": (["evaluate", "{garbage}"], "is not a readable tinyllm checkpoint"),
+    "truncated checkpoint": (["generate", "{truncated}"], "is not a readable tinyllm checkpoint"),
+    "foreign checkpoint": (["generate", "{foreign}"], "is not a tinyllm checkpoint"),
+    "empty prompt": (["generate", "{checkpoint}", "--prompt", ""], "--prompt is empty"),
+    "bad top-p": (["generate", "{checkpoint}", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    "bad temperature": (["generate", "{checkpoint}", "--temperature", "-1"], "--temperature must be at least 0"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gets_a_clear_message(case, bad_files, trained, tmp_path, capsys):
+    argv, message = BAD_INPUTS[case]
+    names = {**{k: str(v) for k, v in bad_files.items()}, "missing": str(tmp_path / "missing.txt"),
+             "nowhere": str(tmp_path / "nowhere"), "run": str(trained.parent), "checkpoint": str(trained)}
+    assert main([a.format(**names) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.startswith(f"tiny-llm {argv[0]}: error: ") and err.count("\n") == 1, err
+
+
+def test_errors_come_without_a_traceback_from_the_console_script(bad_files):
+    script = Path(sys.executable).parent / "tiny-llm"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "tinyllm.cli"]
+    result = subprocess.run([*command, "train", "--corpus", str(bad_files["latin1"])], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "not valid UTF-8" in result.stderr and "Traceback" not in result.stderr
+    usage = subprocess.run([*command, "train", "--d-model", "many"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "invalid int value" in usage.stderr

@@ -1,0 +1,464 @@
+"""``tiny-llm``: train a BPE tokenizer and a TinyGPT, evaluate it, generate from it.
+
+The command line is a thin shell over the library the book shows: the
+tokenizer of chapter 2 (``tinyllm.bpe``), the model of chapter 8
+(``tinyllm.model``), its training loop and checkpoints (``tinyllm.train``) and
+the samplers of chapter 9 (``tinyllm.sampling``). Defaults are the book's
+small model, so ``tiny-llm train`` reproduces chapter 8's run.
+
+Errors a user can cause (a bad file, a bad size, a damaged checkpoint) are
+reported in one line, with exit status 1 and no traceback; argparse's own
+usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from tinyllm.bpe import BPETokenizer
+from tinyllm.data import corpus_path, read_corpus, split_corpus
+from tinyllm.model import GPTConfig
+from tinyllm.ngram import NGramLM
+from tinyllm.sampling import generate
+from tinyllm.train import Checkpoint, Trainer, TrainConfig, bits_per_byte, build_model, evaluate, load_checkpoint
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+# Model sizes and training settings, each with its command-line help. The defaults come
+# from the dataclasses, so the command line cannot drift from the book's configuration.
+MODEL_OPTIONS = {
+    "vocab_size": "vocabulary: 256 byte tokens plus (vocab_size - 256) BPE merges; at least 256",
+    "context_length": "longest sequence the model sees, in tokens (its learned positions); at least 1",
+    "d_model": "width of every token's vector; must be divisible by --n-heads",
+    "n_layers": "number of transformer blocks",
+    "n_heads": "attention heads per block (each of width d_model / n_heads)",
+    "d_ff": "hidden width of the feed-forward network (usually 4 x d_model)",
+    "dropout": "dropout probability during training, in [0, 1)",
+}
+TRAIN_OPTIONS = {
+    "batch_size": "training windows per optimiser step",
+    "lr": "peak learning rate (AdamW), reached after the warm-up",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup_steps": "steps of linear warm-up from 0 to --lr",
+    "max_steps": "optimiser steps in the whole run",
+    "weight_decay": "AdamW decoupled weight decay, on weight matrices only",
+    "grad_clip": "clip the global gradient norm to this value",
+    "eval_interval": "steps between validations; 'epoch' validates once per pass over the training split",
+    "patience": "stop early after this many validations without a new best validation loss",
+    "seed": "seed for the initial weights, the batch order and dropout: same seed, same run",
+}
+
+
+# Where the command line departs from the library's TrainConfig: it validates once per pass
+# over the training split (about 50 steps for the book's corpus; the book's run uses 100).
+CLI_TRAIN_DEFAULTS = {"eval_interval": "epoch"}
+
+
+class CliError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default for f in fields(cls)}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tiny-llm",
+        description="Train a byte-level BPE tokenizer and a tiny GPT on a text file, "
+        "evaluate it against counting baselines, and generate text from it.",
+        epilog="Run 'tiny-llm COMMAND --help' for the options of each command.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a tokenizer and a model; writes DIR/checkpoint.pt",
+        description="Train the BPE tokenizer on the training split of the corpus, then a TinyGPT on it, "
+        "with AdamW, warm-up and cosine decay, gradient clipping, validation and early stopping. "
+        "The checkpoint is rewritten (atomically) after every validation, so an interrupted run "
+        "(Ctrl-C, a crash, --until) continues exactly with --resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _corpus_option(train)
+    train.add_argument("--out", type=Path, default=Path("runs/tiny-gpt"), metavar="DIR",
+                       help="folder for the checkpoint")
+    sizes = train.add_argument_group("model sizes (defaults: the book's model)")
+    for name, text in MODEL_OPTIONS.items():
+        default = _defaults(GPTConfig)[name]
+        sizes.add_argument(_flag(name), type=type(default), default=None, help=f"{text} (default: {default})")
+    training = train.add_argument_group("training")
+    for name, text in TRAIN_OPTIONS.items():
+        default = CLI_TRAIN_DEFAULTS.get(name, _defaults(TrainConfig)[name])
+        kind = _eval_interval if name == "eval_interval" else type(default)
+        training.add_argument(_flag(name), type=kind, default=None, help=f"{text} (default: {default})")
+    run = train.add_argument_group("run")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run saved in DIR/checkpoint.pt exactly where it stopped")
+    run.add_argument("--force", action="store_true", help="start a new run even if DIR already holds one")
+    run.add_argument("--until", type=int, default=None, metavar="STEP",
+                     help="stop at this step and save (continue later with --resume)")
+    _device_options(run)
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (one line per validation)")
+
+    evaluate_cmd = commands.add_parser(
+        "evaluate",
+        help="test perplexity and bits per byte, against unigram and bigram baselines",
+        description="Score a trained model on a held-out split of the corpus it was trained on: mean loss, "
+        "perplexity per token and bits per byte (comparable across tokenizers), beside unigram and "
+        "bigram models counted on the same training split with the same tokenizer.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
+    _corpus_option(evaluate_cmd)
+    evaluate_cmd.add_argument("--split", choices=("test", "val", "train"), default="test",
+                              help="which split to score")
+    evaluate_cmd.add_argument("--json", action="store_true", help="print the scores as JSON")
+    _device_options(evaluate_cmd)
+
+    generate_cmd = commands.add_parser(
+        "generate",
+        help="continue a prompt with a trained model",
+        description="Continue a prompt. Decoding is greedy with --greedy (or --temperature 0); otherwise "
+        "it samples, optionally from the top-k tokens and/or the top-p nucleus (chapter 9).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    generate_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
+    generate_cmd.add_argument("--prompt", default="Q: What is", help="text to continue (any Unicode)")
+    generate_cmd.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate")
+    generate_cmd.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    generate_cmd.add_argument("--temperature", type=float, default=1.0,
+                              help="divide the logits by this before sampling; 0 means greedy")
+    generate_cmd.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    generate_cmd.add_argument("--top-p", type=float, default=None,
+                              help="sample only from the smallest set of tokens whose probability reaches p")
+    generate_cmd.add_argument("--repetition-penalty", type=float, default=1.0,
+                              help="divide the (positive) logits of tokens already in the text by this")
+    generate_cmd.add_argument("--samples", type=int, default=1, help="number of continuations")
+    generate_cmd.add_argument("--seed", type=int, default=0, help="seed for sampling: same seed, same text")
+    _device_options(generate_cmd)
+    return parser
+
+
+def _corpus_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", type=Path, default=None, metavar="FILE",
+                        help="UTF-8 text, documents separated by blank lines (default: the book's corpus)")
+
+
+def _device_options(parser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to run: auto picks CUDA when available")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+
+
+def _eval_interval(value: str) -> int | str:
+    if value == "epoch":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps or 'epoch', got {value!r}") from None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            raise CliError(f"--threads must be at least 1, got {n}")
+        torch.set_num_threads(n)
+
+
+def _corpus(path: Path | None) -> tuple[str, Path]:
+    path = corpus_path() if path is None else path
+    if path.is_dir():
+        raise CliError(f"corpus {path} is a folder, not a text file")
+    return read_corpus(path), path
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _load(path: Path) -> Checkpoint:
+    ckpt = load_checkpoint(path)
+    if ckpt.merges is None:
+        raise CliError(f"{path} holds no tokenizer merges, so its text cannot be encoded")
+    return ckpt
+
+
+def _encode_splits(text: str, tokenizer: BPETokenizer, context_length: int):
+    splits = split_corpus(text)
+    ids = {name: tokenizer.encode(getattr(splits, name)) for name in ("train", "val", "test")}
+    if len(ids["train"]) < context_length + 1:
+        raise CliError(
+            f"the training split has {len(ids['train'])} tokens, fewer than one window of "
+            f"--context-length {context_length} + 1; use a larger corpus or a shorter context"
+        )
+    if len(ids["val"]) < 2:
+        raise CliError("the validation split has fewer than 2 tokens; use a larger corpus")
+    return splits, ids
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _configs(args, base_model: dict, base_train: dict) -> tuple[dict, dict, list[str]]:
+    """The configurations asked for: ``base`` updated with the options given; and their names."""
+    given = []
+    model, train = dict(base_model), dict(base_train)
+    for name in MODEL_OPTIONS:
+        if getattr(args, name) is not None:
+            model[name] = getattr(args, name)
+            given.append(name)
+    for name in TRAIN_OPTIONS:
+        if getattr(args, name) is not None:
+            train[name] = getattr(args, name)
+            given.append(name)
+    return model, train, given
+
+
+def cmd_train(args) -> int:
+    device = _device(args.device)
+    _threads(args.threads)
+    text, corpus_file = _corpus(args.corpus)
+    checkpoint = args.out / CHECKPOINT_NAME
+    if args.until is not None and args.until < 1:
+        raise CliError(f"--until must be at least 1, got {args.until}")
+
+    if args.resume:
+        if not checkpoint.exists():
+            raise CliError(f"nothing to resume: {checkpoint} does not exist")
+        ckpt = _load(checkpoint)
+        model_cfg, train_cfg, given = _configs(args, ckpt.model_config.to_dict(), ckpt.train_config.to_dict())
+        changed = [n for n in given if (model_cfg | train_cfg)[n] != (ckpt.model_config.to_dict()
+                                                                    | ckpt.train_config.to_dict())[n]]
+        if changed:
+            raise CliError("--resume continues the saved run with its own settings; these differ from it: "
+                           + ", ".join(_flag(n) for n in changed))
+        if ckpt.meta.get("corpus_sha256") not in (None, _digest(text)):
+            raise CliError(f"{checkpoint} was trained on another corpus ({ckpt.meta.get('corpus', '?')}); "
+                           "resume with the same --corpus")
+        tokenizer = BPETokenizer(ckpt.merges)
+        _, ids = _encode_splits(text, tokenizer, ckpt.model_config.context_length)
+        trainer = Trainer.resume(checkpoint, ids["train"], ids["val"], device=device)
+        if trainer.finished:
+            print(f"{checkpoint} is a finished run (step {trainer.step}); nothing to do", file=sys.stderr)
+            return 0
+        print(f"resuming {checkpoint} at step {trainer.step} of {trainer.config.max_steps}", file=sys.stderr)
+    else:
+        if checkpoint.exists() and not args.force:
+            raise CliError(f"{checkpoint} already exists: continue it with --resume, or replace it with --force")
+        model_cfg, train_cfg, _ = _configs(args, _defaults(GPTConfig), _defaults(TrainConfig) | CLI_TRAIN_DEFAULTS)
+        model_config = GPTConfig(**model_cfg)  # ValueError on impossible sizes, before any work
+        interval = train_cfg["eval_interval"]
+        train_cfg["eval_interval"] = 1 if interval == "epoch" else interval
+        train_config = TrainConfig(**train_cfg)
+        start = time.perf_counter()
+        splits = split_corpus(text)
+        tokenizer = BPETokenizer.train(splits.train, model_config.vocab_size)
+        if tokenizer.vocab_size < model_config.vocab_size:
+            raise CliError(f"the training split is too small for --vocab-size {model_config.vocab_size}: "
+                           f"it supports only {tokenizer.vocab_size}")
+        print(f"tokenizer: {len(tokenizer.merges)} merges learned in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr)
+        _, ids = _encode_splits(text, tokenizer, model_config.context_length)
+        if interval == "epoch":  # one pass over the training tokens, in steps
+            tokens_per_step = train_config.batch_size * model_config.context_length
+            train_config = TrainConfig(**(train_cfg | {"eval_interval": max(1, len(ids["train"]) // tokens_per_step)}))
+        model = build_model(model_config, train_config.seed)
+        trainer = Trainer(model, ids["train"], ids["val"], train_config, device=device, merges=tokenizer.merges)
+        trainer.meta = {"corpus": str(corpus_file), "corpus_sha256": _digest(text)}
+        print(f"model: {model.num_parameters():,} parameters on {device}; "
+              f"{len(ids['train']):,} training and {len(ids['val']):,} validation tokens", file=sys.stderr)
+
+    _train_with_progress(trainer, checkpoint, args.until, show_bar=not args.no_progress)
+    h = trainer.history
+    if trainer.finished:
+        how = "stopped early" if h.stopped_early else "finished"
+        print(f"{how} at step {trainer.step}: best validation loss {h.best_val_loss:.4f} "
+              f"(perplexity {math.exp(h.best_val_loss):.2f}) at step {h.best_step}; "
+              f"{h.train_seconds:.1f} s of training, {h.tokens_per_s:,.0f} tokens/s", file=sys.stderr)
+        print(f"saved {checkpoint} (the best weights); score it with: tiny-llm evaluate {checkpoint}",
+              file=sys.stderr)
+    else:
+        print(f"stopped at step {trainer.step}; saved {checkpoint}; continue with: "
+              f"tiny-llm train --out {args.out} --resume", file=sys.stderr)
+    return 0
+
+
+def _train_with_progress(trainer: Trainer, checkpoint: Path, until: int | None, show_bar: bool) -> None:
+    """Run the trainer with a progress bar, saving after every validation; Ctrl-C stops and saves."""
+    from tqdm.auto import tqdm
+
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        if interrupted:  # a second Ctrl-C: stop now, the last saved checkpoint stands
+            raise KeyboardInterrupt
+        interrupted = True
+
+    bar = tqdm(total=trainer.config.max_steps, initial=trainer.step, unit="step", disable=not show_bar,
+               dynamic_ncols=True, file=sys.stderr)
+
+    def callback(progress) -> bool:
+        if progress.is_eval:
+            if not trainer.finished:  # a finished run is saved below, once it holds its best weights
+                trainer.save(checkpoint)  # between steps: a consistent state to resume from
+            tqdm.write(f"step {progress.step:6d}  train loss {progress.loss:.4f}  val loss {progress.val_loss:.4f}  "
+                       f"(best {trainer.history.best_val_loss:.4f})", file=sys.stderr)
+        else:
+            bar.update(1)
+            bar.set_postfix(loss=f"{progress.loss:.3f}", lr=f"{progress.lr:.1e}",
+                            tok_s=f"{progress.tokens_per_s:,.0f}", refresh=False)
+        return interrupted
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        trainer.train(callback=callback, until=until)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+    trainer.save(checkpoint)
+    if interrupted:
+        print("interrupted", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluation_scores(ckpt: Checkpoint, text: str, split: str, device: torch.device) -> dict:
+    """Loss, perplexity and bits per byte of the model and of unigram/bigram baselines on one split."""
+    tokenizer = BPETokenizer(ckpt.merges)
+    config = ckpt.model_config
+    _, ids = _encode_splits(text, tokenizer, 1)
+    held_out = ids[split]
+    if len(held_out) < 2:
+        raise CliError(f"the {split} split has fewer than 2 tokens")
+    model = ckpt.model(device)
+    losses = {
+        "tiny GPT": evaluate(model, held_out, config.context_length),
+        "unigram": NGramLM(1, config.vocab_size).fit(ids["train"]).nll(held_out),
+        "bigram": NGramLM(2, config.vocab_size).fit(ids["train"]).nll(held_out),
+    }
+    return {
+        "split": split,
+        "tokens": len(held_out),
+        "bytes": sum(len(tokenizer.token_bytes(t)) for t in held_out),
+        "models": {
+            name: {"loss": loss, "perplexity": math.exp(loss),
+                   "bits_per_byte": bits_per_byte(loss, held_out, tokenizer.token_bytes)}
+            for name, loss in losses.items()
+        },
+    }
+
+
+def cmd_evaluate(args) -> int:
+    device = _device(args.device)
+    _threads(args.threads)
+    ckpt = _load(args.checkpoint)
+    text, corpus_file = _corpus(args.corpus)
+    trained_on = ckpt.meta.get("corpus_sha256")
+    if trained_on is not None and trained_on != _digest(text):
+        print(f"warning: {args.checkpoint} was trained on {ckpt.meta.get('corpus', 'another corpus')}, "
+              f"not on {corpus_file}: its splits differ, and held-out text may have been trained on",
+              file=sys.stderr)
+    scores = evaluation_scores(ckpt, text, args.split, device)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+        return 0
+    print(f"{args.split} split: {scores['tokens']:,} tokens, {scores['bytes']:,} bytes")
+    print(f"{'model':10} {'loss':>8} {'perplexity':>11} {'bits/byte':>10}")
+    for name, s in scores["models"].items():
+        print(f"{name:10} {s['loss']:8.4f} {s['perplexity']:11.3f} {s['bits_per_byte']:10.4f}")
+    return 0
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def cmd_generate(args) -> int:
+    device = _device(args.device)
+    _threads(args.threads)
+    if args.max_new_tokens < 0:
+        raise CliError(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
+    if args.samples < 1:
+        raise CliError(f"--samples must be at least 1, got {args.samples}")
+    if args.temperature < 0:
+        raise CliError(f"--temperature must be at least 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CliError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CliError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.repetition_penalty <= 0:
+        raise CliError(f"--repetition-penalty must be positive, got {args.repetition_penalty}")
+    if not args.prompt:
+        raise CliError("--prompt is empty: the model needs at least one token to continue")
+    ckpt = _load(args.checkpoint)
+    tokenizer = BPETokenizer(ckpt.merges)
+    model = ckpt.model(device)
+    prompt_ids = tokenizer.encode(args.prompt)  # byte-level: every character has bytes to fall back on
+    greedy = args.greedy or args.temperature == 0
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    idx = torch.tensor([prompt_ids] * args.samples, dtype=torch.long, device=device)  # (samples, T)
+    sampling = {"temperature": 0.0} if greedy else {
+        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "generator": generator}
+    out = generate(model, idx, args.max_new_tokens, repetition_penalty=args.repetition_penalty, **sampling)
+    for i, row in enumerate(out.tolist()):
+        if args.samples > 1:
+            print(f"--- sample {i + 1}")
+        print(tokenizer.decode(row))
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"tiny-llm {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tiny-llm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        torch.set_num_threads(threads)  # --threads is for this command only (main may be called in-process)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,634 @@
+"""Training a TinyGPT: batches, the learning-rate schedule, the loop, evaluation, checkpoints (chapter 8).
+
+This is the one training implementation of the project: the book's chapter 8
+calls it, and so does the ``tiny-llm`` command line. Everything that decides
+the outcome of a run (the seed, the batch order, the dropout masks, the
+optimiser state) is explicit state that a checkpoint saves, so a run resumed
+from a checkpoint continues exactly as if it had never stopped.
+
+Process-wide settings are left alone: dropout draws from a private generator
+state that is swapped in around each training step (the global random
+generator is untouched), and the number of CPU threads changes only inside
+``Trainer.train`` when the caller asks for it, and is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tinyllm.embedding import Embedding
+from tinyllm.layers import LayerNorm
+from tinyllm.model import GPTConfig, TinyGPT
+
+CHECKPOINT_FORMAT = "tinyllm-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """How to train. One notion of length: ``max_steps`` optimiser updates of ``batch_size`` windows."""
+
+    batch_size: int = 32  # windows per step: 32 x 64 = 2,048 predictions, an efficient step on a CPU
+    lr: float = 6e-3  # peak rate; a model this small tolerates a large one (1.2e-2 trains much worse)
+    min_lr: float = 6e-4  # the cosine ends at 10% of the peak, not 0: the last steps still learn
+    warmup_steps: int = 50  # Adam's moment estimates are noisy at first; ramp up while they settle
+    max_steps: int = 800  # optimiser updates: 1.6M predictions, ~15 passes over the train split
+    weight_decay: float = 0.1  # decoupled (AdamW) decay on the weight matrices only, see param_groups
+    grad_clip: float = 1.0  # clip the global gradient norm: one bad batch cannot throw the weights far
+    eval_interval: int = 100  # steps between validations (one costs about 4 steps: val + a train slice)
+    patience: int = 5  # stop after this many evaluations without a new best validation loss
+    seed: int = 0  # model initialisation, batch order and dropout all derive from it
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("batch_size", "max_steps", "eval_interval"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.patience < 0:
+            problems.append("warmup_steps and patience must be non-negative")
+        if not 0 < self.min_lr <= self.lr:
+            problems.append(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if self.weight_decay < 0 or self.grad_clip <= 0:
+            problems.append("weight_decay must be >= 0 and grad_clip > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` intra-op CPU threads and restore the previous number after it.
+
+    For matrices this small, extra threads gain little on an idle machine and
+    can be many times slower on a busy one (each parallel region waits for
+    every thread to be scheduled), so the caller may want fewer. ``None``
+    changes nothing.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def windows(ids: Tensor | list[int], context_length: int) -> tuple[Tensor, Tensor]:
+    """Every training window of a token sequence: x (N, T) and y (N, T), y shifted by one.
+
+    Window i is x = ids[i : i+T], y = ids[i+1 : i+T+1], for every start i, so
+    N = len(ids) - T. Both are views (``unfold``), not copies: no memory is
+    spent on the T-fold overlap.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if ids.dim() != 1 or ids.numel() < context_length + 1:
+        raise ValueError(
+            f"need a 1-D sequence of at least context_length + 1 = {context_length + 1} ids, "
+            f"got shape {tuple(ids.shape)}"
+        )
+    x = ids[:-1].unfold(0, context_length, 1)  # (N, T)
+    y = ids[1:].unfold(0, context_length, 1)  # (N, T)
+    return x, y
+
+
+class BatchSampler:
+    """Random training windows, drawn with a private, seeded ``torch.Generator``.
+
+    Each batch picks ``batch_size`` start positions uniformly (with
+    replacement). The generator's state is all there is to the sampler's
+    position, so saving it and restoring it continues the same stream.
+    """
+
+    def __init__(self, ids: Tensor | list[int], context_length: int, batch_size: int, seed: int):
+        self.x, self.y = windows(ids, context_length)
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        starts = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)  # (B,)
+        return self.x[starts], self.y[starts]  # (B, T), (B, T)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate for optimiser step ``step`` (0-based): linear warm-up, then cosine decay.
+
+    Steps 0..W-1 ramp linearly up to ``lr`` (step W-1 uses the full rate);
+    from step W the rate follows half a cosine from ``lr`` down to ``min_lr``,
+    reached at step ``max_steps`` (and kept after it).
+    """
+    warmup, total = config.warmup_steps, config.max_steps
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if step >= total:
+        return config.min_lr
+    progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
+    return config.min_lr + (config.lr - config.min_lr) * cosine
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: weight matrices decay, everything else does not.
+
+    Decay pulls a weight towards zero to keep the function simple, which makes
+    sense for the matrices that mix features. It makes no sense for biases and
+    LayerNorm gains (shrinking a gain only fights the normalisation), and it
+    hurts embeddings: a row only gets a gradient when its token is in the
+    batch, but decay shrinks every row at every step, so rare tokens would
+    drift to zero between their appearances. The tied output layer shares the
+    token table, so it follows the embedding rule.
+    """
+    no_decay = set()
+    for module in model.modules():
+        if isinstance(module, (Embedding, nn.Embedding, LayerNorm, nn.LayerNorm)):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    decay, keep = [], []
+    for p in model.parameters():  # distinct parameters: the tied table appears once
+        (keep if id(p) in no_decay or p.dim() < 2 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": keep, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    # betas (0.9, 0.95) as in GPT-3: a shorter memory of squared gradients reacts
+    # faster to the loss landscape changing, which helps short runs.
+    return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, lr: float, grad_clip: float
+) -> float:
+    """One update on a batch x, y (B, T): forward, backward, clip, AdamW step. Returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()  # dropout on
+    _, loss = model(x, y)  # mean cross-entropy over B * T targets
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # Rescale the whole gradient if its norm exceeds grad_clip (Pascanu et al., 2013).
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+def build_model(config: GPTConfig, seed: int) -> TinyGPT:
+    """A freshly initialised TinyGPT, the same for the same seed; the global RNG is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyGPT(config)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ids: Tensor | list[int], context_length: int, batch_size: int = 64) -> float:
+    """Mean cross-entropy (nats per token) of ``model`` on every token of ``ids`` after the first.
+
+    The sequence is cut into non-overlapping windows of ``context_length``
+    (the last one shorter), so each of the len(ids) - 1 targets is predicted
+    exactly once, as the n-gram baselines' ``nll`` does. It is cheap (one
+    forward position per token) and slightly pessimistic: the first tokens of
+    each window see little context, where a sliding window would give every
+    token a full context at T times the cost.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if ids.numel() < 2:
+        raise ValueError("need at least two ids to predict one")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    T = context_length
+    n_full = (ids.numel() - 1) // T
+    x_full = ids[: n_full * T].view(n_full, T)  # (n_full, T)
+    y_full = ids[1 : n_full * T + 1].view(n_full, T)
+    chunks = [(x_full[i : i + batch_size], y_full[i : i + batch_size]) for i in range(0, n_full, batch_size)]
+    rest = ids.numel() - 1 - n_full * T
+    if rest:  # the tail: a last, shorter window
+        chunks.append((ids[n_full * T : -1].view(1, rest), ids[n_full * T + 1 :].view(1, rest)))
+    total = 0.0
+    for x, y in chunks:
+        _, loss = model(x.to(device), y.to(device))  # mean over x.numel() targets
+        total += loss.item() * y.numel()
+    model.train(was_training)
+    return total / (ids.numel() - 1)
+
+
+def bits_per_byte(nll_per_token: float, ids: list[int], token_bytes: Callable[[int], bytes]) -> float:
+    """Convert a mean loss over ``ids[1:]`` (nats per token) to bits per byte of the text predicted.
+
+    The total cost, nll * (len(ids) - 1) nats, divided by ln 2 and by the
+    number of bytes the predicted tokens spell. Unlike perplexity per token,
+    this does not depend on the tokenizer, so models with different
+    vocabularies (or a byte-level one) can be compared.
+    """
+    n_bytes = sum(len(token_bytes(t)) for t in ids[1:])
+    if n_bytes == 0:
+        raise ValueError("need at least two ids to predict one")
+    return nll_per_token * (len(ids) - 1) / (n_bytes * math.log(2))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Progress:
+    """What the loop reports to a callback, after each step and after each evaluation."""
+
+    step: int  # optimiser steps done so far
+    max_steps: int
+    loss: float  # training loss of the last batch (with dropout)
+    lr: float  # learning rate used for the last step
+    tokens_per_s: float  # training throughput of the last step
+    val_loss: float | None = None  # set on evaluations only
+    is_eval: bool = False
+
+
+@dataclass
+class History:
+    """Curves and outcome of a run. Lists grow as the run goes; a checkpoint stores them."""
+
+    step: list[int] = field(default_factory=list)  # 1, 2, ...: steps done
+    loss: list[float] = field(default_factory=list)  # training loss of each step's batch
+    lr: list[float] = field(default_factory=list)
+    eval_step: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)  # mean loss over the whole validation split
+    train_eval_loss: list[float] = field(default_factory=list)  # same measure, on a train slice
+    best_step: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    train_seconds: float = 0.0  # time spent in training steps (not evaluation)
+    tokens_seen: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "History":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen / self.train_seconds if self.train_seconds else 0.0
+
+
+class Trainer:
+    """AdamW + warm-up/cosine + clipping, with periodic validation and early stopping.
+
+    ``train()`` runs until ``max_steps`` (or ``until``), or until the
+    validation loss has not improved for ``patience`` evaluations; at the end
+    the model holds the weights of the best evaluation. ``save``/``resume``
+    make an interrupted run continue bit for bit.
+    """
+
+    def __init__(
+        self,
+        model: TinyGPT,
+        train_ids: Tensor | list[int],
+        val_ids: Tensor | list[int],
+        config: TrainConfig | None = None,
+        device: str | torch.device | None = None,
+        merges: list[tuple[int, int]] | None = None,
+        num_threads: int | None = None,
+    ):
+        self.config = config or TrainConfig()
+        self.num_threads = num_threads  # CPU threads while train() runs; None: leave torch's setting
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device)
+        self.merges = [tuple(m) for m in merges] if merges is not None else None
+        T = model.config.context_length
+        self.sampler = BatchSampler(train_ids, T, self.config.batch_size, self.config.seed)
+        self.val_ids = torch.as_tensor(val_ids, dtype=torch.long)
+        # The same measure as validation, on as many training tokens: the honest train/val gap.
+        self.train_eval_ids = torch.as_tensor(train_ids, dtype=torch.long)[: max(len(self.val_ids), T + 1)]
+        self.optimizer = make_optimizer(self.model, self.config)
+        self.step = 0
+        self.history = History()
+        self.best_state: dict[str, Tensor] | None = None
+        self.evals_since_best = 0
+        self.finished = False
+        self.meta: dict[str, str] = {}  # free-form strings saved with the run (e.g. the corpus's hash)
+        # Dropout's private generator state (CPU, or the CUDA device's), seeded from the config.
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(self.config.seed + 1)
+            self.dropout_rng = self._get_rng()
+
+    # -- private RNG for dropout: swapped in around each step, global state untouched
+    def _rng_devices(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+    def _get_rng(self) -> Tensor:
+        if self.device.type == "cuda":
+            return torch.cuda.get_rng_state(self.device)
+        return torch.get_rng_state()
+
+    def _set_rng(self, state: Tensor) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state, self.device)
+        else:
+            torch.set_rng_state(state)
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimiser update with the run's own dropout generator; returns (loss, lr)."""
+        lr = lr_at(self.step, self.config)
+        x, y = self.sampler.next_batch()  # (B, T) each
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            self._set_rng(self.dropout_rng)
+            loss = train_step(self.model, self.optimizer, x.to(self.device), y.to(self.device),
+                              lr, self.config.grad_clip)
+            self.dropout_rng = self._get_rng()
+        self.step += 1
+        return loss, lr
+
+    def run_eval(self) -> float:
+        T = self.model.config.context_length
+        val_loss = evaluate(self.model, self.val_ids, T)
+        h = self.history
+        h.eval_step.append(self.step)
+        h.val_loss.append(val_loss)
+        h.train_eval_loss.append(evaluate(self.model, self.train_eval_ids, T))
+        if val_loss < h.best_val_loss:
+            h.best_val_loss, h.best_step = val_loss, self.step
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        return val_loss
+
+    def train(
+        self,
+        callback: Callable[[Progress], bool | None] | None = None,
+        until: int | None = None,
+    ) -> History:
+        """Train to ``max_steps`` (or only up to step ``until``: an interruption, for resuming later).
+
+        ``callback(progress)`` is called after every step and every evaluation;
+        returning True stops the run there (the state stays consistent, so it
+        can be saved and resumed). When the run is complete the model is given
+        the best weights seen.
+        """
+        stop_at = self.config.max_steps if until is None else min(until, self.config.max_steps)
+        with cpu_threads(self.num_threads):
+            return self._train(callback, stop_at)
+
+    def _train(self, callback: Callable[[Progress], bool | None] | None, stop_at: int) -> History:
+        cfg, h = self.config, self.history
+        tokens_per_step = cfg.batch_size * self.model.config.context_length
+        while self.step < stop_at and not self.finished:
+            start = time.perf_counter()
+            loss, lr = self.train_step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            h.step.append(self.step)
+            h.loss.append(loss)
+            h.lr.append(lr)
+            h.train_seconds += seconds
+            h.tokens_seen += tokens_per_step
+            progress = Progress(self.step, cfg.max_steps, loss, lr, tokens_per_step / seconds)
+            stop = callback is not None and bool(callback(progress))
+            # A stop request still lets this step's evaluation happen, so that a
+            # run stopped here and resumed later matches an uninterrupted one.
+            if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
+                val_loss = self.run_eval()
+                if self.evals_since_best >= cfg.patience:
+                    h.stopped_early = True
+                    self.finished = True
+                if callback is not None and callback(replace(progress, val_loss=val_loss, is_eval=True)):
+                    stop = True
+            if stop:
+                return h
+        if self.step >= cfg.max_steps:
+            self.finished = True
+        if self.finished and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return h
+
+    # -- checkpoints
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (see :func:`save_checkpoint`)."""
+        return {
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "merges": self.merges,
+            "step": self.step,
+            "best_val_loss": self.history.best_val_loss,
+            "best_model": self.best_state,
+            "evals_since_best": self.evals_since_best,
+            "finished": self.finished,
+            "history": self.history.to_dict(),
+            "meta": dict(self.meta),
+            "rng": {
+                "dropout": self.dropout_rng.cpu(),
+                "dropout_device": torch.tensor(self.device.type == "cuda"),  # whose generator state it is
+                "batches": self.sampler.state_dict()["generator"],
+            },
+        }
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, **self.state())
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | Path,
+        train_ids: Tensor | list[int],
+        val_ids: Tensor | list[int],
+        device: str | torch.device | None = None,
+        num_threads: int | None = None,
+    ) -> "Trainer":
+        """A trainer in exactly the state saved at ``path``, ready to continue ``train()``."""
+        ckpt = load_checkpoint(path)
+        model = build_model(ckpt.model_config, seed=0)  # overwritten by the saved weights
+        trainer = cls(model, train_ids, val_ids, ckpt.train_config, device, ckpt.merges, num_threads)
+        try:
+            trainer.model.load_state_dict(ckpt.model_state)
+            trainer.optimizer.load_state_dict(ckpt.optimizer_state)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ValueError(f"checkpoint {path} does not fit its own model config: {err}") from None
+        trainer.step = ckpt.step
+        trainer.history = ckpt.history
+        trainer.best_state = ckpt.best_model_state
+        trainer.evals_since_best = ckpt.evals_since_best
+        trainer.finished = ckpt.finished
+        trainer.meta = dict(ckpt.meta)
+        # Dropout state is per device type; on another device type the run goes on
+        # with a freshly seeded one (correct, but no longer bit-identical).
+        saved_on_cuda = bool(ckpt.rng.get("dropout_device", torch.tensor(False)))
+        if saved_on_cuda == (trainer.device.type == "cuda"):
+            trainer.dropout_rng = ckpt.rng["dropout"]
+        trainer.sampler.load_state_dict({"generator": ckpt.rng["batches"]})
+        return trainer
+
+
+# --------------------------------------------------------------------------- checkpoint files
+
+
+@dataclass
+class Checkpoint:
+    """The contents of a checkpoint file, checked and typed."""
+
+    model_config: GPTConfig
+    train_config: TrainConfig
+    model_state: dict[str, Tensor]
+    optimizer_state: dict | None
+    merges: list[tuple[int, int]] | None
+    step: int
+    best_val_loss: float
+    best_model_state: dict[str, Tensor] | None
+    evals_since_best: int
+    finished: bool
+    history: History
+    rng: dict[str, Tensor]
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def model(self, device: str | torch.device = "cpu") -> TinyGPT:
+        """The saved model (the best weights if the run finished), in eval mode."""
+        model = build_model(self.model_config, seed=0)
+        model.load_state_dict(self.model_state)
+        return model.to(device).eval()
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model_config: dict,
+    train_config: dict,
+    model: dict[str, Tensor],
+    optimizer: dict | None = None,
+    merges: list[tuple[int, int]] | None = None,
+    step: int = 0,
+    best_val_loss: float = math.inf,
+    best_model: dict[str, Tensor] | None = None,
+    evals_since_best: int = 0,
+    finished: bool = False,
+    history: dict | None = None,
+    rng: dict[str, Tensor] | None = None,
+    meta: dict[str, str] | None = None,
+) -> Path:
+    """Write a checkpoint atomically: a temporary file in the same folder, fsync, then rename.
+
+    A crash at any moment leaves either the old file or the new one, never a
+    half-written one, because ``os.replace`` within one file system is atomic.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": dict(model_config),
+        "train_config": dict(train_config),
+        "model": model,
+        "optimizer": optimizer,
+        "merges": [list(m) for m in merges] if merges is not None else None,
+        "step": int(step),
+        "best_val_loss": float(best_val_loss),
+        "best_model": best_model,
+        "evals_since_best": int(evals_since_best),
+        "finished": bool(finished),
+        "history": history if history is not None else History().to_dict(),
+        "rng": rng or {},
+        "meta": {str(k): str(v) for k, v in (meta or {}).items()},
+    }
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"  # same file system
+    try:
+        with open(tmp, "xb") as f:  # a fresh file, with the usual permissions
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and check a checkpoint; anything unreadable or inconsistent is a ValueError naming the file.
+
+    ``weights_only=True``: only tensors and plain containers are unpickled, so
+    a checkpoint from elsewhere cannot run code on load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, foreign pickle: all mean "not ours"
+        # torch's own message can run to many lines of advice; its first line says what failed.
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path} is not a readable tinyllm checkpoint ({type(err).__name__}: {first_line})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a tinyllm checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint version {payload.get('version')}, this tinyllm reads version {CHECKPOINT_VERSION}"
+        )
+    try:
+        model_config = GPTConfig(**payload["model_config"])
+        train_config = TrainConfig.from_dict(payload["train_config"])
+        merges = payload["merges"]
+        ckpt = Checkpoint(
+            model_config=model_config,
+            train_config=train_config,
+            model_state=payload["model"],
+            optimizer_state=payload["optimizer"],
+            merges=[tuple(int(x) for x in m) for m in merges] if merges is not None else None,
+            step=int(payload["step"]),
+            best_val_loss=float(payload["best_val_loss"]),
+            best_model_state=payload["best_model"],
+            evals_since_best=int(payload["evals_since_best"]),
+            finished=bool(payload["finished"]),
+            history=History.from_dict(payload["history"]),
+            rng=payload["rng"],
+            meta=dict(payload.get("meta", {})),
+        )
+        if merges is not None and 256 + len(ckpt.merges) != model_config.vocab_size:
+            raise ValueError(
+                f"{len(ckpt.merges)} merges give a vocabulary of {256 + len(ckpt.merges)}, "
+                f"the model expects {model_config.vocab_size}"
+            )
+        build_model(model_config, seed=0).load_state_dict(ckpt.model_state)  # shapes must fit the config
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path} is an incompatible or damaged tinyllm checkpoint: {err}") from None
+    return ckpt
