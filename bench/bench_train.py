@@ -86,7 +86,7 @@ class TorchEncoderGPT(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device)))  # (B, T, d_model)
         x = self.ln_f(self.blocks(x, mask=mask, is_causal=True))
         logits = self.lm_head(x)  # (B, T, V)
-        loss = nn.functional.cross_entropy(logits.view(B * T, -1), targets.view(B * T))
+        loss = nn.functional.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
         return logits, loss
 
 

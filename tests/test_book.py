@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,25 @@ def test_chapter_has_executed_outputs_and_no_errors(built_html, source):
     for marker in ("Traceback (most recent call last)", 'class="output traceback', 'class="output error',
                    'class="output stderr'):
         assert marker not in text, f"{source.name}: the page shows an error or stderr output ({marker})"
+
+
+NUMBERED_CHAPTERS = [s for s in CHAPTERS if re.match(r"\d\d_", s.name)]
+
+
+@pytest.mark.parametrize("source", NUMBERED_CHAPTERS, ids=chapter_id)
+def test_chapter_follows_the_template(built_html, source):
+    """Objectives, at least one figure drawn by its code, a citation, a summary, an exercises link."""
+    markdown = source.read_text(encoding="utf-8")
+    text = page(built_html, source)
+    assert "Learning objectives" in markdown, source.name
+    assert "{cite:p}" in markdown or "{cite:t}" in markdown, f"{source.name} cites nothing"
+    assert re.search(r'<img[^>]+src="(\.\./_images/|data:image/png)', text), f"{source.name}: no figure drawn by code"
+    assert re.search(r'href="[^"]*bibliography\.html#id\d+"|class="reference internal" href="bibliography', text), \
+        f"{source.name}: no citation link in the page"
+    for section in ("## Summary", "## Exercises"):
+        assert section in markdown, f"{source.name} has no {section[3:]} section"
+    assert "colab.research.google.com/github/" in text.split('id="exercises"')[-1], \
+        f"{source.name}: the Exercises section has no Open-in-Colab link"
 
 
 def glued_values(source: Path) -> dict[str, str]:
@@ -141,6 +161,9 @@ def test_broken_inputs_fail_the_build_naming_the_file(tmp_path):
     (book / "book").mkdir(parents=True)
     (book / "references.bib").write_text((ROOT / "references.bib").read_text())
     (book / "_config.yml").write_text((ROOT / "_config.yml").read_text())
+    (book / "tools").mkdir()  # the config's local Sphinx extension, and the assets it serves
+    shutil.copy(ROOT / "tools" / "sphinx_site.py", book / "tools")
+    shutil.copytree(ROOT / "book" / "_vendor", book / "book" / "_vendor")
     (book / "_toc.yml").write_text(
         "format: jb-book\nroot: book/index\nchapters:\n  - file: book/broken_cell\n  - file: book/bad_cite\n"
     )

@@ -3,7 +3,8 @@
 # As root with apt-get (CI, a fresh machine) it installs them; otherwise it says what to install.
 set -euo pipefail
 needed=()
-command -v bwrap >/dev/null 2>&1 || needed+=(bubblewrap)
+command -v bwrap >/dev/null 2>&1 || needed+=(bubblewrap)          # the grader's sandbox
+command -v chromium >/dev/null 2>&1 || needed+=(chromium)          # the site's browser tests
 [ ${#needed[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "Installing system packages: ${needed[*]}"
