@@ -35,8 +35,20 @@ CHECKPOINT_FORMAT = "tinyllm-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+class _Saved:
+    """A dataclass that a checkpoint stores as a plain dict (fields it no longer has are ignored)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(_Saved):
     """How to train. One notion of length: ``max_steps`` optimiser updates of ``batch_size`` windows."""
 
     batch_size: int = 32  # windows per step: 32 x 64 = 2,048 predictions, an efficient step on a CPU
@@ -64,13 +76,6 @@ class TrainConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def default_device() -> torch.device:
@@ -282,7 +287,7 @@ class Progress:
 
 
 @dataclass
-class History:
+class History(_Saved):
     """Curves and outcome of a run. Lists grow as the run goes; a checkpoint stores them."""
 
     step: list[int] = field(default_factory=list)  # 1, 2, ...: steps done
@@ -297,13 +302,6 @@ class History:
     train_seconds: float = 0.0  # time spent in training steps (not evaluation)
     tokens_seen: int = 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "History":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     @property
     def tokens_per_s(self) -> float:
