@@ -14,7 +14,6 @@ written for the student.
 
 from __future__ import annotations
 
-import inspect
 import traceback
 from typing import Any, Callable
 

@@ -18,7 +18,8 @@ from autograder import api
 from autograder.notebook import NotebookError, read_notebook
 from autograder.registry import Check
 from autograder.runner import WorkerSession, detect_assignment, failure_message, finish_report, test_entry
-from autograder.sandbox import Limits, WorkerError, bwrap_works, remove_stale_folders, stage_runtime
+from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
+                               stage_runtime)
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
 
@@ -73,6 +74,7 @@ class Grading:
     def close(self) -> None:
         for session in self.sessions.values():
             session.cleanup()
+        close_spawners()
 
 
 def pytest_configure(config):

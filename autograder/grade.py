@@ -22,7 +22,8 @@ from pathlib import Path
 from autograder.registry import ASSIGNMENTS, checks_version
 from autograder.report import atomic_write, class_csv, read_report, write_report
 from autograder.runner import grade_notebook
-from autograder.sandbox import Limits, bwrap_works, remove_stale_folders, stage_runtime
+from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
+                               spawner_for, stage_runtime)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         leftover.unlink(missing_ok=True)
     isolation = "rlimits" if args.unsafe_no_sandbox else "bwrap"
     if isolation == "bwrap" and not bwrap_works():
-        print("autograder: bubblewrap (bwrap) is not available, so submissions cannot be sandboxed. Install it "
+        print("autograder: bubblewrap (bwrap) is not available, or may not nest namespaces here, so submissions "
+              "cannot be sandboxed. Install it "
               "(Debian/Ubuntu: apt-get install bubblewrap) or, for trusted notebooks only, pass "
               "--unsafe-no-sandbox.", file=sys.stderr)
         return 2
@@ -137,6 +139,15 @@ def run(args: argparse.Namespace) -> int:
             todo.append(submission)
     skipped = len(submissions) - len(todo)
     runtime = stage_runtime() if todo else None
+    if runtime is not None:
+        try:  # from this thread, which outlives the run: the sandbox dies with the thread that started it
+            spawner_for(runtime, isolation, limits)
+        except WorkerError as error:
+            import shutil
+
+            shutil.rmtree(runtime, ignore_errors=True)
+            print(f"autograder: the sandbox could not start: {error.message}", file=sys.stderr)
+            return 2
     progress = _progress(len(todo), args.quiet)
     if skipped and not args.quiet:
         print(f"autograder: {skipped} submission(s) already graded (unchanged); --force regrades them",
@@ -160,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
                 progress.set_postfix_str(f"{submission.label}: {report['score']:g}/{report['max_score']:g}")
     finally:
         progress.close()
+        close_spawners()
         if runtime is not None:
             import shutil
 
@@ -193,7 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="submissions graded in parallel (default: the number of CPUs)")
     parser.add_argument("--timeout", type=float, default=Limits.call_seconds,
                         help="wall-clock seconds for each check of a submission, and for running its cells "
-                             "(default: %(default)s); a worker also gets 30 s once to start")
+                             "(default: %(default)s); the run's sandbox gets 30 s once to start")
     parser.add_argument("--memory", type=int, default=Limits.memory_bytes // 2**20,
                         help="address-space limit per worker in MB (default: %(default)s)")
     parser.add_argument("--assignment", choices=list(ASSIGNMENTS), help="the assignment, when file names do not say")

@@ -19,9 +19,9 @@ class WorkerSession:
 
     Time: every check gets the full ``call_seconds`` (so an infinite loop in one
     function never starves the checks of another), and so does running the
-    notebook's cells, plus ``startup_seconds`` once per worker for Python and
-    torch to start. A submission therefore costs at most about
-    (checks + restarts + 1) x call_seconds + restarts x startup_seconds.
+    notebook's cells. A submission therefore costs at most about
+    (checks + restarts + 1) x call_seconds; forking a worker takes milliseconds
+    (``startup_seconds`` bounds it, and the zygote's start once per run).
     """
 
     def __init__(self, notebook: Notebook, runtime: Path, limits: Limits, isolation: str):
@@ -44,11 +44,10 @@ class WorkerSession:
             raise WorkerError("crashed", "not run: the worker crashed or timed out too many times")
         self.starts += 1
         self.worker = Worker(self.runtime, self.copy, self.limits, self.isolation)
-        self.worker.start()
         cells = [{"index": c.index, "source": c.source} for c in self.notebook.runnable]
         try:
-            response = self.worker.request({"op": "load", "cells": cells},
-                                           self.limits.call_seconds + self.limits.startup_seconds)
+            self.worker.start()
+            response = self.worker.request({"op": "load", "cells": cells}, self.limits.call_seconds)
         except WorkerError as error:
             self.close()
             # Loading is deterministic: if it hangs or dies once, it will again.

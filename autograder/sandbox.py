@@ -1,36 +1,50 @@
 """Starting and talking to sandboxed worker processes.
 
+Workers are forked by a *zygote* (:mod:`autograder.zygote`) that imported
+torch once, so a submission costs a fork (about 20 ms), not a Python start and
+a torch import (about 2 s). One zygote serves a whole run.
+
 Isolation, strongest available first (what a report records under "sandbox"):
 
-* ``bwrap``: bubblewrap (Debian's ``bubblewrap`` package), the unprivileged
-  sandbox Flatpak is built on. The worker gets new user, PID, network, IPC and
-  UTS namespaces, a read-only view of the Python installation and of the
-  public code only (the book's library and the public part of this package,
-  staged into a fresh folder: never ``solutions/``, the hidden checks or other
-  submissions), a size-limited private ``/tmp``, an empty environment, no
-  capabilities, and dies with the grader.
+* ``bwrap``: the zygote runs in bubblewrap (Debian's ``bubblewrap`` package),
+  the unprivileged sandbox Flatpak is built on: new user, PID, network, IPC and
+  UTS namespaces, a read-only root, a read-only view of the Python installation
+  and of the public code only (the book's library and the public part of this
+  package, staged into a fresh folder: never ``solutions/``, the hidden checks
+  or other submissions), an empty environment, no capabilities, and it dies
+  with the grader. Each worker then gets namespaces of its own inside that
+  sandbox (user, mount, PID, IPC, network, UTS), so it cannot see or signal
+  another worker; a private size-limited ``/tmp`` and ``/dev/shm``; a read-only
+  ``/submission`` with a copy of its notebook only; an empty ``/proc``; and it
+  is PID 1 of its namespace, so killing it kills everything it started.
 * ``rlimits``: where bubblewrap is missing (macOS, Windows/WSL without it) the
   worker is still a separate process with resource limits, but it can read
   what the grading user can read and reach the network. Use it only for work
   you trust; the grader refuses it unless asked (``--unsafe-no-sandbox``).
 
 Limits everywhere: wall-clock per request (enforced by the grader, which kills
-the worker), address space (RLIMIT_AS), file size
-(RLIMIT_FSIZE), open files, no core dumps. The process-count limit uses a
-``pids`` cgroup when the grader may create one (root on cgroup v1/v2), and
-otherwise RLIMIT_NPROC set by the worker on itself inside its user namespace.
+the worker), address space (RLIMIT_AS), file size (RLIMIT_FSIZE), open files,
+no core dumps, CPU time. The process-count limit uses a ``pids`` cgroup per
+worker when the grader may create one (root on cgroup v1/v2; the grader learns
+the worker's PID from the kernel through SCM_CREDENTIALS), and otherwise
+RLIMIT_NPROC, which the kernel counts per user namespace.
 """
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import json
 import os
 import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,7 +59,7 @@ TMP_PREFIX = "autograder-"
 @dataclass(frozen=True)
 class Limits:
     call_seconds: float = 10.0  # one check (and running the notebook's cells) -- the CLI's --timeout
-    startup_seconds: float = 30.0  # extra, once per worker: starting Python and importing torch
+    startup_seconds: float = 30.0  # once per run for the zygote (Python, torch); and per worker, its fork
     memory_bytes: int = 2560 * 2**20  # address space; importing torch alone takes ~0.7 GB
     processes: int = 32  # tasks (processes and threads)
     file_bytes: int = 16 * 2**20  # largest file the worker may write
@@ -68,11 +82,20 @@ def bwrap_path() -> str | None:
 
 
 def bwrap_works() -> bool:
-    """bwrap is installed and may create namespaces here (containers sometimes forbid it)."""
+    """bwrap is installed and may create namespaces here, and so may a process inside it.
+
+    Containers sometimes forbid the first; Ubuntu's AppArmor restriction of
+    unprivileged user namespaces forbids the second (each worker's own namespaces).
+    """
     path = bwrap_path()
     if not path:
         return False
-    probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
+    from autograder import zygote
+
+    flags = zygote.CLONE_NEWUSER | zygote.CLONE_NEWNS | zygote.CLONE_NEWPID | zygote.CLONE_NEWNET
+    nested = f"import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare({flags}) != 0)"
+    probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
+                            "--uid", "65534", "--gid", "65534", "--", sys.executable, "-S", "-c", nested],
                            capture_output=True, timeout=30)
     return probe.returncode == 0
 
@@ -123,26 +146,22 @@ def stage_runtime() -> Path:
 
 # ---------------------------------------------------------------- cgroups
 
-def _cgroup_dirs(name: str, limits: Limits) -> list[Path]:
-    """Create per-worker pids (and memory) cgroups when allowed; [] otherwise."""
-    created = []
-    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+def _cgroup_for(pid: int, limits: Limits) -> list[Path]:
+    """Put a worker in its own pids cgroup when allowed (root on cgroup v1/v2); [] otherwise."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    base = Path("/sys/fs/cgroup") if v2 else Path("/sys/fs/cgroup/pids")
+    group = base / f"autograder-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        if v2.exists():
-            group = Path("/sys/fs/cgroup") / f"autograder-{name}"
-            group.mkdir()
-            created.append(group)
-            (group / "pids.max").write_text(str(limits.processes))
-        else:
-            pids = Path("/sys/fs/cgroup/pids") / f"autograder-{name}"
-            pids.mkdir()
-            created.append(pids)
-            (pids / "pids.max").write_text(str(limits.processes))
+        group.mkdir()
     except OSError:
-        for group in created:
-            _remove_cgroup(group)
         return []
-    return created
+    try:
+        (group / "pids.max").write_text(str(limits.processes))
+        (group / "cgroup.procs").write_text(str(pid))
+    except OSError:
+        _remove_cgroup(group)
+        return []
+    return [group]
 
 
 def _remove_cgroup(group: Path) -> None:
@@ -156,21 +175,45 @@ def _remove_cgroup(group: Path) -> None:
             time.sleep(0.02)  # its last processes are still exiting
 
 
-# ---------------------------------------------------------------- the worker
+# ---------------------------------------------------------------- the zygote
 
-@dataclass
-class Worker:
-    runtime: Path
-    submission_file: Path | None
-    limits: Limits = field(default_factory=Limits)
-    isolation: str = "bwrap"  # or "rlimits"
-    process: subprocess.Popen | None = None
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
-    def command(self, fd_in: int, fd_out: int, home: Path) -> list[str]:
+
+class Spawner:
+    """The grader's end of one zygote (see :mod:`autograder.zygote`): starts it, asks it for workers.
+
+    One serves a whole run (every ``--jobs`` thread); it is started once, from
+    the thread that will outlive the run, because the sandbox dies with it.
+    """
+
+    def __init__(self, runtime: Path, isolation: str):
+        self.runtime, self.isolation = runtime, isolation
+        self.lock = threading.Lock()
+        self.changed = threading.Condition()
+        self.ready = False
+        self.dead = False
+        self.events: dict[int, dict] = {}
+        self.home = make_folder("zygote")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.control = ours
+        with open(self.home / "stderr.txt", "wb") as stderr:
+            self.process = subprocess.Popen(
+                self.command(theirs.fileno()), pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, cwd=self.home)
+        theirs.close()
+        self.reader = threading.Thread(target=self._read, name="autograder-zygote", daemon=True)
+        self.reader.start()
+
+    def prefixes(self) -> list[str]:
+        """The Python installation, which the sandbox shows read-only."""
         python = sys.executable
-        env = {
+        return sorted({sys.base_prefix, sys.prefix, os.path.dirname(os.path.dirname(os.path.realpath(python)))})
+
+    def environment(self) -> dict[str, str]:
+        return {
             "PATH": "/usr/bin:/bin",
-            "HOME": "/tmp",
             "LANG": "C.UTF-8",
             "PYTHONPATH": "/opt/autograder-runtime" if self.isolation == "bwrap" else str(self.runtime),
             "PYTHONHASHSEED": "0",
@@ -178,18 +221,12 @@ class Worker:
             "OMP_NUM_THREADS": "1",  # one core per worker: --jobs decides the parallelism
             "MKL_NUM_THREADS": "1",
             "MPLBACKEND": "Agg",
-            "MPLCONFIGDIR": "/tmp/matplotlib",
-            "AUTOGRADER_NPROC": str(self.limits.processes),
-            # The worker sets these on itself before any submission code runs (hard limits,
-            # so they cannot be raised again); portable, unlike the prlimit tool.
-            "AUTOGRADER_RLIMITS": json.dumps({
-                "AS": self.limits.memory_bytes, "FSIZE": self.limits.file_bytes, "NOFILE": self.limits.open_files,
-                "CORE": 0, "CPU": int(self.limits.startup_seconds + 20 * self.limits.call_seconds)}),
         }
-        worker = [python, "-s", "-m", "autograder.worker", str(fd_in), str(fd_out)]
+
+    def command(self, control_fd: int) -> list[str]:
+        worker = [sys.executable, "-s", "-m", "autograder.worker", str(control_fd)]
+        env = self.environment()
         if self.isolation != "bwrap":
-            env["HOME"] = str(home)
-            env["MPLCONFIGDIR"] = str(home / "matplotlib")
             return ["env", "-i"] + [f"{k}={v}" for k, v in env.items()] + worker
         command = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session",
                    "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
@@ -199,43 +236,201 @@ class Worker:
             command += ["--dev-bind", device, device]
         for name, value in env.items():
             command += ["--setenv", name, value]
+        # /tmp first, so that a Python installation under /tmp is mounted on top of it.
+        command += ["--tmpfs", "/tmp", "--dir", "/submission", "--dir", "/dev/shm"]
         for path in ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache",
                      "/etc/alternatives", "/sys/devices/system/cpu"):
             command += ["--ro-bind-try", path, path]
-        for prefix in sorted({sys.base_prefix, sys.prefix, os.path.dirname(os.path.dirname(os.path.realpath(python)))}):
+        for prefix in self.prefixes():
             command += ["--ro-bind", prefix, prefix]
         command += ["--ro-bind", str(self.runtime), "/opt/autograder-runtime"]
-        if self.submission_file is not None:
-            command += ["--ro-bind", str(self.submission_file), "/submission/submission.ipynb"]
         # The root is a tmpfs that bwrap builds the mount points in; once they exist it
         # must be read-only, or a submission could fill it (it has no size limit).
-        command += ["--size", str(self.limits.scratch_bytes), "--tmpfs", "/tmp",
-                    "--size", str(self.limits.scratch_bytes // 4), "--tmpfs", "/dev/shm",
-                    "--remount-ro", "/", "--chdir", "/tmp", "--"]
-        return command + worker
+        return command + ["--remount-ro", "/", "--chdir", "/", "--"] + worker
+
+    # ---------------------------------------------------------------- messages
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.control.recv(1 << 20)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            try:
+                message = json.loads(data)
+            except ValueError:
+                continue
+            with self.changed:
+                if message.get("ready"):
+                    self.ready = True
+                elif isinstance(message.get("id"), int):
+                    self.events[message["id"]] = message
+                self.changed.notify_all()
+        with self.changed:
+            self.dead = True
+            self.changed.notify_all()
+
+    def wait_ready(self, timeout: float) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.ready or self.dead, timeout):
+                raise WorkerError("crashed", f"the sandbox did not start within {timeout:g} s")
+        if self.dead:
+            raise WorkerError("crashed", f"the sandbox could not start: {self.stderr_tail()}")
+
+    def spawn(self, worker_id: int, setup: dict, fds: list[int]) -> None:
+        message = json.dumps({"op": "spawn", "id": worker_id, "setup": setup}).encode()
+        with self.lock:
+            try:
+                socket.send_fds(self.control, [message], fds)
+            except OSError as error:
+                raise WorkerError("crashed", f"the sandbox stopped ({error})") from None
+
+    def kill(self, worker_id: int) -> None:
+        with self.lock:
+            try:
+                self.control.send(json.dumps({"op": "kill", "id": worker_id}).encode())
+            except OSError:
+                pass
+
+    def outcome(self, worker_id: int, timeout: float) -> dict | None:
+        """The zygote's last word on a worker ({"status": ...} or {"error": ...}), or None."""
+        with self.changed:
+            self.changed.wait_for(lambda: worker_id in self.events or self.dead, timeout)
+            return self.events.pop(worker_id, None)
+
+    def alive(self) -> bool:
+        return not self.dead and self.process.poll() is None
+
+    def stderr_tail(self, size: int = 2000) -> str:
+        try:
+            return (self.home / "stderr.txt").read_bytes()[-size:].decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        try:
+            self.control.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.control.close()
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        self.reader.join(timeout=5)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+_spawners: dict[tuple[str, str], Spawner] = {}
+_spawners_lock = threading.Lock()
+
+
+def spawner_for(runtime: Path, isolation: str, limits: Limits) -> Spawner:
+    """The run's zygote, started on first use (and again if it died)."""
+    key = (str(runtime), isolation)
+    with _spawners_lock:
+        spawner = _spawners.get(key)
+        if spawner is None or not spawner.alive():
+            if spawner is not None:
+                spawner.close()
+            spawner = _spawners[key] = Spawner(runtime, isolation)
+    spawner.wait_ready(limits.startup_seconds)
+    return spawner
+
+
+def close_spawners() -> None:
+    """Stop every zygote (the end of a run); the next worker starts a new one."""
+    with _spawners_lock:
+        spawners = list(_spawners.values())
+        _spawners.clear()
+    for spawner in spawners:
+        spawner.close()
+
+
+atexit.register(close_spawners)
+
+
+# ---------------------------------------------------------------- the worker
+
+_worker_ids = itertools.count(1)
+
+
+@dataclass
+class Worker:
+    """One submission's worker process, forked by the zygote; the grader talks to it over a socket."""
+
+    runtime: Path
+    submission_file: Path | None
+    limits: Limits = field(default_factory=Limits)
+    isolation: str = "bwrap"  # or "rlimits"
+
+    def setup(self) -> dict:
+        isolated = self.isolation == "bwrap"
+        home = "/tmp" if isolated else str(self.home)
+        return {
+            "isolated": isolated,
+            "home": home,
+            "environment": {"HOME": home, "TMPDIR": home, "MPLCONFIGDIR": f"{home}/matplotlib"},
+            "scratch_bytes": self.limits.scratch_bytes,
+            "keep_under_tmp": [p for p in self.spawner.prefixes() if _under(p, "/tmp")],
+            "limits": {"AS": self.limits.memory_bytes, "FSIZE": self.limits.file_bytes,
+                       "NOFILE": self.limits.open_files, "CORE": 0, "NPROC": self.limits.processes,
+                       "CPU": int(self.limits.startup_seconds + 20 * self.limits.call_seconds)},
+        }
 
     def start(self) -> None:
-        home = make_folder("worker")
-        self.home = home
-        child_in, self.to_worker = os.pipe()
-        self.from_worker, child_out = os.pipe()
-        name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.cgroups = _cgroup_dirs(name, self.limits) if os.geteuid() == 0 else []
-        # A shell joins the cgroups before exec-ing the sandbox, so every process the
-        # submission starts is counted; it also ignores SIGXFSZ, so writing past the
-        # file-size limit fails with an error instead of killing the worker.
-        join = "".join(f'echo $$ > "{g}/cgroup.procs" && ' for g in self.cgroups)
-        shell = ["/bin/sh", "-c", f'{join}trap "" XFSZ; exec "$@"', "sh"]
-        self.stderr_path = home / "stderr.txt"
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                shell + self.command(child_in, child_out, home),
-                pass_fds=(child_in, child_out), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=stderr, start_new_session=True, cwd=home,
-            )
-        os.close(child_in)
-        os.close(child_out)
-        self.started = time.monotonic()
+        self.home = make_folder("worker")
+        self.id = next(_worker_ids)
+        self.pid = self.pidfd = None
+        self.cgroups: list[Path] = []
+        self.finished: dict | None = None
+        self.spawner = spawner_for(self.runtime, self.isolation, self.limits)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if hasattr(socket, "SO_PASSCRED"):
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock = ours
+        self.fd = ours.fileno()
+        self.stderr_path = self.home / "stderr.txt"
+        files = [open(self.stderr_path, "wb")]
+        if self.isolation == "bwrap" and self.submission_file is not None:
+            files.append(open(self.submission_file, "rb"))
+        try:
+            self.spawner.spawn(self.id, self.setup(), [theirs.fileno()] + [f.fileno() for f in files])
+        finally:
+            theirs.close()
+            for handle in files:
+                handle.close()
+        try:
+            self._await_ready(time.monotonic() + self.limits.startup_seconds)
+        except WorkerError as error:
+            if error.kind == "timeout":
+                raise WorkerError("crashed", f"the worker did not start within {self.limits.startup_seconds:g} s") \
+                    from None
+            raise
+
+    def _await_ready(self, deadline: float) -> None:
+        """The worker's first message: its PID, from the kernel where it can say."""
+        self._wait(self.fd, select.POLLIN, deadline)
+        size = socket.CMSG_SPACE(12) if hasattr(socket, "SCM_CREDENTIALS") else 0
+        data, ancillary, _, _ = self.sock.recvmsg(64, size)
+        if not data:
+            raise self._died()
+        pid = int(data) if data.isdigit() else 0
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == getattr(socket, "SCM_CREDENTIALS", None):
+                pid = struct.unpack("i", payload[:4])[0]
+        self.pid = pid
+        if hasattr(os, "pidfd_open"):
+            try:
+                self.pidfd = os.pidfd_open(pid)
+            except OSError:
+                raise self._died() from None
+        if os.geteuid() == 0 and sys.platform.startswith("linux"):
+            self.cgroups = _cgroup_for(pid, self.limits)
 
     # ---------------------------------------------------------------- requests
 
@@ -257,18 +452,21 @@ class Worker:
     def _write(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
         while view:
-            self._wait(self.to_worker, select.POLLOUT, deadline)
+            self._wait(self.fd, select.POLLOUT, deadline)
             try:
-                written = os.write(self.to_worker, view)
-            except BrokenPipeError:
+                written = os.write(self.fd, view)
+            except (BrokenPipeError, ConnectionResetError):
                 raise self._died() from None
             view = view[written:]
 
     def _read(self, count: int, deadline: float) -> bytes:
         chunks = []
         while count:
-            self._wait(self.from_worker, select.POLLIN, deadline)
-            chunk = os.read(self.from_worker, min(count, 1 << 20))
+            self._wait(self.fd, select.POLLIN, deadline)
+            try:
+                chunk = os.read(self.fd, min(count, 1 << 20))
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 raise self._died()
             chunks.append(chunk)
@@ -286,15 +484,32 @@ class Worker:
             if poller.poll(min(remaining, 1.0) * 1000):
                 return
 
+    def _outcome(self, timeout: float) -> dict | None:
+        if self.finished is None:
+            self.finished = self.spawner.outcome(self.id, timeout)
+        return self.finished
+
     def _died(self) -> WorkerError:
-        code = self.process.wait() if self.process else None
+        # The connection closed: normally the worker ended; if it merely closed the
+        # socket and lives on, it is killed.
+        outcome = self._outcome(5.0)
         self.kill()
-        if code is not None and code < 0:
-            name = signal.Signals(-code).name
-            if -code == signal.SIGKILL:
+        outcome = outcome or self._outcome(5.0) or {}
+        if "error" in outcome:
+            return WorkerError("crashed", f"the worker could not start ({outcome['error']})")
+        status = outcome.get("status")
+        if status is None:
+            return WorkerError("crashed", "the worker process disappeared")
+        if os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            if number == signal.SIGKILL:
                 return WorkerError("crashed", "the worker process was killed (SIGKILL), "
                                               "usually by running out of memory or processes")
-            return WorkerError("crashed", f"the worker process died from signal {name}")
+            return WorkerError("crashed", f"the worker process died from signal {signal.Signals(number).name}")
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
+        if self.pid is None:  # before any submission code ran: our set-up failed
+            return WorkerError("crashed", f"the worker could not start (status {code}): "
+                                          f"{self.stderr_tail()[-500:]}")
         return WorkerError("crashed", f"the worker process exited (status {code}) while running the "
                                       "code: did it call exit() or os._exit()?")
 
@@ -306,22 +521,32 @@ class Worker:
         return data.decode("utf-8", errors="replace")
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        """Kill the worker and every process it started; return once they are gone."""
+        if getattr(self, "spawner", None) is None or self.finished is not None:
+            return
+        if self.pidfd is not None and self.isolation == "bwrap":
+            try:  # PID 1 of its namespace: the kernel kills everything in it
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.process.wait()
+        elif self.pid is not None and self.isolation != "bwrap":
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.spawner.kill(self.id)  # its keeper, whose death takes the worker along
+        self._outcome(10.0)
 
     def close(self) -> None:
+        if getattr(self, "spawner", None) is None:
+            return
         self.kill()
-        for fd in (getattr(self, "to_worker", None), getattr(self, "from_worker", None)):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.to_worker = self.from_worker = None
-        for group in getattr(self, "cgroups", []):
+        self.sock.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        for group in self.cgroups:
             _remove_cgroup(group)
-        shutil.rmtree(getattr(self, "home", ""), ignore_errors=True) if getattr(self, "home", None) else None
+        self.cgroups = []
+        shutil.rmtree(self.home, ignore_errors=True)
+        self.spawner = None

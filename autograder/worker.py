@@ -2,12 +2,12 @@
 
 It executes the notebook's code cells in one namespace, then answers the
 grader's requests (describe a name, call a function, build an object, call
-its methods) over two pipes in the length-prefixed JSON of :mod:`wire`. It
+its methods) over a socket in the length-prefixed JSON of :mod:`wire`. It
 only ever *answers*: the grader decides every score, in its own process, from
 the values it receives. Whatever the submission does in here (patching torch,
 printing scores, exiting) can change its own answers, never the grading.
 
-    python -m autograder.worker IN_FD OUT_FD
+    python -m autograder.worker CONTROL_FD   (the zygote, which forks the workers)
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import importlib
 import inspect
 import linecache
 import os
-import resource
 import sys
 import traceback
 from typing import Any
@@ -188,33 +187,17 @@ def serve(fd_in: int, fd_out: int) -> None:
         except (wire.WireError, TypeError, ValueError) as error:
             message = wire.pack({"ok": False, "error": {"type": "WireError", "kind": "wire",
                                                         "message": str(error), "traceback": ""}})
-        os.write(fd_out, message)
-
-
-def apply_own_limits() -> None:
-    """Limits the worker sets on itself, before any submission code runs (see sandbox.py for why)."""
-    import json
-
-    for name, value in json.loads(os.environ.get("AUTOGRADER_RLIMITS", "{}")).items():
-        limit = getattr(resource, f"RLIMIT_{name}", None)
-        if limit is not None:
-            resource.setrlimit(limit, (int(value), int(value)))
-    nproc = os.environ.get("AUTOGRADER_NPROC")
-    if nproc and os.getuid() != 0:
-        resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))
-    if sys.platform.startswith("linux"):
-        # Die with the grader even without bubblewrap's --die-with-parent.
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        view = memoryview(message)
+        while view:  # a socket may take a long message in parts
+            view = view[os.write(fd_out, view):]
 
 
 def main() -> None:
-    fd_in, fd_out = int(sys.argv[1]), int(sys.argv[2])
-    apply_own_limits()
-    # Import what submissions use before their code runs, and wrap the
+    """The zygote (see :mod:`autograder.zygote`): import once, then fork a worker per request."""
+    from autograder import zygote
+
+    zygote.die_with_parent()  # with the grader, even without bubblewrap's --die-with-parent
+    # Import what submissions use before any of their code runs, and wrap the
     # forbidden built-ins so that any later reference to them is a wrapper.
     import torch  # noqa: F401
 
@@ -224,7 +207,7 @@ def main() -> None:
     for name in ORACLE_MODULES:
         importlib.import_module(name)
     forbidden.install()
-    serve(fd_in, fd_out)
+    zygote.Zygote(int(sys.argv[1])).serve()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -69,6 +70,31 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path):
     result = grade(str(ROOT / "exercises" / "03_softmax"), "--out", str(out), check=False)
     assert result.returncode == 3
     assert "another grading run" in result.stderr and str(os.getpid()) in result.stderr
+
+
+@pytest.mark.slow
+def test_grades_with_a_python_installation_under_tmp(tmp_path):
+    """The sandbox gives each worker a fresh /tmp; a venv (or checkout) under /tmp must still be seen."""
+    if Path(sys.prefix) == Path(sys.base_prefix):
+        pytest.skip("needs the tests to run from a virtual environment")
+    copy = Path(tempfile.mkdtemp(prefix="venv-under-tmp-", dir="/tmp")) / "venv"
+    try:
+        linked = subprocess.run(["cp", "-al", sys.prefix, str(copy)], capture_output=True, text=True)
+        if linked.returncode != 0 and "cross-device" in linked.stderr.lower():
+            pytest.skip("/tmp is on another file system than the venv, so it cannot be hard-linked there")
+        assert linked.returncode == 0, linked.stderr
+        python = copy / "bin" / "python"
+        assert subprocess.run([str(python), "-c", f"import sys; assert sys.prefix == {str(copy)!r}"]).returncode == 0
+        out = tmp_path / "out"
+        result = subprocess.run([str(python), "-m", "autograder", "grade", "--quiet", "--out", str(out),
+                                 str(ROOT / "solutions" / "03_softmax" / "03_softmax.ipynb")],
+                                capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads((out / "03_softmax.json").read_text())
+        assert report["score"] == report["max_score"] == 10, report["output"]
+        assert report["extra_data"]["sandbox"] == "bwrap"
+    finally:
+        shutil.rmtree(copy.parent, ignore_errors=True)
 
 
 def test_broken_files_get_reports_and_the_run_exits_zero(tmp_path):
@@ -137,6 +163,50 @@ def test_gradescope_zip_grades_in_a_fake_autograder_root(tmp_path):
 
 
 # ---------------------------------------------------------------- units
+
+def test_workers_forked_by_one_zygote_cannot_see_or_touch_each_other():
+    from autograder.sandbox import Limits, Worker, bwrap_works, close_spawners, stage_runtime
+
+    if not bwrap_works():
+        pytest.skip("bubblewrap is not available")
+    runtime = stage_runtime()
+    first, second = Worker(runtime, None, Limits()), Worker(runtime, None, Limits())
+
+    def probe(worker):
+        call = {"op": "call", "target": "probe", "args": wire.encode([]), "kwargs": wire.encode({}), "forbid": []}
+        response = worker.request(call, 10)
+        assert response["ok"], response
+        return wire.decode(response["value"])
+
+    def run(worker, source):
+        response = worker.request({"op": "load", "cells": [{"index": 0, "source": source}]}, 40)
+        assert response == {"ok": True, "errors": []}, response
+        return probe(worker)
+
+    try:
+        first.start()
+        second.start()
+        assert first.spawner is second.spawner  # one zygote, two workers
+        leaves = run(first, "import os\nopen('/tmp/note', 'w').write('from the first')\n"
+                            "open('/dev/shm/note', 'w').write('x')\ndef probe():\n    return os.getpid()")
+        assert leaves == 1  # PID 1 of its own namespace
+        seen = run(second, "import os, signal\n"
+                           "def probe():\n"
+                           "    try:\n"
+                           "        os.kill(-1, signal.SIGKILL)  # every process it may signal, but itself\n"
+                           "        alone = False\n"
+                           "    except ProcessLookupError:\n"
+                           "        alone = True\n"
+                           "    return [alone, os.path.exists('/tmp/note'), os.path.exists('/dev/shm/note'),\n"
+                           "            os.listdir('/proc'), os.listdir('/submission'), os.getuid()]")
+        assert seen == [True, False, False, [], [], 65534]
+        assert probe(first) == 1  # still alive after the other's kill(-1)
+    finally:
+        first.close()
+        second.close()
+        close_spawners()
+        shutil.rmtree(runtime, ignore_errors=True)
+
 
 def test_wire_round_trips_plain_values_and_rejects_objects():
     value = {"t": torch.arange(6, dtype=torch.float32).view(2, 3), "x": (1, 2.5, float("nan"), None, "s"),
