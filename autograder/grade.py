@@ -22,8 +22,8 @@ from pathlib import Path
 from autograder.registry import ASSIGNMENTS, checks_version
 from autograder.report import atomic_write, class_csv, read_report, write_report
 from autograder.runner import grade_notebook
-from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
-                               spawner_for, stage_runtime)
+from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, nesting_works,
+                               remove_stale_folders, spawner_for, stage_runtime)
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,7 @@ def run(args: argparse.Namespace) -> int:
         leftover.unlink(missing_ok=True)
     isolation = "rlimits" if args.unsafe_no_sandbox else "bwrap"
     if isolation == "bwrap" and not bwrap_works():
-        print("autograder: bubblewrap (bwrap) is not available, or may not nest namespaces here, so submissions "
-              "cannot be sandboxed. Install it "
+        print("autograder: bubblewrap (bwrap) is not available, so submissions cannot be sandboxed. Install it "
               "(Debian/Ubuntu: apt-get install bubblewrap) or, for trusted notebooks only, pass "
               "--unsafe-no-sandbox.", file=sys.stderr)
         return 2
@@ -141,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     runtime = stage_runtime() if todo else None
     if runtime is not None:
         try:  # from this thread, which outlives the run: the sandbox dies with the thread that started it
-            spawner_for(runtime, isolation, limits)
+            if isolation != "bwrap" or nesting_works():
+                spawner_for(runtime, isolation, limits)
         except WorkerError as error:
             import shutil
 

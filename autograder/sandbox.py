@@ -17,6 +17,8 @@ Isolation, strongest available first (what a report records under "sandbox"):
   another worker; a private size-limited ``/tmp`` and ``/dev/shm``; a read-only
   ``/submission`` with a copy of its notebook only; an empty ``/proc``; and it
   is PID 1 of its namespace, so killing it kills everything it started.
+  Where a process inside bwrap may not create namespaces (see ``nesting_works``)
+  each worker gets a bubblewrap sandbox, and a zygote, of its own instead.
 * ``rlimits``: where bubblewrap is missing (macOS, Windows/WSL without it) the
   worker is still a separate process with resource limits, but it can read
   what the grading user can read and reach the network. Use it only for work
@@ -33,6 +35,7 @@ RLIMIT_NPROC, which the kernel counts per user namespace.
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import json
 import os
@@ -82,21 +85,32 @@ def bwrap_path() -> str | None:
 
 
 def bwrap_works() -> bool:
-    """bwrap is installed and may create namespaces here, and so may a process inside it.
-
-    Containers sometimes forbid the first; Ubuntu's AppArmor restriction of
-    unprivileged user namespaces forbids the second (each worker's own namespaces).
-    """
+    """bwrap is installed and may create namespaces here (containers sometimes forbid it)."""
     path = bwrap_path()
     if not path:
         return False
-    from autograder import zygote
-
-    flags = zygote.CLONE_NEWUSER | zygote.CLONE_NEWNS | zygote.CLONE_NEWPID | zygote.CLONE_NEWNET
-    nested = f"import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare({flags}) != 0)"
-    probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
-                            "--uid", "65534", "--gid", "65534", "--", sys.executable, "-S", "-c", nested],
+    probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
                            capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@functools.lru_cache(maxsize=None)
+def nesting_works() -> bool:
+    """May a process inside bwrap make each worker's own namespaces and mounts?
+
+    Ubuntu's AppArmor restriction of unprivileged user namespaces forbids it. Then
+    every worker gets a bubblewrap sandbox of its own instead: as isolated, but it
+    pays for starting Python and torch each time. AUTOGRADER_NO_NESTING=1 forces that.
+    """
+    path = bwrap_path()
+    if not path or os.environ.get("AUTOGRADER_NO_NESTING") == "1":
+        return False
+    # What a keeper does for each worker: namespaces and private mounts (no torch: -S).
+    nested = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); from autograder.zygote import "
+              f"enter_namespaces; enter_namespaces({{'scratch_bytes': 1 << 20}}, None)")
+    probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
+                            "--uid", "65534", "--gid", "65534", "--proc", "/proc", "--tmpfs", "/tmp", "--",
+                            sys.executable, "-S", "-c", nested], capture_output=True, timeout=30)
     return probe.returncode == 0
 
 
@@ -112,15 +126,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _left_by_dead_grader(path: Path) -> bool:
+    parts = path.name.split("-")  # autograder-<grader pid>-...
+    return len(parts) >= 3 and parts[1].isdigit() and not _pid_alive(int(parts[1]))
+
+
 def remove_stale_folders(base: Path | None = None) -> int:
-    """Delete folders left by graders that were killed; returns how many."""
+    """Delete temporary folders (and empty cgroups) left by graders that were killed; returns how many."""
     base = Path(base or tempfile.gettempdir())
     removed = 0
     for folder in base.glob(f"{TMP_PREFIX}*"):
-        parts = folder.name.split("-")
-        if len(parts) >= 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+        if _left_by_dead_grader(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
+    for cgroups in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/pids")):
+        for group in cgroups.glob(f"{TMP_PREFIX}*") if os.geteuid() == 0 else []:
+            if _left_by_dead_grader(group):
+                try:
+                    group.rmdir()  # only an empty cgroup can go; its processes died with the grader
+                except OSError:
+                    pass
     return removed
 
 
@@ -188,8 +213,10 @@ class Spawner:
     the thread that will outlive the run, because the sandbox dies with it.
     """
 
-    def __init__(self, runtime: Path, isolation: str):
-        self.runtime, self.isolation = runtime, isolation
+    def __init__(self, runtime: Path, isolation: str, limits: Limits, submission_file: Path | None = None):
+        # With a submission file the sandbox serves that one worker (no nesting, see nesting_works).
+        self.runtime, self.isolation, self.submission_file = runtime, isolation, submission_file
+        self.scratch_bytes = limits.scratch_bytes
         self.lock = threading.Lock()
         self.changed = threading.Condition()
         self.ready = False
@@ -237,7 +264,12 @@ class Spawner:
         for name, value in env.items():
             command += ["--setenv", name, value]
         # /tmp first, so that a Python installation under /tmp is mounted on top of it.
-        command += ["--tmpfs", "/tmp", "--dir", "/submission", "--dir", "/dev/shm"]
+        command += ["--size", str(self.scratch_bytes), "--tmpfs", "/tmp",
+                    "--size", str(self.scratch_bytes // 4), "--tmpfs", "/dev/shm"]
+        if self.submission_file is not None:
+            command += ["--ro-bind", str(self.submission_file), "/submission/submission.ipynb"]
+        else:
+            command += ["--dir", "/submission"]
         for path in ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache",
                      "/etc/alternatives", "/sys/devices/system/cpu"):
             command += ["--ro-bind-try", path, path]
@@ -337,7 +369,7 @@ def spawner_for(runtime: Path, isolation: str, limits: Limits) -> Spawner:
         if spawner is None or not spawner.alive():
             if spawner is not None:
                 spawner.close()
-            spawner = _spawners[key] = Spawner(runtime, isolation)
+            spawner = _spawners[key] = Spawner(runtime, isolation, limits)
     spawner.wait_ready(limits.startup_seconds)
     return spawner
 
@@ -368,11 +400,15 @@ class Worker:
     limits: Limits = field(default_factory=Limits)
     isolation: str = "bwrap"  # or "rlimits"
 
+    @property
+    def nested(self) -> bool:
+        """Namespaces of its own inside the run's shared sandbox (else a sandbox of its own, or none)."""
+        return self.isolation == "bwrap" and self.own_spawner is None
+
     def setup(self) -> dict:
-        isolated = self.isolation == "bwrap"
-        home = "/tmp" if isolated else str(self.home)
+        home = "/tmp" if self.isolation == "bwrap" else str(self.home)
         return {
-            "isolated": isolated,
+            "isolated": self.nested,
             "home": home,
             "environment": {"HOME": home, "TMPDIR": home, "MPLCONFIGDIR": f"{home}/matplotlib"},
             "scratch_bytes": self.limits.scratch_bytes,
@@ -388,7 +424,14 @@ class Worker:
         self.pid = self.pidfd = None
         self.cgroups: list[Path] = []
         self.finished: dict | None = None
-        self.spawner = spawner_for(self.runtime, self.isolation, self.limits)
+        self.spawned = False
+        self.own_spawner = None
+        if self.isolation == "bwrap" and not nesting_works():
+            self.own_spawner = Spawner(self.runtime, self.isolation, self.limits, self.submission_file)
+            self.spawner = self.own_spawner
+            self.spawner.wait_ready(self.limits.startup_seconds)
+        else:
+            self.spawner = spawner_for(self.runtime, self.isolation, self.limits)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         if hasattr(socket, "SO_PASSCRED"):
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -396,10 +439,11 @@ class Worker:
         self.fd = ours.fileno()
         self.stderr_path = self.home / "stderr.txt"
         files = [open(self.stderr_path, "wb")]
-        if self.isolation == "bwrap" and self.submission_file is not None:
+        if self.nested and self.submission_file is not None:
             files.append(open(self.submission_file, "rb"))
         try:
             self.spawner.spawn(self.id, self.setup(), [theirs.fileno()] + [f.fileno() for f in files])
+            self.spawned = True
         finally:
             theirs.close()
             for handle in files:
@@ -427,8 +471,10 @@ class Worker:
         if hasattr(os, "pidfd_open"):
             try:
                 self.pidfd = os.pidfd_open(pid)
-            except OSError:
+            except ProcessLookupError:
                 raise self._died() from None
+            except OSError:  # a kernel without pidfds (< 5.3): the zygote kills it instead
+                self.pidfd = None
         if os.geteuid() == 0 and sys.platform.startswith("linux"):
             self.cgroups = _cgroup_for(pid, self.limits)
 
@@ -522,15 +568,15 @@ class Worker:
 
     def kill(self) -> None:
         """Kill the worker and every process it started; return once they are gone."""
-        if getattr(self, "spawner", None) is None or self.finished is not None:
+        if getattr(self, "spawner", None) is None or not self.spawned or self.finished is not None:
             return
-        if self.pidfd is not None and self.isolation == "bwrap":
+        if self.pidfd is not None and self.nested:
             try:  # PID 1 of its namespace: the kernel kills everything in it
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        elif self.pid is not None and self.isolation != "bwrap":
-            try:
+        elif self.pid is not None:
+            try:  # its session; a sandbox of its own dies whole when closed
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
@@ -545,6 +591,9 @@ class Worker:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+        if self.own_spawner is not None:
+            self.own_spawner.close()
+            self.own_spawner = None
         for group in self.cgroups:
             _remove_cgroup(group)
         self.cgroups = []

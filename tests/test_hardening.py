@@ -122,6 +122,47 @@ def test_hostile_cases_change_no_other_report_and_leave_nothing_behind(hostile_r
     assert not (hostile_run["mixed"] / "03_softmax" / "results.json").exists()
 
 
+# Where a process in bwrap may not make namespaces of its own (Ubuntu's AppArmor rule for
+# unprivileged users), every worker gets a bubblewrap sandbox of its own. Its zygote and keeper
+# share that sandbox, so two cases differ there, and only for themselves: spies_on_other_workers
+# sees them in /proc, and signals_the_grader kills them with kill(-1).
+FALLBACK_CASES = ["loops_forever_ignoring_sigalrm", "calls_os_exit_in_softmax", "fork_bomb",
+                  "leaves_background_processes", "reads_reference_solutions", "searches_for_other_submissions",
+                  "uses_the_network", "fills_the_disk", "reads_the_environment_secrets", "cheats_patched_comparisons"]
+
+
+@pytest.mark.slow
+def test_one_sandbox_per_worker_where_namespaces_cannot_nest(tmp_path):
+    cases = [case for case in hostile.CASES if case.name in FALLBACK_CASES]
+    assert len(cases) == len(FALLBACK_CASES)
+    folder = tmp_path / "in"
+    for case in cases:
+        case.write(folder)
+    normal = normal_fixtures()
+    for fixture in normal:
+        fixture.write(tmp_path / "normal")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {"AUTOGRADER_NO_NESTING": "1", hostile.SECRET_NAME: "the grader's secret"}
+    run_grader(str(folder), "--out", str(tmp_path / "out"), "--jobs", "2", tmpdir=tmpdir, env=env)
+    run_grader(str(tmp_path / "normal"), "--out", str(tmp_path / "normal_out"), tmpdir=tmpdir, env=env)
+    run_grader(str(tmp_path / "normal"), "--out", str(tmp_path / "nested_out"), tmpdir=tmpdir)
+    for case in cases:
+        report = json.loads((tmp_path / "out" / f"03_softmax__{case.name}.json").read_text())
+        got = {t["name"]: t["status"] for t in report["tests"] if t["status"] != "passed"}
+        assert got == {check: status for check, (status, _) in case.fails.items()}, case.name
+        assert report["score"] == case.score, case.name
+    assert reports(tmp_path / "normal_out") == reports(tmp_path / "nested_out")  # same grades either way
+    # Proof that the fallback ran: a worker there sees its own sandbox's zygote and keeper.
+    spy = next(case for case in hostile.CASES if case.name == "spies_on_other_workers")
+    spy.write(tmp_path / "spy")
+    run_grader(str(tmp_path / "spy"), "--out", str(tmp_path / "spy_out"), tmpdir=tmpdir, env=env)
+    report = json.loads((tmp_path / "spy_out" / "03_softmax__spies_on_other_workers.json").read_text())
+    assert "sees processes" in report["tests"][0]["output"], report["tests"][0]["output"]
+    assert not list(tmpdir.iterdir()), "temporary folders were left behind"
+    assert not leftover_workers(), leftover_workers()
+
+
 @pytest.mark.slow
 def test_feedback_never_shows_hidden_check_source(hostile_run):
     lines = hidden_source_lines()
@@ -154,9 +195,11 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path):
     out = tmp_path / "out"
     rng = random.Random(20261123)
     command = [sys.executable, "-m", "autograder", "grade", str(submitted), "--out", str(out), "--jobs", "2", "--quiet"]
+    killed = []
     for attempt in range(4):
         process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "TMPDIR": str(tmpdir)},
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        killed.append(process.pid)
         # Kill once a random number of further reports exist, plus a random moment, so the
         # kill lands mid-run however fast this machine grades.
         target = len(list(out.glob("*.json"))) + rng.randint(5, 15)
@@ -177,6 +220,9 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path):
     assert (out / "grades.csv").read_bytes() == (baseline / "grades.csv").read_bytes()
     assert not list(out.glob(".*.tmp"))
     assert not list(tmpdir.iterdir()), "temporary folders were left behind"
+    groups = [g for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/pids") for pid in killed
+              for g in Path(base).glob(f"autograder-{pid}-*")]
+    assert not groups, f"the killed graders' cgroups were not removed: {groups}"
 
 
 @pytest.mark.slow
