@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -175,12 +176,16 @@ def test_nbgrader_autograde_agrees(tmp_path, cli_reports):
 def test_grading_twice_gives_identical_reports(fixture_folder):
     from autograder.report import report_bytes
     from autograder.runner import grade_notebook
-    from autograder.sandbox import stage_runtime
+    from autograder.sandbox import close_spawners, stage_runtime
 
     runtime = stage_runtime()
     path = fixture_folder / "03_softmax" / "fails_softmax_wrong_axis.ipynb"
-    first = report_bytes(grade_notebook(path, runtime))
-    second = report_bytes(grade_notebook(path, runtime))
+    try:
+        first = report_bytes(grade_notebook(path, runtime))
+        second = report_bytes(grade_notebook(path, runtime))
+    finally:
+        close_spawners()  # the zygote would otherwise live as long as this test process
+        shutil.rmtree(runtime, ignore_errors=True)
     assert first == second
 
 
