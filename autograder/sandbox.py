@@ -98,7 +98,8 @@ def bwrap_works() -> bool:
 def nesting_works() -> bool:
     """May a process inside bwrap make each worker's own namespaces and mounts?
 
-    Ubuntu's AppArmor restriction of unprivileged user namespaces forbids it. Then
+    Ubuntu's AppArmor restriction of unprivileged user namespaces is meant to forbid
+    it (and bwrap --disable-userns does). Then
     every worker gets a bubblewrap sandbox of its own instead: as isolated, but it
     pays for starting Python and torch each time. AUTOGRADER_NO_NESTING=1 forces that.
     """

@@ -122,8 +122,8 @@ def test_hostile_cases_change_no_other_report_and_leave_nothing_behind(hostile_r
     assert not (hostile_run["mixed"] / "03_softmax" / "results.json").exists()
 
 
-# Where a process in bwrap may not make namespaces of its own (Ubuntu's AppArmor rule for
-# unprivileged users), every worker gets a bubblewrap sandbox of its own. Its zygote and keeper
+# Where a process in bwrap may not make namespaces of its own (as under Ubuntu's AppArmor
+# restriction of unprivileged user namespaces), every worker gets a bubblewrap sandbox of its own. Its zygote and keeper
 # share that sandbox, so two cases differ there, and only for themselves: spies_on_other_workers
 # sees them in /proc, and signals_the_grader kills them with kill(-1).
 FALLBACK_CASES = ["loops_forever_ignoring_sigalrm", "calls_os_exit_in_softmax", "fork_bomb",
