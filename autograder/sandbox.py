@@ -106,13 +106,25 @@ def nesting_works() -> bool:
     path = bwrap_path()
     if not path or os.environ.get("AUTOGRADER_NO_NESTING") == "1":
         return False
-    # What a keeper does for each worker: namespaces and private mounts (no torch: -S).
+    # What a keeper does for each worker: namespaces and private mounts (no torch: -S). The
+    # host's /tmp stays visible until then: the checkout or the venv may be there.
+    setup = {"scratch_bytes": 1 << 20, "keep_under_tmp": [p for p in python_prefixes() if _under(p, "/tmp")]}
     nested = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); from autograder.zygote import "
-              f"enter_namespaces; enter_namespaces({{'scratch_bytes': 1 << 20}}, None)")
+              f"enter_namespaces; enter_namespaces({setup!r}, None)")
     probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
-                            "--uid", "65534", "--gid", "65534", "--proc", "/proc", "--tmpfs", "/tmp", "--",
+                            "--uid", "65534", "--gid", "65534", "--proc", "/proc", "--",
                             sys.executable, "-S", "-c", nested], capture_output=True, timeout=30)
     return probe.returncode == 0
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def python_prefixes() -> list[str]:
+    """The Python installation, which the sandbox shows read-only."""
+    python = sys.executable
+    return sorted({sys.base_prefix, sys.prefix, os.path.dirname(os.path.dirname(os.path.realpath(python)))})
 
 
 # ---------------------------------------------------------------- temp folders
@@ -203,10 +215,6 @@ def _remove_cgroup(group: Path) -> None:
 
 # ---------------------------------------------------------------- the zygote
 
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 class Spawner:
     """The grader's end of one zygote (see :mod:`autograder.zygote`): starts it, asks it for workers.
 
@@ -233,11 +241,6 @@ class Spawner:
         theirs.close()
         self.reader = threading.Thread(target=self._read, name="autograder-zygote", daemon=True)
         self.reader.start()
-
-    def prefixes(self) -> list[str]:
-        """The Python installation, which the sandbox shows read-only."""
-        python = sys.executable
-        return sorted({sys.base_prefix, sys.prefix, os.path.dirname(os.path.dirname(os.path.realpath(python)))})
 
     def environment(self) -> dict[str, str]:
         return {
@@ -274,7 +277,7 @@ class Spawner:
         for path in ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache",
                      "/etc/alternatives", "/sys/devices/system/cpu"):
             command += ["--ro-bind-try", path, path]
-        for prefix in self.prefixes():
+        for prefix in python_prefixes():
             command += ["--ro-bind", prefix, prefix]
         command += ["--ro-bind", str(self.runtime), "/opt/autograder-runtime"]
         # The root is a tmpfs that bwrap builds the mount points in; once they exist it
@@ -413,7 +416,7 @@ class Worker:
             "home": home,
             "environment": {"HOME": home, "TMPDIR": home, "MPLCONFIGDIR": f"{home}/matplotlib"},
             "scratch_bytes": self.limits.scratch_bytes,
-            "keep_under_tmp": [p for p in self.spawner.prefixes() if _under(p, "/tmp")],
+            "keep_under_tmp": [p for p in python_prefixes() if _under(p, "/tmp")],
             "limits": {"AS": self.limits.memory_bytes, "FSIZE": self.limits.file_bytes,
                        "NOFILE": self.limits.open_files, "CORE": 0, "NPROC": self.limits.processes,
                        "CPU": int(self.limits.startup_seconds + 20 * self.limits.call_seconds)},

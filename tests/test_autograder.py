@@ -86,10 +86,11 @@ def test_grades_with_a_python_installation_under_tmp(tmp_path):
         python = copy / "bin" / "python"
         assert subprocess.run([str(python), "-c", f"import sys; assert sys.prefix == {str(copy)!r}"]).returncode == 0
         out = tmp_path / "out"
-        result = subprocess.run([str(python), "-m", "autograder", "grade", "--quiet", "--out", str(out),
+        result = subprocess.run([str(python), "-m", "autograder", "grade", "--out", str(out),
                                  str(ROOT / "solutions" / "03_softmax" / "03_softmax.ipynb")],
                                 capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert result.returncode == 0, result.stderr[-3000:]
+        assert "sandbox of its own" not in result.stderr  # the shared zygote, not the fallback
         report = json.loads((out / "03_softmax.json").read_text())
         assert report["score"] == report["max_score"] == 10, report["output"]
         assert report["extra_data"]["sandbox"] == "bwrap"
