@@ -99,9 +99,9 @@ def nesting_works() -> bool:
     """May a process inside bwrap make each worker's own namespaces and mounts?
 
     Ubuntu's AppArmor restriction of unprivileged user namespaces is meant to forbid
-    it (and bwrap --disable-userns does). Then
-    every worker gets a bubblewrap sandbox of its own instead: as isolated, but it
-    pays for starting Python and torch each time. AUTOGRADER_NO_NESTING=1 forces that.
+    it (and bwrap --disable-userns does). Then every worker gets a bubblewrap sandbox
+    of its own instead: as isolated, but it pays for starting Python and torch each
+    time. AUTOGRADER_NO_NESTING=1 forces that.
     """
     path = bwrap_path()
     if not path or os.environ.get("AUTOGRADER_NO_NESTING") == "1":
@@ -429,7 +429,7 @@ class Worker:
         self.cgroups: list[Path] = []
         self.finished: dict | None = None
         self.spawned = False
-        self.own_spawner = None
+        self.sock = self.spawner = self.own_spawner = None
         if self.isolation == "bwrap" and not nesting_works():
             self.own_spawner = Spawner(self.runtime, self.isolation, self.limits, self.submission_file)
             self.spawner = self.own_spawner
@@ -588,10 +588,13 @@ class Worker:
         self._outcome(10.0)
 
     def close(self) -> None:
-        if getattr(self, "spawner", None) is None:
+        """Kill the worker and free what it held; safe after a failed start, and twice."""
+        if getattr(self, "home", None) is None:
             return
         self.kill()
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
@@ -602,4 +605,4 @@ class Worker:
             _remove_cgroup(group)
         self.cgroups = []
         shutil.rmtree(self.home, ignore_errors=True)
-        self.spawner = None
+        self.home = self.spawner = None

@@ -209,6 +209,24 @@ def test_workers_forked_by_one_zygote_cannot_see_or_touch_each_other():
         shutil.rmtree(runtime, ignore_errors=True)
 
 
+def test_a_sandbox_that_does_not_start_in_time_gives_crashed_reports_and_leaves_nothing(tmp_path, monkeypatch):
+    from autograder.runner import grade_notebook
+    from autograder.sandbox import Limits, close_spawners, stage_runtime
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    runtime = stage_runtime()
+    try:
+        report = grade_notebook(ROOT / "solutions" / "03_softmax" / "03_softmax.ipynb", runtime,
+                                Limits(startup_seconds=0.001))
+    finally:
+        close_spawners()
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert report["score"] == 0
+    assert {t["status"] for t in report["tests"]} == {"crashed"}
+    assert "did not start within 0.001 s" in report["tests"][0]["output"]
+    assert not list(tmp_path.iterdir())
+
+
 def test_wire_round_trips_plain_values_and_rejects_objects():
     value = {"t": torch.arange(6, dtype=torch.float32).view(2, 3), "x": (1, 2.5, float("nan"), None, "s"),
              "b": torch.tensor([True, False]), "i": [torch.tensor(7, dtype=torch.int64)]}
