@@ -14,6 +14,7 @@ import argparse
 import fcntl
 import os
 import re
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from pathlib import Path
 from autograder.registry import ASSIGNMENTS, checks_version
 from autograder.report import atomic_write, class_csv, read_report, write_report
 from autograder.runner import grade_notebook
-from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, nesting_works,
-                               remove_stale_folders, spawner_for, stage_runtime)
+from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
+                               shares_a_zygote, spawner_for, stage_runtime)
 
 
 @dataclass(frozen=True)
@@ -140,14 +141,12 @@ def run(args: argparse.Namespace) -> int:
     runtime = stage_runtime() if todo else None
     if runtime is not None:
         try:  # from this thread, which outlives the run: the sandbox dies with the thread that started it
-            if isolation != "bwrap" or nesting_works():
+            if shares_a_zygote(isolation):
                 spawner_for(runtime, isolation, limits)
             elif not args.quiet:
                 print("autograder: processes inside bubblewrap may not create namespaces here, so each submission "
                       "gets a sandbox of its own (as isolated, but about 2 s slower each)", file=sys.stderr)
         except WorkerError as error:
-            import shutil
-
             shutil.rmtree(runtime, ignore_errors=True)
             print(f"autograder: the sandbox could not start: {error.message}", file=sys.stderr)
             return 2
@@ -176,8 +175,6 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
         close_spawners()
         if runtime is not None:
-            import shutil
-
             shutil.rmtree(runtime, ignore_errors=True)
     ordered = [rows[s.label] for s in submissions if s.label in rows]
     atomic_write(out / "grades.csv", class_csv([(s.label, s.student, s.assignment, r) for s, r in ordered]))

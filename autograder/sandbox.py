@@ -117,6 +117,11 @@ def nesting_works() -> bool:
     return probe.returncode == 0
 
 
+def shares_a_zygote(isolation: str) -> bool:
+    """Do this run's workers come from one shared zygote (else each from a sandbox of its own)?"""
+    return isolation != "bwrap" or nesting_works()
+
+
 def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
@@ -430,7 +435,7 @@ class Worker:
         self.finished: dict | None = None
         self.spawned = False
         self.sock = self.spawner = self.own_spawner = None
-        if self.isolation == "bwrap" and not nesting_works():
+        if not shares_a_zygote(self.isolation):
             self.own_spawner = Spawner(self.runtime, self.isolation, self.limits, self.submission_file)
             self.spawner = self.own_spawner
             self.spawner.wait_ready(self.limits.startup_seconds)

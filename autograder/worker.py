@@ -163,7 +163,8 @@ def read_exactly(fd: int, count: int) -> bytes:
     return b"".join(chunks)
 
 
-def serve(fd_in: int, fd_out: int) -> None:
+def serve(fd: int) -> None:
+    """Answer requests on the socket ``fd`` until the grader closes it."""
     from autograder import wire
 
     session = Session()
@@ -171,8 +172,8 @@ def serve(fd_in: int, fd_out: int) -> None:
            "new": session.op_new, "method": session.op_method}
     while True:
         try:
-            length = wire.unpack_length(read_exactly(fd_in, 4))
-            request = wire.parse(read_exactly(fd_in, length))
+            length = wire.unpack_length(read_exactly(fd, 4))
+            request = wire.parse(read_exactly(fd, length))
         except EOFError:
             return
         op = ops.get(request.pop("op", None))
@@ -189,7 +190,7 @@ def serve(fd_in: int, fd_out: int) -> None:
                                                         "message": str(error), "traceback": ""}})
         view = memoryview(message)
         while view:  # a socket may take a long message in parts
-            view = view[os.write(fd_out, view):]
+            view = view[os.write(fd, view):]
 
 
 def main() -> None:

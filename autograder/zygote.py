@@ -159,7 +159,7 @@ def run_worker(setup: dict, sock: int, stderr: int) -> None:
         os.write(sock, str(os.getpid()).encode())
         from autograder.worker import serve
 
-        serve(sock, sock)
+        serve(sock)
     except BaseException:  # noqa: BLE001 - trusted set-up failed: say why on stderr
         traceback.print_exc()
         code = 70

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -13,6 +14,14 @@ EXECUTED = ROOT / "_build" / "jupyter_execute"
 
 if str(ROOT) not in sys.path:  # `tools` is a folder of the repo, not an installed package
     sys.path.insert(0, str(ROOT))
+
+
+def glued_values(source: Path) -> dict[str, str]:
+    """name -> text/plain repr of each value the executed chapter glued ({} before the build)."""
+    glue_file = EXECUTED / source.relative_to(ROOT).with_suffix(".glue.json")  # written by MyST-NB
+    if not glue_file.exists():
+        return {}
+    return {name: output["data"]["text/plain"] for name, output in json.loads(glue_file.read_text()).items()}
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from unittest import mock
 
 import pytest
 
-from tests.conftest import EXECUTED, ROOT
+from tests.conftest import ROOT, glued_values
 from tools import bookconfig, notebooks
 
 CHAPTERS = notebooks.chapter_sources()
@@ -59,14 +59,6 @@ def test_chapter_follows_the_template(built_html, source):
         assert section in markdown, f"{source.name} has no {section[3:]} section"
     assert "colab.research.google.com/github/" in text.split('id="exercises"')[-1], \
         f"{source.name}: the Exercises section has no Open-in-Colab link"
-
-
-def glued_values(source: Path) -> dict[str, str]:
-    """name -> text/plain repr of each value the executed chapter glued."""
-    glue_file = EXECUTED / source.relative_to(ROOT).with_suffix(".glue.json")  # written by MyST-NB
-    if not glue_file.exists():
-        return {}
-    return {name: output["data"]["text/plain"] for name, output in json.loads(glue_file.read_text()).items()}
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=chapter_id)

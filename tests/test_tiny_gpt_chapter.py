@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 
 import pytest
 
-from tests.conftest import EXECUTED, HTML
+from tests.conftest import EXECUTED, HTML, ROOT, glued_values
 
+SOURCE = ROOT / "book" / "08_tiny_gpt.md"
 GLUE = EXECUTED / "book" / "08_tiny_gpt.glue.json"
 PAGE = HTML / "book" / "08_tiny_gpt.html"
 
 
-def glued() -> dict[str, float]:
+def glued() -> dict[str, str]:
     if not GLUE.exists():
         pytest.skip(f"{GLUE} is missing: build the book first (`make book`) to execute chapter 8")
-    values = json.loads(GLUE.read_text(encoding="utf-8"))
-    return {name: out["data"]["text/plain"] for name, out in values.items()}
+    return glued_values(SOURCE)
 
 
 def number(values: dict[str, str], name: str) -> float:

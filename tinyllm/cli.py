@@ -30,7 +30,8 @@ from tinyllm.data import corpus_path, read_corpus, split_corpus
 from tinyllm.model import GPTConfig
 from tinyllm.ngram import NGramLM
 from tinyllm.sampling import generate
-from tinyllm.train import Checkpoint, Trainer, TrainConfig, bits_per_byte, build_model, evaluate, load_checkpoint
+from tinyllm.train import (Checkpoint, Trainer, TrainConfig, bits_per_byte, build_model, cpu_threads, evaluate,
+                           load_checkpoint)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -188,11 +189,10 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _threads(n: int | None) -> None:
-    if n is not None:
-        if n < 1:
-            raise CliError(f"--threads must be at least 1, got {n}")
-        torch.set_num_threads(n)
+def _threads(n: int | None) -> int | None:
+    if n is not None and n < 1:
+        raise CliError(f"--threads must be at least 1, got {n}")
+    return n
 
 
 def _corpus(path: Path | None) -> tuple[str, Path]:
@@ -246,7 +246,6 @@ def _configs(args, base_model: dict, base_train: dict) -> tuple[dict, dict, list
 
 def cmd_train(args) -> int:
     device = _device(args.device)
-    _threads(args.threads)
     text, corpus_file = _corpus(args.corpus)
     checkpoint = args.out / CHECKPOINT_NAME
     if args.until is not None and args.until < 1:
@@ -382,7 +381,6 @@ def evaluation_scores(ckpt: Checkpoint, text: str, split: str, device: torch.dev
 
 def cmd_evaluate(args) -> int:
     device = _device(args.device)
-    _threads(args.threads)
     ckpt = _load(args.checkpoint)
     text, corpus_file = _corpus(args.corpus)
     trained_on = ckpt.meta.get("corpus_sha256")
@@ -406,7 +404,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_generate(args) -> int:
     device = _device(args.device)
-    _threads(args.threads)
     if args.max_new_tokens < 0:
         raise CliError(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
     if args.samples < 1:
@@ -447,17 +444,16 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_genera
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    threads = torch.get_num_threads()
     try:
-        return COMMANDS[args.command](args)
+        # --threads holds for this command only (main may be called in-process).
+        with cpu_threads(_threads(args.threads)):
+            return COMMANDS[args.command](args)
     except (CliError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"tiny-llm {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"tiny-llm {args.command}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        torch.set_num_threads(threads)  # --threads is for this command only (main may be called in-process)
 
 
 if __name__ == "__main__":
