@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from autograder.registry import ASSIGNMENTS, checks_version
+from autograder.registry import assignments, checks_version
 from autograder.report import atomic_write, class_csv, read_report, write_report
 from autograder.runner import grade_notebook
 from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
@@ -54,7 +54,7 @@ def find_submissions(paths: list[str], assignment: str | None = None) -> list[Su
                 continue
             relative = notebook.relative_to(path)
             student = found_assignment = None
-            if len(relative.parts) == 3 and relative.parts[1] in ASSIGNMENTS:  # nbgrader submitted/ layout
+            if len(relative.parts) == 3 and relative.parts[1] in assignments():  # nbgrader submitted/ layout
                 student, found_assignment = relative.parts[0], relative.parts[1]
             found.append(Submission(notebook, relative.as_posix(), student, found_assignment or assignment))
     labels = [s.label for s in found]
@@ -208,7 +208,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s); the run's sandbox gets 30 s once to start")
     parser.add_argument("--memory", type=int, default=Limits.memory_bytes // 2**20,
                         help="address-space limit per worker in MB (default: %(default)s)")
-    parser.add_argument("--assignment", choices=list(ASSIGNMENTS), help="the assignment, when file names do not say")
+    parser.add_argument("--assignment", choices=list(assignments()), help="the assignment, when file names do not say")
     parser.add_argument("--force", action="store_true", help="regrade submissions whose report is up to date")
     parser.add_argument("--gradebook", metavar="DB", help="also write the scores into this nbgrader gradebook "
                         "(a path to gradebook.db or an sqlite:/// URL)")

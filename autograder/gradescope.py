@@ -21,7 +21,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from autograder.registry import ASSIGNMENTS
+from autograder.registry import assignments as known_assignments
 from autograder.report import atomic_write, read_report
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -71,8 +71,8 @@ def build(destination: Path, assignments: list[str] | None = None) -> list[Path]
     source = staging / "source"
     _copy_source(source)
     written = []
-    for assignment in assignments or list(ASSIGNMENTS):
-        if assignment not in ASSIGNMENTS:
+    for assignment in assignments or list(known_assignments()):
+        if assignment not in known_assignments():
             raise ValueError(f"unknown assignment {assignment!r}")
         (source / "ASSIGNMENT").write_text(assignment + "\n")
         target = destination / f"{assignment}.zip"

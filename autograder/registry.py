@@ -13,23 +13,13 @@ import hashlib
 import importlib
 import importlib.util
 import pkgutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BOOK_URL = "https://llm-foundations.github.io/llm-foundations/"  # html.baseurl in _config.yml
-
-# The order of assignments, and the names each defines (the design's contract).
-ASSIGNMENTS: dict[str, list[str]] = {
-    "01_tokenization": ["train_bpe", "bpe_encode", "bpe_decode"],
-    "02_embeddings": ["embedding_lookup", "sinusoidal_positional_encoding"],
-    "03_softmax": ["softmax", "cross_entropy", "perplexity"],
-    "04_attention": ["scaled_dot_product_attention", "MultiHeadAttention"],
-    "05_transformer_layer": ["layer_norm", "FeedForward", "TransformerBlock"],
-    "06_tiny_gpt": ["TinyGPT", "top_k_filter", "top_p_filter", "sample_next_token", "generate"],
-}
-
 
 @dataclass(frozen=True)
 class Check:
@@ -56,9 +46,17 @@ _REGISTRY: dict[str, Check] = {}
 
 
 def check(assignment: str, target: str, points: float, book: str, hidden: bool = False):
-    """Register a check. The function's name is ``test_<id>``."""
-    if assignment not in ASSIGNMENTS or target not in ASSIGNMENTS[assignment]:
-        raise ValueError(f"unknown assignment/target {assignment}/{target}")
+    """Register a check. The function's name is ``test_<id>``.
+
+    The decorator is the only registration: an assignment exists because a check
+    names it, and a name a submission must define exists because a check tests it
+    (``tests/test_exercises.py`` proves each one is defined by the assignment's
+    reference solution, so a misspelt name fails there, not silently).
+    """
+    if not re.fullmatch(r"\d\d_[a-z0-9_]+", assignment):
+        raise ValueError(f"assignment names look like 03_softmax, not {assignment!r}")
+    if not target.isidentifier():
+        raise ValueError(f"a check's target is a Python name, not {target!r}")
 
     def register(function: Callable) -> Callable:
         if not function.__name__.startswith("test_"):
@@ -66,6 +64,10 @@ def check(assignment: str, target: str, points: float, book: str, hidden: bool =
         check_id = function.__name__[len("test_"):]
         seed = int(hashlib.sha256(check_id.encode()).hexdigest()[:8], 16)
         entry = Check(check_id, assignment, target, float(points), hidden, book, function, seed)
+        previous = _REGISTRY.get(check_id)
+        if previous is not None and previous.function.__module__ != function.__module__:
+            raise ValueError(f"two checks are named test_{check_id} ({previous.function.__module__} and "
+                             f"{function.__module__}): a check's id is its nbgrader grade_id and must be unique")
         _REGISTRY[check_id] = entry
         function.autograder_check = entry
         return function
@@ -91,10 +93,25 @@ def load_checks(include_hidden: bool = True) -> list[Check]:
     _import_folder("checks")
     if include_hidden:
         _import_folder("hidden")
-    order = {name: i for i, name in enumerate(ASSIGNMENTS)}
+    table = assignments()
     checks = [c for c in _REGISTRY.values() if include_hidden or not c.hidden]
-    targets = {a: names for a, names in ASSIGNMENTS.items()}
-    return sorted(checks, key=lambda c: (order[c.assignment], targets[c.assignment].index(c.target), c.hidden))
+    return sorted(checks, key=lambda c: (c.assignment, table[c.assignment].index(c.target), c.hidden))
+
+
+def assignments() -> dict[str, list[str]]:
+    """Assignment -> the names a submission defines, discovered from the checks.
+
+    Assignments sort by name (their number prefix); names follow the order in
+    which the public checks first test them (then any tested only by hidden ones).
+    """
+    _import_folder("checks")
+    _import_folder("hidden")
+    table: dict[str, list[str]] = {}
+    for entry in sorted(_REGISTRY.values(), key=lambda c: c.hidden):  # stable: definition order within each
+        names = table.setdefault(entry.assignment, [])
+        if entry.target not in names:
+            names.append(entry.target)
+    return dict(sorted(table.items()))
 
 
 def checks_for(assignment: str, include_hidden: bool = True) -> list[Check]:
@@ -102,7 +119,7 @@ def checks_for(assignment: str, include_hidden: bool = True) -> list[Check]:
 
 
 def assignment_of_target(target: str) -> str:
-    for assignment, names in ASSIGNMENTS.items():
+    for assignment, names in assignments().items():
         if target in names:
             return assignment
     raise KeyError(target)

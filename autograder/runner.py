@@ -8,7 +8,7 @@ from pathlib import Path
 from autograder import api
 from autograder.api import CheckFailure, RemoteSubmission
 from autograder.notebook import Notebook, NotebookError, read_notebook
-from autograder.registry import ASSIGNMENTS, Check, checks_for, checks_version
+from autograder.registry import assignments, Check, checks_for, checks_version
 from autograder.sandbox import Limits, Worker, WorkerError, make_folder
 
 MAX_RESTARTS = 3  # after a crash or timeout the next check gets a fresh worker, this many times
@@ -85,10 +85,10 @@ def detect_assignment(notebook: Notebook, hint: str | None = None) -> str | None
     """Metadata first, then the file name, then its folders (nbgrader's submitted/<s>/<a>/)."""
     candidates = [hint, notebook.assignment, notebook.path.stem, *[p.name for p in notebook.path.parents][:3]]
     for candidate in candidates:
-        if candidate in ASSIGNMENTS:
+        if candidate in assignments():
             return candidate
     for candidate in candidates[2:]:
-        for assignment in ASSIGNMENTS:
+        for assignment in assignments():
             if candidate and candidate.startswith(assignment):
                 return assignment
     return None
@@ -164,7 +164,7 @@ def grade_notebook(path: str | Path, runtime: Path, limits: Limits = Limits(), i
     try:
         notebook = read_notebook(path)
     except NotebookError as error:
-        found = assignment if assignment in ASSIGNMENTS else detect_assignment(
+        found = assignment if assignment in assignments() else detect_assignment(
             Notebook(path=path, sha256=""), assignment)
         checks = checks_for(found, include_hidden) if found else []
         return empty_report(label, found, f"This file could not be graded: {error}.", "invalid_notebook",

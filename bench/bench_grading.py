@@ -43,10 +43,10 @@ def in_notebook_latency(assignment: str) -> dict:
     reference = json.loads((ROOT / "solutions" / assignment / f"{assignment}.ipynb").read_text())
     code = "\n\n".join("".join(c["source"]) for c in reference["cells"]
                        if c["cell_type"] == "code" and not c["metadata"].get("nbgrader", {}).get("grade"))
-    from autograder.registry import ASSIGNMENTS
+    from autograder.registry import assignments
 
     script = code + "\nimport time, contextlib, io, json\nout = {}\n"
-    for target in ASSIGNMENTS[assignment]:
+    for target in assignments()[assignment]:
         script += (f"t = time.perf_counter()\nwith contextlib.redirect_stdout(io.StringIO()):\n"
                    f"    check({target!r})\nout[{target!r}] = time.perf_counter() - t\n")
     script += "print(json.dumps(out))\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder.registry import ASSIGNMENTS, checks_for
+from autograder.registry import assignments, checks_for
 from tests.conftest import ROOT
 from tests.fixtures.submissions import MAX, MISTAKES, all_fixtures
 from tests.nbgrader_course import Course
@@ -55,7 +55,7 @@ def solution_lines(assignment: str) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
+@pytest.mark.parametrize("assignment", list(assignments()))
 def test_student_notebook_has_no_solution_or_hidden_check(assignment):
     text = (ROOT / "exercises" / assignment / f"{assignment}.ipynb").read_text()
     notebook = json.loads(text)
@@ -72,7 +72,7 @@ def test_student_notebook_has_no_solution_or_hidden_check(assignment):
 
 
 def test_nbgrader_metadata_is_valid():
-    for assignment in ASSIGNMENTS:
+    for assignment in assignments():
         notebook = json.loads((ROOT / "solutions" / assignment / f"{assignment}.ipynb").read_text())
         ids = [c["metadata"]["nbgrader"]["grade_id"] for c in notebook["cells"] if "nbgrader" in c["metadata"]]
         assert len(ids) == len(set(ids)), f"{assignment}: duplicate grade_id"
@@ -88,7 +88,7 @@ def test_nbgrader_metadata_is_valid():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
+@pytest.mark.parametrize("assignment", list(assignments()))
 def test_student_notebook_runs_with_only_not_implemented_errors(assignment, tmp_path):
     from nbclient import NotebookClient
 
@@ -159,7 +159,7 @@ def test_fixtures_get_the_same_result_from_pytest(fixture_folder, tmp_path):
 def test_nbgrader_autograde_agrees(tmp_path, cli_reports):
     """A real course: reference -> full marks, release -> 0, each mistake -> the same cells as our grader."""
     course = Course(tmp_path / "course")
-    for assignment in ASSIGNMENTS:
+    for assignment in assignments():
         release = course.release(assignment)
         course.submit("reference", assignment, ROOT / "solutions" / assignment / f"{assignment}.ipynb")
         course.submit("blank", assignment, release)
@@ -205,7 +205,7 @@ def test_student_package_alone_passes_public_checks_with_reference_code(tmp_path
                             "print(sorted(p.name for p in pathlib.Path(autograder.__file__).parent.iterdir()))"],
                            capture_output=True, text=True, cwd=tmp_path, check=True)
     assert probe.stdout.splitlines()[0] == "True", "the student package contains the hidden checks"
-    for assignment in ASSIGNMENTS:
+    for assignment in assignments():
         student = json.loads((ROOT / "exercises" / assignment / f"{assignment}.ipynb").read_text())
         reference = json.loads((ROOT / "solutions" / assignment / f"{assignment}.ipynb").read_text())
         answers = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]) for c in reference["cells"]
@@ -222,3 +222,22 @@ def test_student_package_alone_passes_public_checks_with_reference_code(tmp_path
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         passed = re.findall(r"^\u2713 (\w+)", result.stdout, re.M)
         assert sorted(passed) == sorted(c.id for c in checks_for(assignment, include_hidden=False))
+
+
+def test_every_discovered_name_is_defined_by_the_reference_solution():
+    """Assignments and names come from the checks' decorators: a misspelt one fails here."""
+    import ast
+
+    table = assignments()
+    assert table, "no checks were discovered"
+    for assignment, names in table.items():
+        source = ROOT / "solutions" / assignment / f"{assignment}.ipynb"
+        assert source.exists(), f"a check names assignment {assignment!r}, but {source.relative_to(ROOT)} is missing"
+        notebook = json.loads(source.read_text(encoding="utf-8"))
+        defined = set()
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "code":
+                tree = ast.parse("".join(cell["source"]))
+                defined |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        missing = [name for name in names if name not in defined]
+        assert not missing, f"{assignment}: checks test {missing}, which the reference solution does not define"
