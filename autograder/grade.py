@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"autograder: {error}", file=sys.stderr)
         return 2
     remove_stale_folders()
-    limits = Limits(call_seconds=args.timeout, memory_bytes=args.memory * 2**20)
+    limits = Limits(call_seconds=args.timeout, cell_seconds=args.cell_timeout, memory_bytes=args.memory * 2**20)
     version = checks_version()
     todo, rows = [], {}
     for submission in submissions:
@@ -204,8 +204,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="submissions graded in parallel (default: the number of CPUs)")
     parser.add_argument("--timeout", type=float, default=Limits.call_seconds,
-                        help="wall-clock seconds for each check of a submission, and for running its cells "
-                             "(default: %(default)s); the run's sandbox gets 30 s once to start")
+                        help="CPU seconds for each call a check makes into a submission (default: %(default)s): "
+                             "an infinite loop in one function costs only that function's checks")
+    parser.add_argument("--cell-timeout", type=float, default=Limits.cell_seconds,
+                        help="CPU seconds for each top-level cell (default: %(default)s, as nbgrader): a cell "
+                             "that does not finish is left out and costs only the names it would define. CPU "
+                             "time, not wall-clock time, so a busy machine gives the same scores; a wall-clock "
+                             "limit of 3x + 5 s catches code that sleeps")
     parser.add_argument("--memory", type=int, default=Limits.memory_bytes // 2**20,
                         help="address-space limit per worker in MB (default: %(default)s)")
     parser.add_argument("--assignment", choices=list(assignments()), help="the assignment, when file names do not say")

@@ -12,28 +12,43 @@ from autograder.registry import assignments, Check, checks_for, checks_version
 from autograder.sandbox import Limits, Worker, WorkerError, make_folder
 
 MAX_RESTARTS = 3  # after a crash or timeout the next check gets a fresh worker, this many times
+MAX_LEFT_OUT = 5  # cells that do not finish and are left out, before the notebook counts as unrunnable
+
+
+def wall_backstop(cpu_seconds: float) -> float:
+    """The wall-clock limit behind a CPU-time limit: it only catches code that sleeps or blocks signals.
+
+    Generous, so that on a loaded machine (two jobs and two busy loops on two
+    cores stretch wall-clock time 2-3x) code that would finish in its CPU time
+    is never cut short by it.
+    """
+    return 3 * cpu_seconds + 5
 
 
 class WorkerSession:
     """One submission's worker, restarted after a crash or timeout.
 
-    Time: every check gets the full ``call_seconds`` (so an infinite loop in one
-    function never starves the checks of another), and so does running the
-    notebook's cells. A submission therefore costs at most about
-    (checks + restarts + 1) x call_seconds; forking a worker takes milliseconds
-    (``startup_seconds`` bounds it, and the zygote's start once per run).
+    Time is CPU time, which machine load does not stretch: each top-level cell
+    gets ``cell_seconds`` of it, each request of a check ``call_seconds`` (so an
+    infinite loop in one function never starves the checks of another). A cell
+    that does not finish (out of time, or it kills its process) is left out: the
+    worker is restarted and the notebook replayed without it, so it costs exactly
+    the names it would have defined, and the replays after a check's timeout never
+    pay for it again. Forking a worker takes milliseconds (``startup_seconds``
+    bounds it, and the zygote's start once per run).
     """
 
     def __init__(self, notebook: Notebook, runtime: Path, limits: Limits, isolation: str):
         self.notebook, self.runtime, self.limits, self.isolation = notebook, runtime, limits, isolation
         self.worker: Worker | None = None
         self.starts = 0
+        self.loaded_once = False
         self.load_errors: list[dict] = []
+        self.left_out: dict[int, str] = {}  # cell index -> why it was left out
         self.load_failure: WorkerError | None = None
         self.folder = make_folder("submission")
         self.copy = self.folder / "submission.ipynb"
         shutil.copyfile(notebook.path, self.copy)  # the sandbox sees this copy, nothing else
-
 
     def ensure_started(self) -> Worker:
         if self.load_failure is not None:
@@ -43,33 +58,72 @@ class WorkerSession:
         if self.starts > MAX_RESTARTS:
             raise WorkerError("crashed", "not run: the worker crashed or timed out too many times")
         self.starts += 1
-        self.worker = Worker(self.runtime, self.copy, self.limits, self.isolation)
-        cells = [{"index": c.index, "source": c.source} for c in self.notebook.runnable]
-        try:
-            self.worker.start()
-            response = self.worker.request({"op": "load", "cells": cells}, self.limits.call_seconds)
-        except WorkerError as error:
-            self.close()
-            # Loading is deterministic: if it hangs or dies once, it will again.
-            if error.kind == "timeout":
-                what = f"did not finish running its code cells within {self.limits.call_seconds:g} s"
-            else:
-                what = f"stopped the worker while running its code cells ({error.message})"
-            self.load_failure = WorkerError(error.kind, f"Your notebook {what}, so no check could run. Look "
-                                            "for an infinite loop, exit(), or heavy work at the top level of a "
-                                            "cell.", whole_notebook=True)
-            raise self.load_failure from None
-        if self.starts == 1:
-            self.load_errors = response.get("errors", []) if isinstance(response.get("errors"), list) else []
+        while True:
+            worker, errors = self._load()
+            if worker is not None:
+                break
+            if len(self.left_out) > MAX_LEFT_OUT:
+                self.load_failure = WorkerError(
+                    "timeout", f"More than {MAX_LEFT_OUT} of your notebook's cells did not finish, so no check "
+                    "could run. Look for infinite loops, exit(), or heavy work at the top level of cells.",
+                    whole_notebook=True)
+                raise self.load_failure
+        self.worker = worker
+        if not self.loaded_once:
+            self.load_errors, self.loaded_once = errors, True
         return self.worker
+
+    def _load(self) -> tuple[Worker | None, list[dict]]:
+        """A worker that ran every cell not left out; None when a cell had to be left out (try again)."""
+        worker = Worker(self.runtime, self.copy, self.limits, self.isolation)
+        errors: list[dict] = []
+        try:
+            worker.start()
+        except WorkerError as error:
+            worker.close()
+            self.load_failure = WorkerError(error.kind, f"Your notebook could not be run ({error.message}), so "
+                                            "no check could run.", whole_notebook=True)
+            raise self.load_failure from None
+        for cell in self.notebook.runnable:
+            if cell.index in self.left_out:
+                continue
+            request = {"op": "cell", "index": cell.index, "source": cell.source,
+                       "cpu_seconds": self.limits.cell_seconds}
+            try:
+                response = worker.request(request, wall_backstop(self.limits.cell_seconds))
+            except WorkerError as error:
+                worker.close()
+                if error.kind == "timeout":
+                    why = f"did not finish within {wall_backstop(self.limits.cell_seconds):g} s"
+                else:
+                    why = f"stopped the worker ({error.message})"
+                self.left_out[cell.index] = why
+                return None, []
+            if not response.get("ok"):
+                failure = response.get("error") or {}
+                worker.close()
+                if failure.get("kind") == "timeout":
+                    why = f"did not finish within {self.limits.cell_seconds:g} s of CPU time"
+                else:
+                    why = f"stopped the worker ({failure.get('message', '')[:200]})"
+                self.left_out[cell.index] = why
+                return None, []
+            if isinstance(response.get("error"), dict):
+                errors.append(response["error"])
+        return worker, errors
 
     def request(self, message: dict) -> dict:
         worker = self.ensure_started()
         try:
-            return worker.request(message, self.limits.call_seconds)
+            response = worker.request({**message, "cpu_seconds": self.limits.call_seconds},
+                                      wall_backstop(self.limits.call_seconds))
         except WorkerError:
             self.close()
             raise
+        if not response.get("ok") and (response.get("error") or {}).get("kind") == "timeout":
+            self.close()  # interrupted mid-way: the next check gets a fresh worker
+            raise WorkerError("timeout", f"{self.limits.call_seconds:g} s of CPU time")
+        return response
 
     def close(self) -> None:
         if self.worker is not None:
@@ -184,7 +238,9 @@ def grade_notebook(path: str | Path, runtime: Path, limits: Limits = Limits(), i
             tests.append(test_entry(check, status, output))
     finally:
         session.cleanup()
-    notes = [f"Note: cell {e.get('cell')} raised {e.get('type')}: {str(e.get('message', ''))[:300]} "
-             "(the checks still ran on what the notebook defines)." for e in session.load_errors
-             if isinstance(e, dict) and e.get("type") != "NotImplementedError"]
+    notes = [f"Note: cell {index} {why}; it was left out (the checks ran on what the other cells define)."
+             for index, why in sorted(session.left_out.items())]
+    notes += [f"Note: cell {e.get('cell')} raised {e.get('type')}: {str(e.get('message', ''))[:300]} "
+              "(the checks still ran on what the notebook defines)." for e in session.load_errors
+              if isinstance(e, dict) and e.get("type") != "NotImplementedError"]
     return finish_report(label, found, tests, notebook.sha256, notes, isolation)

@@ -61,7 +61,8 @@ TMP_PREFIX = "autograder-"
 
 @dataclass(frozen=True)
 class Limits:
-    call_seconds: float = 10.0  # one check (and running the notebook's cells) -- the CLI's --timeout
+    call_seconds: float = 10.0  # CPU seconds for each request of a check -- the CLI's --timeout
+    cell_seconds: float = 120.0  # CPU seconds for each top-level cell (nbgrader's default) -- --cell-timeout
     startup_seconds: float = 30.0  # once per run for the zygote (Python, torch); and per worker, its fork
     memory_bytes: int = 2560 * 2**20  # address space; importing torch alone takes ~0.7 GB
     processes: int = 32  # tasks (processes and threads)
@@ -424,7 +425,8 @@ class Worker:
             "keep_under_tmp": [p for p in python_prefixes() if _under(p, "/tmp")],
             "limits": {"AS": self.limits.memory_bytes, "FSIZE": self.limits.file_bytes,
                        "NOFILE": self.limits.open_files, "CORE": 0, "NPROC": self.limits.processes,
-                       "CPU": int(self.limits.startup_seconds + 20 * self.limits.call_seconds)},
+                       "CPU": int(self.limits.startup_seconds + 2 * self.limits.cell_seconds
+                                  + 20 * self.limits.call_seconds)},
         }
 
     def start(self) -> None:

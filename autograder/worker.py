@@ -15,12 +15,57 @@ from __future__ import annotations
 import importlib
 import inspect
 import linecache
+import contextlib
 import os
+import signal
 import sys
 import traceback
 from typing import Any
 
 CELL_FILENAME = "<cell {}>"
+
+
+class OverTime(BaseException):
+    """Raised into the submission's code when a request has used its CPU time.
+
+    A BaseException, so that ``except Exception`` in a student's loop does not
+    swallow it; the timer repeats, so a bare ``except:`` gets it again shortly.
+    """
+
+
+@contextlib.contextmanager
+def cpu_limit(seconds: float | None):
+    """Raise :class:`OverTime` once the process has used ``seconds`` of CPU time.
+
+    CPU time (ITIMER_PROF: user + system, every thread) rather than wall-clock
+    time, so that a loaded machine, which stretches wall-clock time, does not
+    change whether a cell or check finishes in time. The grader keeps a
+    wall-clock limit of its own for code that sleeps or blocks the signal.
+    """
+    if not seconds or seconds <= 0:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise OverTime(f"used more than {seconds:g} s of CPU time")
+
+    previous = signal.signal(signal.SIGPROF, expire)
+    signal.setitimer(signal.ITIMER_PROF, seconds, 0.25)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+
+
+def quiet_print(*args, sep=" ", end="\n", file=None, flush=False):
+    """``print`` for graded code: output to the screen is dropped before it is even formatted.
+
+    Nobody reads a graded notebook's printout, and formatting 20,000 tensors
+    takes long enough to matter; printing to a file the code opened still works.
+    """
+    if file is not None and file not in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        print(*args, sep=sep, end=end, file=file, flush=flush)
 
 
 def trimmed_traceback(error: BaseException) -> str:
@@ -35,6 +80,8 @@ def error_kind(error: BaseException) -> str:
     text = str(error)
     if type(error).__name__ == "WireError":
         return "wire"
+    if isinstance(error, OverTime):
+        return "timeout"
     if isinstance(error, MemoryError) or "can't allocate memory" in text or "not enough memory" in text:
         return "memory"
     if isinstance(error, (SystemExit, KeyboardInterrupt)):
@@ -79,22 +126,25 @@ class Session:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         # Test cells call check(...); inside the grader they must do nothing.
         self.namespace["check"] = self.namespace["run_hidden"] = lambda *a, **k: None
+        # Jupyter's display() exists in every kernel; here it shows nothing, like print.
+        self.namespace["print"] = quiet_print
+        self.namespace["display"] = lambda *a, **k: None
         self.handles: dict[int, Any] = {}
 
     # ---------------------------------------------------------------- ops
 
-    def op_load(self, cells: list[dict]) -> dict:
-        errors = []
-        for cell in cells:
-            filename = CELL_FILENAME.format(cell["index"])
-            source = cell["source"]
-            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-            try:
-                code = compile(source, filename, "exec")
-                exec(code, self.namespace)
-            except BaseException as error:  # noqa: BLE001 - a student's cell may raise anything
-                errors.append({"cell": cell["index"], **error_payload(error)})
-        return {"errors": errors}
+    def op_cell(self, index: int, source: str) -> dict:
+        """Run one top-level cell; an exception it raises is reported, not fatal."""
+        filename = CELL_FILENAME.format(index)
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        try:
+            code = compile(source, filename, "exec")
+            exec(code, self.namespace)
+        except OverTime:
+            raise  # the cell did not finish: the grader leaves it out
+        except BaseException as error:  # noqa: BLE001 - a student's cell may raise anything
+            return {"error": {"cell": index, **error_payload(error)}}
+        return {"error": None}
 
     def lookup(self, target: str) -> Any:
         """A name of the submission, or 'module:attr' from the public library."""
@@ -168,7 +218,7 @@ def serve(fd: int) -> None:
     from autograder import wire
 
     session = Session()
-    ops = {"load": session.op_load, "describe": session.op_describe, "call": session.op_call,
+    ops = {"cell": session.op_cell, "describe": session.op_describe, "call": session.op_call,
            "new": session.op_new, "method": session.op_method}
     while True:
         try:
@@ -177,10 +227,12 @@ def serve(fd: int) -> None:
         except EOFError:
             return
         op = ops.get(request.pop("op", None))
+        cpu_seconds = request.pop("cpu_seconds", None)
         try:
             if op is None:
                 raise ValueError("unknown operation")
-            response = {"ok": True, **op(**request)}
+            with cpu_limit(cpu_seconds if isinstance(cpu_seconds, (int, float)) else None):
+                response = {"ok": True, **op(**request)}
         except BaseException as error:  # noqa: BLE001
             response = {"ok": False, "error": error_payload(error)}
         try:

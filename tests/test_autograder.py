@@ -180,8 +180,8 @@ def test_workers_forked_by_one_zygote_cannot_see_or_touch_each_other():
         return wire.decode(response["value"])
 
     def run(worker, source):
-        response = worker.request({"op": "load", "cells": [{"index": 0, "source": source}]}, 40)
-        assert response == {"ok": True, "errors": []}, response
+        response = worker.request({"op": "cell", "index": 0, "source": source}, 40)
+        assert response == {"ok": True, "error": None}, response
         return probe(worker)
 
     try:

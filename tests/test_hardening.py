@@ -81,9 +81,12 @@ def hostile_run(tmp_path_factory):
     hostile.write_all(mixed)
     env = {hostile.SECRET_NAME: "the grader's secret"}
     started = time.monotonic()
-    run_grader(str(mixed), "--out", str(base / "out"), "--jobs", "2", tmpdir=tmpdir, env=env)
+    # A short cell limit: the case that blocks every signal in a top-level loop is caught by the
+    # wall-clock backstop behind it, which the default (120 s of CPU time) would make 6 minutes.
+    limits = ("--cell-timeout", "10")
+    run_grader(str(mixed), "--out", str(base / "out"), "--jobs", "2", *limits, tmpdir=tmpdir, env=env)
     seconds = time.monotonic() - started
-    run_grader(str(normal), "--out", str(base / "baseline"), "--jobs", "2", tmpdir=tmpdir, env=env)
+    run_grader(str(normal), "--out", str(base / "baseline"), "--jobs", "2", *limits, tmpdir=tmpdir, env=env)
     return {"out": base / "out", "baseline": base / "baseline", "mixed": mixed, "tmpdir": tmpdir,
             "seconds": seconds}
 
