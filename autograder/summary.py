@@ -1,0 +1,248 @@
+"""The class at a glance: one static HTML page per assignment.
+
+``summarise(reports)`` computes every number the page shows, from the graded
+reports alone; ``write_summary(folder, reports)`` renders it to
+``<folder>/summary-<assignment>.html``: the number of submissions, mean,
+median, lowest and highest score, the score distribution, each check's pass
+rate, the most common failure messages (grouped by check and by the message's
+first meaningful line, see :func:`first_meaningful_line`), and the late and
+ungradable submissions.
+
+Scores are the reports' ``score`` (after any late penalty); an ungradable
+submission counts with the score its report gives it (0). The figures are drawn
+by matplotlib (Agg, no display) and embedded as SVG data URIs with alt text;
+each has a table beside it with the same numbers, so the page reads without
+images or JavaScript.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from autograder.feedback import (STATUS_TEXT, page, parse_test, points, safe_name, submission_label, table,
+                                 write_text)
+
+TOP_FAILURES = 15
+UNGRADABLE = {"invalid_notebook", "crashed"}
+
+
+def first_meaningful_line(message: str, status: str) -> str:
+    """What a failure was, in one line, for grouping.
+
+    For an exception, the exception's own line (the last line that is not indented
+    traceback text); otherwise the message's first non-empty line.
+    """
+    lines = [line.rstrip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return STATUS_TEXT.get(status, status)
+    if status == "exception":
+        unindented = [line for line in lines if not line.startswith((" ", "\t"))]
+        if len(unindented) > 1:
+            return unindented[-1]
+    return lines[0]
+
+
+def _bins(max_score: float) -> list[tuple[float, float]]:
+    """Score bins [lo, hi) of width 1 (max/10 for totals over 10), then one bin for full marks."""
+    width = max(1.0, math.ceil(max_score / 10))
+    edges, lo = [], 0.0
+    while lo < max_score:
+        edges.append((lo, min(lo + width, max_score)))
+        lo += width
+    return edges + [(max_score, max_score)]
+
+
+def _label(report: dict) -> str:
+    extra = report.get("extra_data") or {}
+    student = extra.get("student")
+    return f"{student} ({submission_label(report)})" if student else submission_label(report)
+
+
+def summarise(reports: list[dict]) -> dict[str, dict]:
+    """Assignment -> every number the summary page shows, computed from ``reports``."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for report in reports:
+        groups[str((report.get("extra_data") or {}).get("assignment") or "unknown_assignment")].append(report)
+    out: dict[str, dict] = {}
+    for assignment, group in sorted(groups.items()):
+        group = sorted(group, key=_label)
+        scores = [float(r.get("score") or 0.0) for r in group]
+        max_score = max((float(r.get("max_score") or 0.0) for r in group), default=0.0)
+        bins = _bins(max_score)
+        counts = [0] * len(bins)
+        for s in scores:
+            index = len(bins) - 1 if s >= max_score else next((i for i, (lo, hi) in enumerate(bins) if lo <= s < hi), 0)
+            counts[index] += 1
+        checks: dict[str, dict] = {}
+        failures: Counter = Counter()
+        failure_who: dict[tuple[str, str], list[str]] = defaultdict(list)
+        late, ungradable = [], []
+        for report in group:
+            label = _label(report)
+            tests = [parse_test(t) for t in report.get("tests") or [] if isinstance(t, dict)]
+            for t in tests:
+                entry = checks.setdefault(t.name, {"name": t.name, "title": t.title, "max_score": t.max_score,
+                                                   "hidden": t.hidden, "submissions": 0, "passed": 0,
+                                                   "statuses": Counter()})
+                entry["submissions"] += 1
+                entry["passed"] += t.status == "passed"
+                entry["statuses"][t.status] += 1
+                if t.status != "passed" and t.status not in UNGRADABLE:
+                    key = (t.name, first_meaningful_line(t.message, t.status))
+                    failures[key] += 1
+                    failure_who[key].append(label)
+            extra = report.get("extra_data") or {}
+            if extra.get("late"):
+                late.append({"submission": label, "seconds_late": int(extra["late"].get("seconds_late") or 0),
+                             "penalty": float(extra["late"].get("penalty") or 0.0),
+                             "score": float(report.get("score") or 0.0)})
+            if tests and all(t.status in UNGRADABLE for t in tests):
+                ungradable.append({"submission": label, "status": tests[0].status,
+                                   "reason": first_meaningful_line(tests[0].message, tests[0].status)})
+        for entry in checks.values():
+            entry["pass_rate"] = entry["passed"] / entry["submissions"]
+            entry["statuses"] = dict(sorted(entry["statuses"].items()))
+        ordered = sorted(failures.items(), key=lambda item: (-item[1], item[0]))[:TOP_FAILURES]
+        out[assignment] = {
+            "assignment": assignment,
+            "submissions": len(group),
+            "max_score": max_score,
+            "mean": statistics.fmean(scores) if scores else 0.0,
+            "median": statistics.median(scores) if scores else 0.0,
+            "min": min(scores, default=0.0),
+            "max": max(scores, default=0.0),
+            "scores": {_label(r): s for r, s in zip(group, scores)},
+            "distribution": [{"low": lo, "high": hi, "count": c} for (lo, hi), c in zip(bins, counts)],
+            "checks": list(checks.values()),
+            "failures": [{"check": check, "message": message, "count": count, "submissions": failure_who[(check, message)]}
+                         for (check, message), count in ordered],
+            "late": late,
+            "ungradable": ungradable,
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _svg_img(figure, alt: str) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    data = base64.b64encode(buffer.getvalue().encode("utf-8")).decode("ascii")
+    return f'<img src="data:image/svg+xml;base64,{data}" alt="{html.escape(alt, quote=True)}">'
+
+
+def _figures(summary: dict) -> tuple[str, str]:
+    import matplotlib
+    matplotlib.use("Agg")  # no display, no GUI toolkit; a no-op when already chosen
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
+
+    rcParams["svg.hashsalt"] = "autograder"  # the same page for the same reports
+    dist = summary["distribution"]
+    fig = Figure(figsize=(6.4, 3.0), facecolor="white")
+    ax = fig.subplots()
+    labels = [_bin_label(d, i == len(dist) - 1) for i, d in enumerate(dist)]
+    ax.bar(range(len(dist)), [d["count"] for d in dist], color="#3465a4")
+    ax.set_xticks(range(len(dist)), labels, rotation=45 if len(dist) > 10 else 0, fontsize=8)
+    ax.set_xlabel("score")
+    ax.set_ylabel("submissions")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"{summary['assignment']}: scores of {summary['submissions']} submissions")
+    busiest = max(dist, key=lambda d: d["count"])
+    scores_alt = (f"Bar chart of the score distribution of {summary['submissions']} submissions; the most common "
+                  f"range is {_bin_label(busiest, busiest is dist[-1])} with {busiest['count']}. "
+                  "The table below gives every bar.")
+    scores_img = _svg_img(fig, scores_alt)
+
+    checks = summary["checks"]
+    fig = Figure(figsize=(6.4, 0.45 * len(checks) + 1.0), facecolor="white")
+    ax = fig.subplots()
+    ax.barh(range(len(checks)), [100 * c["pass_rate"] for c in checks], color="#4e9a06")
+    ax.set_yticks(range(len(checks)), [c["name"] for c in checks], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of submissions passing")
+    ax.set_title("Pass rate of each check")
+    if checks:
+        worst = min(checks, key=lambda c: c["pass_rate"])
+        rates_alt = (f"Horizontal bar chart of the pass rate of {len(checks)} checks; the lowest is {worst['name']} "
+                     f"at {100 * worst['pass_rate']:.0f}%. The table below gives every bar.")
+    else:
+        rates_alt = "No checks were graded."
+    return scores_img, _svg_img(fig, rates_alt)
+
+
+def _bin_label(d: dict, last: bool) -> str:
+    if last:
+        return f"{points(d['low'])} (full marks)"
+    return points(d["low"]) if d["high"] - d["low"] == 1 else f"{points(d['low'])}–{points(d['high'])}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days} d {hours} h" if days else f"{hours} h {rest // 60} min"
+
+
+def summary_html(summary: dict) -> str:
+    e = html.escape
+    scores_img, rates_img = _figures(summary)
+    body = [f"<h1>{e(summary['assignment'])}: class summary</h1>",
+            table("Scores (after late penalties; an ungradable submission counts with its report's 0)",
+                  ["submissions", "mean", "median", "lowest", "highest", "out of"],
+                  [[str(summary["submissions"]), f"{summary['mean']:.2f}"]
+                   + [points(summary[k]) for k in ("median", "min", "max", "max_score")]], numeric=set(range(6))),
+            "<h2>Score distribution</h2>", f"<figure>{scores_img}</figure>"]
+    dist = summary["distribution"]
+    body.append(table("Submissions per score range (a score from k up to, not including, the next range)",
+                      ["score", "submissions"],
+                      [[e(_bin_label(d, i == len(dist) - 1)), str(d["count"])] for i, d in enumerate(dist)], {1}))
+
+    rows = []
+    for c in summary["checks"]:
+        others = ", ".join(f"{STATUS_TEXT.get(s, s)} ({s}): {k}" for s, k in c["statuses"].items() if s != "passed")
+        rows.append([f"<code>{e(c['name'])}</code>{' (hidden)' if c['hidden'] else ''}<br>"
+                     f"<span class=\"muted\">{e(c['title'])}</span>", points(c["max_score"]),
+                     f"{c['passed']} / {c['submissions']}", f"{100 * c['pass_rate']:.1f}%", e(others) or "—"])
+    body += ["<h2>Checks</h2>", f"<figure>{rates_img}</figure>",
+             table("Each check: how many submissions passed it, and what the others got",
+                   ["check", "points", "passed", "pass rate", "other results"], rows, {1, 2, 3})]
+
+    sections = [
+        ("Most common failures", "No check failed.", "Failure messages grouped by check and first meaningful line",
+         ["check", "message", "count", "submissions"], {2},
+         [[f"<code>{e(f['check'])}</code>", e(f["message"]), str(f["count"]), e(", ".join(f["submissions"]))]
+          for f in summary["failures"]]),
+        ("Late submissions", "None.", "Submitted after the due date",
+         ["submission", "late by", "penalty (points)", "score"], {1, 2, 3},
+         [[e(x["submission"]), _duration(x["seconds_late"]), points(x["penalty"]), points(x["score"])]
+          for x in summary["late"]]),
+        ("Ungradable submissions", "None.", "Submissions no check could run on", ["submission", "status", "why"], set(),
+         [[e(u["submission"]), e(u["status"]), e(u["reason"])] for u in summary["ungradable"]]),
+    ]
+    for heading, empty, caption, columns, numeric, rows in sections:
+        body.append(f"<h2>{heading}</h2>")
+        body.append(table(caption, columns, rows, numeric) if rows else f"<p>{empty}</p>")
+    return page(f"{summary['assignment']}: class summary", "\n".join(body))
+
+
+def write_summary(folder: Path, reports: list[dict]) -> list[Path]:
+    """Write ``<folder>/summary-<assignment>.html`` for each assignment in ``reports``; return the paths."""
+    written = []
+    for assignment, summary in summarise(reports).items():
+        path = Path(folder) / f"summary-{safe_name(assignment, 'unknown_assignment')}.html"
+        write_text(path, summary_html(summary))
+        written.append(path)
+    return written
