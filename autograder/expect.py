@@ -1,12 +1,23 @@
-"""Comparisons that explain themselves: what went in, what was expected, what came back."""
+"""Comparisons that explain themselves: what went in, what was expected, what came back.
+
+A failed comparison names the first wrong entry and shows the row (the last
+dimension) that holds it, in the expected and the returned tensor, beside the
+same row of the input that produced it. A tensor of a few elements is shown
+whole.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import textwrap
+from typing import Any, Iterator
 
 import torch
 
-from autograder.api import CheckFailure
+from autograder.api import EXCEPTION, FAILED, NOT_IMPLEMENTED, CheckFailure
+
+SMALL = 24  # tensors with at most this many elements are printed whole
+ROW_ITEMS = 10  # at most this many entries of a row are shown around the wrong one
 
 
 def describe_tensor(x: Any) -> str:
@@ -21,13 +32,48 @@ def describe_tensor(x: Any) -> str:
     return text if len(text) < 120 else text[:117] + "..."
 
 
+def _number(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _nested(values: Any) -> str:
+    if isinstance(values, list):
+        return "[" + ", ".join(_nested(v) for v in values) + "]"
+    return _number(values)
+
+
+def show(x: torch.Tensor, index: tuple[int, ...] | None = None) -> str:
+    """``x`` whole when it is small; otherwise the row (last dimension) holding ``index``."""
+    if x.numel() <= SMALL or x.dim() == 0:
+        return _nested(x.tolist())
+    if index is None:
+        index = (0,) * x.dim()
+    row = x[index[:-1]] if x.dim() > 1 else x
+    column = index[-1]
+    start = max(0, min(column - ROW_ITEMS // 2, row.numel() - ROW_ITEMS))
+    items = [_number(v) for v in row[start:start + ROW_ITEMS].tolist()]
+    text = ("..., " if start > 0 else "") + ", ".join(items) + (", ..." if start + ROW_ITEMS < row.numel() else "")
+    where = f"row {tuple(index[:-1]) if len(index) > 2 else index[0]}" if x.dim() > 1 else "entries"
+    if start > 0 or start + ROW_ITEMS < row.numel():
+        where += f", from column {start}"
+    return f"{where}: [{text}]"
+
+
 def preview(x: torch.Tensor, limit: int = 6) -> str:
-    """A short, readable slice of a tensor: its first row (or elements)."""
-    flat = x.reshape(-1, x.shape[-1])[0] if x.dim() > 1 else x.reshape(-1)
-    items = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat[:limit].tolist()]
-    more = ", ..." if flat.numel() > limit else ""
-    where = "first row " if x.dim() > 1 else ""
-    return f"{where}[{', '.join(items)}{more}]"
+    """A short, readable view of a tensor (kept for callers that show a value without an error)."""
+    return show(x)
+
+
+def _input_text(inputs: Any, index: tuple[int, ...] | None) -> str:
+    """The input as text: a description, or for a tensor its matching row (or all of it when small)."""
+    if isinstance(inputs, torch.Tensor):
+        text = describe_tensor(inputs)
+        if index is not None and inputs.dim() == len(index) and inputs.numel() > SMALL:
+            return f"{text}\n  its {show(inputs, index)}"
+        if inputs.numel() <= SMALL:
+            return f"{_nested(inputs.tolist())}"
+        return text
+    return str(inputs)
 
 
 def tensor(got: Any, what: str) -> torch.Tensor:
@@ -37,43 +83,54 @@ def tensor(got: Any, what: str) -> torch.Tensor:
     return got
 
 
-def close(got: Any, expected: torch.Tensor, what: str, inputs: str = "", atol: float = 1e-5,
-          rtol: float = 1e-4, hint: str = "") -> None:
-    """``got`` must be a tensor of ``expected``'s shape with values within tolerance."""
-    got = tensor(got, what)
-    context = f"\n  input: {inputs}" if inputs else ""
-    if tuple(got.shape) != tuple(expected.shape):
-        raise CheckFailure(f"{what} returned the wrong shape.{context}\n"
-                           f"  expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}."
-                           + (f"\n  {hint}" if hint else ""))
+def first_wrong(got: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5,
+                rtol: float = 1e-4) -> tuple[tuple[int, ...] | None, str]:
+    """The index of the first entry out of tolerance (None when all agree) and a summary of the error."""
     got_f, expected_f = got.double(), expected.double()
     finite_expected = torch.isfinite(expected_f)
-    same_specials = torch.equal(finite_expected, torch.isfinite(got_f)) and torch.equal(
-        expected_f[~finite_expected], got_f[~finite_expected])
+    special_differs = (torch.isfinite(got_f) != finite_expected) | (
+        ~finite_expected & (got_f != expected_f) & ~(torch.isnan(got_f) & torch.isnan(expected_f)))
     error = (got_f - expected_f).abs()
     error[~finite_expected] = 0.0
     error = torch.nan_to_num(error, nan=float("inf"))
     bound = atol + rtol * expected_f.abs()
     bound[~finite_expected] = 0.0
-    bad = error > bound
-    if same_specials and not bad.any():
+    bad = (error > bound) | special_differs
+    if not bad.any():
+        return None, ""
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    if special_differs.any():
+        return index, "the positions of inf/nan values differ from the expected ones"
+    return index, f"max abs error {error.max().item():.4g}"
+
+
+def close(got: Any, expected: torch.Tensor, what: str, inputs: Any = "", atol: float = 1e-5,
+          rtol: float = 1e-4, hint: str = "") -> None:
+    """``got`` must be a tensor of ``expected``'s shape with values within tolerance.
+
+    ``inputs`` is a description of the input, or the input tensor itself: then
+    the failure shows its row that produced the first wrong entry.
+    """
+    got = tensor(got, what)
+    has_input = isinstance(inputs, torch.Tensor) or bool(inputs)
+    if tuple(got.shape) != tuple(expected.shape):
+        context = f"\n  input: {_input_text(inputs, None)}" if has_input else ""
+        raise CheckFailure(f"{what} returned the wrong shape.{context}\n"
+                           f"  expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}."
+                           + (f"\n  {hint}" if hint else ""))
+    index, summary = first_wrong(got, expected, atol, rtol)
+    if index is None:
         return
-    if not same_specials:
-        index = tuple(int(i) for i in (torch.isfinite(got_f) != finite_expected).nonzero()[0]) \
-            if (torch.isfinite(got_f) != finite_expected).any() else tuple(int(i) for i in bad.nonzero()[0])
-        summary = "the positions of inf/nan values differ from the expected ones"
-    else:
-        index = tuple(int(i) for i in bad.nonzero()[0])
-        summary = f"max abs error {error.max().item():.4g}"
+    context = f"\n  input: {_input_text(inputs, index)}" if has_input else ""
     raise CheckFailure(
         f"{what} returned wrong values.{context}\n"
-        f"  expected: {preview(expected)}\n"
-        f"  got:      {preview(got)}\n"
-        f"  {summary}; first wrong entry at index {index}: expected {expected_f[index].item():.6g}, "
-        f"got {got_f[index].item():.6g}" + (f"\n  {hint}" if hint else ""))
+        f"  expected {show(expected, index)}\n"
+        f"  got      {show(got, index)}\n"
+        f"  {summary}; first wrong entry at index {index}: expected {expected.double()[index].item():.6g}, "
+        f"got {got.double()[index].item():.6g}" + (f"\n  {hint}" if hint else ""))
 
 
-def equal(got: Any, expected: Any, what: str, inputs: str = "", hint: str = "") -> None:
+def equal(got: Any, expected: Any, what: str, inputs: Any = "", hint: str = "") -> None:
     """Exact equality of plain values (ids, lists, strings) or integer tensors."""
     if isinstance(expected, torch.Tensor):
         got = tensor(got, what)
@@ -82,11 +139,24 @@ def equal(got: Any, expected: Any, what: str, inputs: str = "", hint: str = "") 
         ok = type(got) is type(expected) and got == expected
     if ok:
         return
-    context = f"\n  input: {inputs}" if inputs else ""
+    has_input = isinstance(inputs, torch.Tensor) or bool(inputs)
+    context = f"\n  input: {_input_text(inputs, None)}" if has_input else ""
+    if isinstance(expected, torch.Tensor) and tuple(got.shape) == tuple(expected.shape):
+        index = tuple(int(i) for i in (got.to(expected.dtype) != expected).nonzero()[0])
+        raise CheckFailure(f"{what} returned the wrong result.{context}\n"
+                           f"  expected {show(expected, index)}\n"
+                           f"  got      {show(got, index)}\n"
+                           f"  first wrong entry at index {index}: expected {expected[index].item()}, "
+                           f"got {got[index].item()}" + (f"\n  {hint}" if hint else ""))
     raise CheckFailure(f"{what} returned the wrong result.{context}\n"
-                       f"  expected: {describe_tensor(expected) if isinstance(expected, torch.Tensor) else _short(expected)}\n"
-                       f"  got:      {describe_tensor(got) if isinstance(got, torch.Tensor) else _short(got)}"
-                       + (f"\n  {hint}" if hint else ""))
+                       f"  expected: {_value(expected)}\n"
+                       f"  got:      {_value(got)}" + (f"\n  {hint}" if hint else ""))
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return describe_tensor(value) + (f": {_nested(value.tolist())}" if value.numel() <= SMALL else "")
+    return _short(value)
 
 
 def _short(value: Any) -> str:
@@ -108,3 +178,44 @@ def raises(call, exception: type[BaseException], what: str) -> None:
             return
         raise CheckFailure(f"{what} should raise {exception.__name__}, but: {failure.message}") from None
     raise CheckFailure(f"{what} should raise {exception.__name__}, but it returned normally.")
+
+
+@contextlib.contextmanager
+def blame(sub, *names: str) -> Iterator[None]:
+    """Run a check's block; if it fails, see whether an earlier function of the notebook is the cause.
+
+    ``names`` are the student's own functions the checked code may call
+    (MultiHeadAttention calls scaled_dot_product_attention). When the block
+    fails and one of them, defined in the submission, fails its own public
+    check, the message names it as the cause instead of describing the symptom.
+    The status (and so the score) stays the block's own.
+    """
+    try:
+        yield
+    except CheckFailure as failure:
+        if failure.status not in (FAILED, EXCEPTION, NOT_IMPLEMENTED):
+            raise
+        cause = _failing_dependency(sub, names)
+        if cause is None:
+            raise
+        name, check_id, found = cause
+        raise CheckFailure(f"your `{name}` is the cause: fix it first; see its check ({check_id}). "
+                           f"What that check finds:\n" + textwrap.indent(found, "  | "), failure.status) from None
+
+
+def _failing_dependency(sub, names) -> tuple[str, str, str] | None:
+    from autograder.registry import load_checks
+
+    public = {c.target: c for c in load_checks(include_hidden=False) if c.id == f"{c.target}_public"}
+    for name in names:
+        if sub.describe(name).get("kind") == "missing" or name not in public:
+            continue
+        try:
+            public[name].function(sub)
+        except CheckFailure as found:
+            return name, public[name].id, found.message
+        except Exception as error:  # noqa: BLE001 - a dependency that hangs or crashes the worker is the cause
+            if type(error).__name__ != "WorkerError":
+                raise
+            return name, public[name].id, f"it did not finish ({error})"
+    return None

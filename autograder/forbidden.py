@@ -56,6 +56,11 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "tinyllm.bpe.train_bpe_fast": ("tinyllm.bpe", "train_bpe_fast"),
     "tinyllm.bpe.bpe_encode": ("tinyllm.bpe", "bpe_encode"),
     "tinyllm.bpe.bpe_decode": ("tinyllm.bpe", "bpe_decode"),
+    "tinyllm.bpe.pair_counts": ("tinyllm.bpe", "pair_counts"),
+    "tinyllm.bpe.merge_pair": ("tinyllm.bpe", "merge_pair"),
+    "torch.logsumexp": ("torch", "logsumexp"),
+    "Tensor.logsumexp": ("torch.Tensor", "logsumexp"),
+    "tinyllm.softmax.logsumexp": ("tinyllm.softmax", "logsumexp"),
 }
 
 # What each exercise may not use: built-in families and the book library's own answer.
@@ -64,14 +69,17 @@ GROUPS: dict[str, list[str]] = {
                 "F.log_softmax", "torch.log_softmax", "Tensor.log_softmax", "torch.special.log_softmax",
                 "tinyllm.softmax.softmax", "tinyllm.softmax.log_softmax"],
     "cross_entropy": ["F.cross_entropy", "F.log_softmax", "torch.log_softmax", "Tensor.log_softmax",
-                      "torch.special.log_softmax", "tinyllm.softmax.cross_entropy", "tinyllm.softmax.log_softmax"],
+                      "torch.special.log_softmax", "tinyllm.softmax.cross_entropy", "tinyllm.softmax.log_softmax",
+                      "tinyllm.softmax.logsumexp"],
     "embedding": ["F.embedding", "torch.embedding", "tinyllm.embedding.embedding_lookup"],
     "positional": ["tinyllm.positional.sinusoidal_positional_encoding"],
     "attention": ["F.scaled_dot_product_attention", "nn.MultiheadAttention",
                   "tinyllm.attention.scaled_dot_product_attention"],
     "multi_head": ["F.scaled_dot_product_attention", "nn.MultiheadAttention"],
     "layer_norm": ["F.layer_norm", "torch.layer_norm", "torch.native_layer_norm", "tinyllm.layers.layer_norm"],
-    "bpe": ["tinyllm.bpe.train_bpe", "tinyllm.bpe.train_bpe_fast", "tinyllm.bpe.bpe_encode", "tinyllm.bpe.bpe_decode"],
+    "bpe": ["tinyllm.bpe.train_bpe", "tinyllm.bpe.train_bpe_fast", "tinyllm.bpe.bpe_encode", "tinyllm.bpe.bpe_decode",
+            "tinyllm.bpe.pair_counts", "tinyllm.bpe.merge_pair"],
+    "logsumexp": ["torch.logsumexp", "Tensor.logsumexp", "tinyllm.softmax.logsumexp"],
     "sampling": ["tinyllm.sampling.top_k_filter", "tinyllm.sampling.top_p_filter",
                  "tinyllm.sampling.sample_next_token", "tinyllm.sampling.generate"],
 }

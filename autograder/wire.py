@@ -83,10 +83,16 @@ def encode(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list):
         return [encode(v, depth + 1) for v in value]
     if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise WireError("dict keys must be strings")
+        if not all(isinstance(k, str) for k in value):  # e.g. BPE pair counts: (a, b) -> n, in order
+            return {"__items__": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
         return {"__dict__": {k: encode(v, depth + 1) for k, v in value.items()}}
     raise WireError(f"cannot send a value of type {type(value).__name__}")
+
+
+def _hashable(key: Any) -> bool:
+    if isinstance(key, tuple):
+        return all(isinstance(k, (int, float, bool, str, tuple)) and _hashable(k) for k in key)
+    return True
 
 
 class Handle:
@@ -116,6 +122,13 @@ def decode(data: Any, depth: int = 0, handles: dict[int, Any] | None = None) -> 
             return tuple(decode(v, depth + 1, handles) for v in body)
         if tag == "__dict__" and isinstance(body, dict):
             return {str(k): decode(v, depth + 1, handles) for k, v in body.items()}
+        if tag == "__items__" and isinstance(body, list):
+            if not all(isinstance(item, list) and len(item) == 2 for item in body):
+                raise WireError("malformed dict items")
+            items = [(decode(k, depth + 1, handles), decode(v, depth + 1, handles)) for k, v in body]
+            if not all(isinstance(k, (int, float, bool, str, tuple)) and _hashable(k) for k, _ in items):
+                raise WireError("dict keys must be numbers, strings or tuples of them")
+            return dict(items)
         if tag == "__tensor__" and isinstance(body, dict):
             return _decode_tensor(body)
         if tag == "__handle__" and handles is not None and body in handles:

@@ -14,8 +14,10 @@ instructions and says, per code cell, what goes there:
   signature and docstring; its body goes between ``### BEGIN SOLUTION`` and
   ``### END SOLUTION`` (nbgrader replaces it by a stub for students);
 * tag ``check``: a target name. It becomes a locked test cell calling
-  ``check(target)`` worth the public checks' points, followed by a test cell
-  whose ``### BEGIN HIDDEN TESTS`` block runs the hidden checks.
+  ``check(target)`` worth the points of the check ``<target>_public``, one more
+  locked cell ``check(target, part)`` for each further public check
+  ``<target>_<part>_public`` (TinyGPT's ``parameters`` and ``init``), then a
+  test cell whose ``### BEGIN HIDDEN TESTS`` block runs the hidden checks.
 
 So the solution code IS the library's code: the book, the solutions and the
 grader's oracle cannot drift apart.
@@ -40,10 +42,12 @@ RECIPES = ROOT / "tools" / "exercise_recipes"
 SOLUTIONS = ROOT / "solutions"
 
 SETUP = '''\
-# Set-up. In Colab this installs the book's library and the exercise checks;
-# locally they are installed already and nothing is downloaded.
+# Set-up. Where the book's library and the exercise checks are not installed (a
+# fresh Colab runtime), this installs the version this notebook was made with
+# (about 20 s); where they are, nothing is downloaded.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("autograder") is None:
+    print("Installing the book's library and checks: {spec}", flush=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{spec}"], check=True)
 
 from autograder import check'''
@@ -121,6 +125,13 @@ def _paths(source: str) -> list[str]:
     return [line.split("# from:", 1)[1].strip() for line in source.splitlines() if line.startswith("# from:")]
 
 
+def parts(checks, target: str) -> list[str]:
+    """The parts of ``target``'s further public checks: ``TinyGPT_init_public`` -> "init"."""
+    prefix, suffix = f"{target}_", "_public"
+    return [c.id[len(prefix):-len(suffix)] for c in checks if not c.hidden and c.target == target
+            and c.id.startswith(prefix) and c.id.endswith(suffix) and c.id != f"{target}_public"]
+
+
 def build(recipe: Path) -> nbformat.NotebookNode:
     from autograder.registry import checks_for
 
@@ -156,6 +167,10 @@ def build(recipe: Path) -> nbformat.NotebookNode:
                 raise ValueError(f"{recipe.name}: no public/hidden checks registered for {target!r}")
             cells.append(nbformat.v4.new_code_cell(f'check("{target}")', metadata=_nbgrader(
                 public.id, grade=True, locked=True, points=public.points)))
+            for part in parts(checks.values(), target):  # further public checks of the same name
+                entry = checks[f"{target}_{part}_public"]
+                cells.append(nbformat.v4.new_code_cell(f'check("{target}", "{part}")', metadata=_nbgrader(
+                    entry.id, grade=True, locked=True, points=entry.points)))
             cells.append(nbformat.v4.new_code_cell(HIDDEN.format(target=target), metadata=_nbgrader(
                 hidden.id, grade=True, locked=True, points=hidden.points)))
         else:

@@ -23,7 +23,7 @@ def encoding(sub):
     return sub.function("sinusoidal_positional_encoding", ["seq_len", "d_model", "base"], forbid=GROUPS["positional"])
 
 
-@check("02_embeddings", "embedding_lookup", points=2, book=BOOK_EMBEDDING)
+@check("02_embeddings", "embedding_lookup", points=2, book=BOOK_EMBEDDING + "#from-ids-to-vectors")
 def test_embedding_lookup_public(sub):
     """embedding_lookup picks rows (= one-hot @ W) for ids of any shape and rejects bad ids."""
     embedding_lookup = lookup(sub)
@@ -40,7 +40,7 @@ def test_embedding_lookup_public(sub):
                       f"embedding_lookup with id {bad} for a vocabulary of 10")
 
 
-@check("02_embeddings", "sinusoidal_positional_encoding", points=2, book=BOOK_POSITIONS)
+@check("02_embeddings", "sinusoidal_positional_encoding", points=2, book=BOOK_POSITIONS + "#the-sinusoidal-encoding")
 def test_sinusoidal_positional_encoding_public(sub):
     """sinusoidal_positional_encoding follows Vaswani et al.: sin at even, cos at odd features."""
     pe_fn = encoding(sub)

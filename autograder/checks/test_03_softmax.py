@@ -1,4 +1,4 @@
-"""Public checks for 03_softmax: softmax, cross_entropy, perplexity."""
+"""Public checks for 03_softmax: softmax, logsumexp, log_softmax, cross_entropy, perplexity."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from autograder.registry import check
 BOOK = "book/04_softmax.html"
 
 
-@check("03_softmax", "softmax", points=2, book=BOOK)
+@check("03_softmax", "softmax", points=2, book=BOOK + "#overflow-and-the-max-subtraction-trick")
 def test_softmax_public(sub):
     """softmax matches F.softmax, along any dim, with temperature, and does not overflow."""
     softmax = sub.function("softmax", ["logits", "dim", "temperature"], forbid=GROUPS["softmax"])
@@ -34,31 +34,82 @@ def test_softmax_public(sub):
                  hint="Temperature divides the logits before the softmax: softmax(z / T).")
 
 
-@check("03_softmax", "cross_entropy", points=2, book=BOOK)
+LARGE = torch.tensor([[1000.0, 1001.0, 1002.0], [-1000.0, -1002.0, -1001.0], [0.0, -200.0, 3.0]])
+
+
+@check("03_softmax", "logsumexp", points=1, book=BOOK + "#log-probabilities-log-sum-exp")
+def test_logsumexp_public(sub):
+    """logsumexp(logits, dim) is log(sum(exp)) along dim, kept as size 1, without overflow."""
+    logsumexp = sub.function("logsumexp", ["logits", "dim"], forbid=GROUPS["logsumexp"])
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(3))
+    got = logsumexp(x, dim=-1)
+    expected = torch.logsumexp(x, dim=-1, keepdim=True)
+    hint = ""
+    if isinstance(got, torch.Tensor) and tuple(got.shape) != (3, 1):
+        hint = ("Keep the reduced dimension (keepdim=True in amax and sum), so that logits - logsumexp(logits) "
+                "broadcasts: the result has shape (3, 1) here.")
+    expect.close(got, expected, "logsumexp(logits, dim=-1)", x, hint=hint)
+    y = torch.randn(4, 2, generator=torch.Generator().manual_seed(4))
+    expect.close(logsumexp(y, dim=0), torch.logsumexp(y, dim=0, keepdim=True), "logsumexp(logits, dim=0)", y,
+                 hint="Reduce along the dimension `dim` you are given.")
+    got = logsumexp(LARGE, dim=-1)
+    hint = "Subtract each row's maximum m first and add it back: LSE(z) = m + log(sum(exp(z - m)))."
+    expect.close(got, torch.logsumexp(LARGE, dim=-1, keepdim=True), "logsumexp on large logits", LARGE, hint=hint)
+
+
+@check("03_softmax", "log_softmax", points=1, book=BOOK + "#log-probabilities-log-sum-exp")
+def test_log_softmax_public(sub):
+    """log_softmax matches F.log_softmax, exactly where softmax underflows to 0."""
+    log_softmax = sub.function("log_softmax", ["logits", "dim"], forbid=GROUPS["softmax"])
+    with expect.blame(sub, "logsumexp"):
+        x = torch.randn(3, 5, generator=torch.Generator().manual_seed(5))
+        expect.close(log_softmax(x, dim=-1), F.log_softmax(x, dim=-1), "log_softmax(logits, dim=-1)", x)
+        got = log_softmax(LARGE, dim=-1)
+        hint = ""
+        if isinstance(got, torch.Tensor) and bool(torch.isinf(got).any()):
+            hint = ("An entry is -inf where the exact answer is finite: log(softmax(z)) underflows when a "
+                    "probability is below about 1e-45. Compute z - logsumexp(z) instead.")
+        expect.close(got, F.log_softmax(LARGE, dim=-1), "log_softmax on large logits", LARGE, hint=hint)
+
+
+@check("03_softmax", "cross_entropy", points=2, book=BOOK + "#cross-entropy-computed-stably")
 def test_cross_entropy_public(sub):
     """cross_entropy matches F.cross_entropy (mean over positions), stably."""
     cross_entropy = sub.function("cross_entropy", ["logits", "targets"], forbid=GROUPS["cross_entropy"])
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(6, 10, generator=g)
     targets = torch.randint(0, 10, (6,), generator=g)
-    expect.close(cross_entropy(logits, targets), F.cross_entropy(logits, targets),
-                 "cross_entropy(logits, targets)", f"logits {tuple(logits.shape)}, targets {targets.tolist()}",
-                 hint="The loss is the MEAN over positions of -log softmax(logits)[target].")
+    with expect.blame(sub, "log_softmax", "logsumexp"):
+        check_cross_entropy(cross_entropy, logits, targets)
+
+
+def check_cross_entropy(cross_entropy, logits, targets):
+    got = cross_entropy(logits, targets)
+    expected = F.cross_entropy(logits, targets)
+    hint = "The loss is the MEAN over positions of -log softmax(logits)[target]."
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        if torch.isclose(got.double(), -expected.double(), rtol=1e-4, atol=1e-6).all():
+            hint = "The sign is flipped: the loss is the NEGATIVE log-probability of the targets."
+        elif torch.isclose(got.double(), expected.double() * len(targets), rtol=1e-4).all():
+            hint = "You summed over positions: the loss is the MEAN over positions of -log softmax(logits)[target]."
+    expect.close(got, expected, "cross_entropy(logits, targets)",
+                 f"logits {tuple(logits.shape)}, targets {targets.tolist()}", hint=hint)
     big = logits * 500
     expect.close(cross_entropy(big, targets), F.cross_entropy(big, targets), "cross_entropy on large logits",
                  "logits scaled by 500", hint="Compute log-softmax as z - logsumexp(z) with the max trick; "
                  "log(softmax(z)) underflows to log(0) = -inf.")
 
 
-@check("03_softmax", "perplexity", points=1, book=BOOK)
+@check("03_softmax", "perplexity", points=1, book=BOOK + "#cross-entropy-computed-stably")
 def test_perplexity_public(sub):
     """perplexity is exp(cross-entropy); uniform logits over V tokens give V."""
     perplexity = sub.function("perplexity", ["logits", "targets"], forbid=GROUPS["cross_entropy"])
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(5, 7, generator=g)
     targets = torch.randint(0, 7, (5,), generator=g)
-    expect.close(perplexity(logits, targets), torch.exp(F.cross_entropy(logits, targets)),
-                 "perplexity(logits, targets)", f"logits {tuple(logits.shape)}", atol=1e-4)
-    uniform = perplexity(torch.zeros(4, 13), torch.tensor([0, 3, 7, 12]))
-    expect.close(uniform, torch.tensor(13.0), "perplexity of uniform logits over 13 tokens", atol=1e-3,
-                 hint=f"A uniform model has cross-entropy log V = {math.log(13):.4f}, so perplexity V.")
+    with expect.blame(sub, "cross_entropy"):
+        expect.close(perplexity(logits, targets), torch.exp(F.cross_entropy(logits, targets)),
+                     "perplexity(logits, targets)", f"logits {tuple(logits.shape)}", atol=1e-4)
+        uniform = perplexity(torch.zeros(4, 13), torch.tensor([0, 3, 7, 12]))
+        expect.close(uniform, torch.tensor(13.0), "perplexity of uniform logits over 13 tokens", atol=1e-3,
+                     hint=f"A uniform model has cross-entropy log V = {math.log(13):.4f}, so perplexity V.")

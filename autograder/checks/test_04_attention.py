@@ -49,7 +49,7 @@ def unpack(result, what: str):
     return result
 
 
-@check("04_attention", "scaled_dot_product_attention", points=3, book=BOOK)
+@check("04_attention", "scaled_dot_product_attention", points=3, book=BOOK + "#scaled-dot-product-attention")
 def test_scaled_dot_product_attention_public(sub):
     """attention matches F.scaled_dot_product_attention, scaled by sqrt(d_k), with an exact causal mask."""
     sdpa = attention(sub)
@@ -68,20 +68,34 @@ def test_scaled_dot_product_attention_public(sub):
     expect.close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), "the causal attention output")
 
 
-@check("04_attention", "MultiHeadAttention", points=3, book=BOOK)
+@check("04_attention", "MultiHeadAttention", points=3, book=BOOK + "#multi-head-attention")
 def test_MultiHeadAttention_public(sub):
     """MultiHeadAttention with copied weights matches nn.MultiheadAttention, causal or not."""
     MultiHeadAttention = mha_class(sub)
     d_model, n_heads, T = 16, 4, 6
     state = random_mha_state(d_model, seed=1)
     x = torch.randn(2, T, d_model, generator=torch.Generator().manual_seed(2))
-    for causal in (True, False):
-        module = MultiHeadAttention(d_model, n_heads, causal=causal)
-        module.load_state_dict(state)
-        module.eval()
-        mask = torch.ones(T, T, dtype=torch.bool).triu(1) if causal else None
-        expected, _ = torch_mha(state, d_model, n_heads)(x, x, x, attn_mask=mask, need_weights=False)
-        expect.close(module(x), expected.detach(), f"MultiHeadAttention({d_model}, {n_heads}, causal={causal})(x)",
-                     f"x of shape {tuple(x.shape)}", hint="Split (B, T, d_model) into (B, n_heads, T, d_k), "
-                     "attend per head, merge back with transpose + reshape, then apply out_proj.")
+    with expect.blame(sub, "scaled_dot_product_attention"):
+        for causal in (False, True):
+            module = MultiHeadAttention(d_model, n_heads, causal=causal)
+            module.load_state_dict(state)
+            module.eval()
+            mask = torch.ones(T, T, dtype=torch.bool).triu(1) if causal else None
+            expected, _ = torch_mha(state, d_model, n_heads)(x, x, x, attn_mask=mask, need_weights=False)
+            got = module(x)
+            expect.close(got, expected.detach(), f"MultiHeadAttention({d_model}, {n_heads}, causal={causal})(x)",
+                         x, hint=mha_hint(got, expected.detach(), causal))
     expect.raises(lambda: MultiHeadAttention(10, 3), ValueError, "MultiHeadAttention(10, 3)")
+
+
+def mha_hint(got, expected: torch.Tensor, causal: bool) -> str:
+    """A hint for what a wrong multi-head output looks like."""
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return "The output has the input's shape (B, T, d_model): merge the heads back before out_proj."
+    if causal:
+        return ("Without the mask your module matches PyTorch's; with causal=True, position t must attend only "
+                "to positions 0..t (pass causal=self.causal to the attention).")
+    if torch.allclose(got[:, :1].expand_as(got), got, atol=1e-5):
+        return "Every position got the same output: attention must mix the values along the time axis, per head."
+    return ("Split (B, T, d_model) into (B, n_heads, T, d_k) with view + transpose, attend per head, merge back "
+            "with transpose + reshape, then apply out_proj.")

@@ -41,22 +41,26 @@ def block_state(d_model: int, d_ff: int, seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
-@check("05_transformer_layer", "layer_norm", points=2, book=BOOK)
+@check("05_transformer_layer", "layer_norm", points=2, book=BOOK + "#layer-normalisation")
 def test_layer_norm_public(sub):
     """layer_norm matches F.layer_norm (biased variance) on the last dimension."""
     layer_norm = norm_function(sub)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 8, generator=g) * 3 + 1
     weight, bias = torch.randn(8, generator=g), torch.randn(8, generator=g)
-    expect.close(layer_norm(x, weight, bias), F.layer_norm(x, (8,), weight, bias), "layer_norm(x, weight, bias)",
-                 expect.describe_tensor(x), hint="Use the biased variance, mean((x - mean)^2) over the last "
-                 "dimension (torch.var's default is unbiased: pass unbiased=False / correction=0).")
+    got = layer_norm(x, weight, bias)
+    unbiased = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + 1e-5) * weight + bias
+    hint = "Normalise over the last dimension: (x - mean) / sqrt(var + eps), then * weight + bias."
+    if isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got, unbiased, atol=1e-4):
+        hint = ("You used the unbiased variance (divide by d - 1): layer norm uses the biased one, "
+                "mean((x - mean)^2) (torch.var(..., unbiased=False) or correction=0).")
+    expect.close(got, F.layer_norm(x, (8,), weight, bias), "layer_norm(x, weight, bias)", x, hint=hint)
     ones, zeros = torch.ones(8), torch.zeros(8)
     normed = layer_norm(x, ones, zeros)
     expect.close(normed.mean(-1), torch.zeros(2, 3), "the mean of each normalised vector", atol=1e-5)
 
 
-@check("05_transformer_layer", "FeedForward", points=1, book=BOOK)
+@check("05_transformer_layer", "FeedForward", points=1, book=BOOK + "#the-feed-forward-network")
 def test_FeedForward_public(sub):
     """FeedForward is fc2(GELU(fc1(x))) with submodules fc1 and fc2."""
     FeedForward = sub.cls("FeedForward", ["d_model", "d_ff"])
@@ -70,7 +74,7 @@ def test_FeedForward_public(sub):
                  hint="The exact GELU: nn.GELU() or F.gelu with its default approximate='none'.")
 
 
-@check("05_transformer_layer", "TransformerBlock", points=2, book=BOOK)
+@check("05_transformer_layer", "TransformerBlock", points=2, book=BOOK + "#the-block-assembled")
 def test_TransformerBlock_public(sub):
     """TransformerBlock with copied weights matches nn.TransformerEncoderLayer (pre-norm, GELU, causal)."""
     TransformerBlock = sub.cls("TransformerBlock", ["d_model", "n_heads", "d_ff"], forbid=GROUPS["layer_norm"])
@@ -89,5 +93,6 @@ def test_TransformerBlock_public(sub):
     x = torch.randn(2, T, d_model, generator=torch.Generator().manual_seed(5))
     mask = nn.Transformer.generate_square_subsequent_mask(T)
     expected = reference(x, src_mask=mask, is_causal=True).detach()
-    expect.close(block(x), expected, f"TransformerBlock({d_model}, {n_heads}, {d_ff})(x)", expect.describe_tensor(x),
-                 hint="Pre-norm: x = x + attn(ln1(x)); then x = x + ffn(ln2(x)).")
+    with expect.blame(sub, "layer_norm", "FeedForward"):
+        expect.close(block(x), expected, f"TransformerBlock({d_model}, {n_heads}, {d_ff})(x)", x,
+                     hint="Pre-norm: x = x + attn(ln1(x)); then x = x + ffn(ln2(x)).")

@@ -47,7 +47,7 @@ def pair(result, what):
     return result
 
 
-@check("06_tiny_gpt", "TinyGPT", points=3, book=BOOK_MODEL)
+@check("06_tiny_gpt", "TinyGPT", points=3, book=BOOK_MODEL + "#the-model")
 def test_TinyGPT_public(sub):
     """TinyGPT with the reference weights gives the reference logits and cross-entropy loss."""
     cls = sub.cls("TinyGPT", ["config"])
@@ -68,7 +68,59 @@ def test_TinyGPT_public(sub):
     expect.raises(lambda: model(too_long), ValueError, "TinyGPT on a sequence longer than context_length")
 
 
-@check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING)
+def fresh_student_model(sub, cls, seed: int, **sizes):
+    """The student's TinyGPT as its constructor leaves it, built after seeding the submission's torch."""
+    sub.library("torch:manual_seed")(seed)
+    config = sub.library("tinyllm.model:GPTConfig")(**{**SMALL, **sizes})
+    return cls(config)
+
+
+@check("06_tiny_gpt", "TinyGPT", points=2, book=BOOK_MODEL + "#where-the-parameters-are")
+def test_TinyGPT_parameters_public(sub):
+    """lm_head.weight IS tok_emb.weight (one table, counted once), and num_parameters() counts it."""
+    cls = sub.cls("TinyGPT", ["config"])
+    model = fresh_student_model(sub, cls, seed=0)
+    reference = reference_model(seed=0)
+    state = state_of(reference)
+    state["lm_head.weight"] = state["lm_head.weight"] + 1.0  # a different table under the second name
+    model.load_state_dict(state)
+    loaded = model.method("state_dict")
+    expect.true(torch.equal(loaded["tok_emb.weight"], loaded["lm_head.weight"]),
+                "lm_head.weight is not tied to tok_emb.weight: after loading two different tables under the two "
+                "names, your model still holds two. Weight tying means ONE parameter used twice: write "
+                "`self.lm_head.weight = self.tok_emb.weight` in __init__ (copying the values is not tying).")
+    expected = reference.num_parameters()
+    got = model.method("num_parameters")
+    table = SMALL["vocab_size"] * SMALL["d_model"]
+    hint = "Count each distinct parameter once: sum(p.numel() for p in self.parameters())."
+    if got == expected + table:
+        hint = ("You counted the tied table twice (vocab_size * d_model = "
+                f"{table:,} too many): self.parameters() yields a shared parameter once.")
+    expect.equal(got, expected, "TinyGPT(config).num_parameters()", f"config {SMALL}", hint=hint)
+
+
+@check("06_tiny_gpt", "TinyGPT", points=1, book=BOOK_MODEL + "#the-model")
+def test_TinyGPT_init_public(sub):
+    """A fresh TinyGPT has N(0, 0.02) weights and zero biases (as GPT-2)."""
+    cls = sub.cls("TinyGPT", ["config"])
+    model = fresh_student_model(sub, cls, seed=0)
+    state = model.method("state_dict")
+    for name, weight in state.items():
+        if not name.endswith(".weight") or weight.dim() != 2:
+            continue  # LayerNorm gains are ones (the given LayerNorm does it)
+        std, mean = weight.double().std().item(), weight.double().mean().item()
+        expect.true(0.018 < std < 0.022 and abs(mean) < 0.004,
+                    f"{name} of a fresh TinyGPT has mean {mean:.4f} and standard deviation {std:.4f}; "
+                    "_init_weights draws every nn.Linear and Embedding weight from N(0, 0.02^2). Is "
+                    "`self.apply(self._init_weights)` the last line of __init__ (after every submodule exists)?")
+        bias = state.get(name[: -len("weight")] + "bias")
+        if bias is not None:  # a 2-d weight with a bias: an nn.Linear
+            expect.true(bool((bias == 0).all()),
+                        f"{name[:-len('.weight')]}.bias of a fresh TinyGPT is not zero (largest "
+                        f"{bias.abs().max().item():.3g}); _init_weights sets every nn.Linear bias to zero.")
+
+
+@check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p")
 def test_top_k_filter_public(sub):
     """top_k_filter keeps the k largest logits per row (and ties with the k-th)."""
     top_k = sub.function("top_k_filter", ["logits", "k"], forbid=GROUPS["sampling"])
@@ -76,11 +128,12 @@ def test_top_k_filter_public(sub):
     expect.close(top_k(logits, 2), torch.tensor([[INF, 5.0, 3.0, INF], [INF, 2.0, 2.0, INF]]),
                  "top_k_filter(logits, 2)", "[[1, 5, 3, 2], [0, 2, 2, -1]]")
     expect.close(top_k(logits, 1), torch.tensor([[INF, 5.0, INF, INF], [INF, 2.0, 2.0, INF]]),
-                 "top_k_filter(logits, 1)", hint="Entries equal to the k-th largest value are kept.")
-    expect.close(top_k(logits, 10), logits, "top_k_filter(logits, 10) with only 4 entries")
+                 "top_k_filter(logits, 1)", logits, hint="Entries equal to the k-th largest value are kept: "
+                 "row 1 has two 2.0s, and both stay.")
+    expect.close(top_k(logits, 10), logits, "top_k_filter(logits, 10) with only 4 entries", logits)
 
 
-@check("06_tiny_gpt", "top_p_filter", points=2, book=BOOK_DECODING)
+@check("06_tiny_gpt", "top_p_filter", points=2, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p")
 def test_top_p_filter_public(sub):
     """top_p_filter keeps the smallest most-likely set reaching p, including the token that crosses p."""
     top_p = sub.function("top_p_filter", ["logits", "p"], forbid=GROUPS["sampling"])
@@ -94,13 +147,19 @@ def test_top_p_filter_public(sub):
     expect.close(top_p(logits, 1.0), logits, "top_p_filter(logits, 1.0)")
 
 
-@check("06_tiny_gpt", "sample_next_token", points=2, book=BOOK_DECODING)
+@check("06_tiny_gpt", "sample_next_token", points=2, book=BOOK_DECODING + "#sampling-and-temperature")
 def test_sample_next_token_public(sub):
     """sample_next_token: greedy at temperature 0, seeded, respects top-k, follows the distribution."""
     sample = sub.function("sample_next_token", ["logits", "temperature", "top_k", "top_p", "generator"],
                           forbid=GROUPS["sampling"])
+    with expect.blame(sub, "top_k_filter", "top_p_filter"):
+        check_sampling(sample)
+
+
+def check_sampling(sample):
     logits = torch.tensor([[0.0, 3.0, 1.0, -1.0], [2.0, 0.0, 0.0, 0.0]])
-    expect.equal(sample(logits, temperature=0), torch.tensor([1, 0]), "sample_next_token(logits, temperature=0)")
+    expect.equal(sample(logits, temperature=0), torch.tensor([1, 0]), "sample_next_token(logits, temperature=0)",
+                 logits, hint="Temperature 0 means greedy: the argmax of each row.")
     many = logits[0].repeat(4000, 1)
     draws = sample(many, generator=torch.Generator().manual_seed(0))
     expect.true(isinstance(draws, torch.Tensor) and tuple(draws.shape) == (4000,),
@@ -116,7 +175,7 @@ def test_sample_next_token_public(sub):
     expect.true(set(top2.tolist()) <= {1, 2}, "with top_k=2, only the two most likely ids (1 and 2) may be drawn.")
 
 
-@check("06_tiny_gpt", "generate", points=2, book=BOOK_DECODING)
+@check("06_tiny_gpt", "generate", points=2, book=BOOK_DECODING + "#repetition-measured")
 def test_generate_public(sub):
     """generate appends max_new_tokens ids; greedy decoding matches the reference."""
     generate = sub.function("generate", ["model", "idx", "max_new_tokens"], forbid=GROUPS["sampling"])
@@ -125,11 +184,18 @@ def test_generate_public(sub):
     prompt = torch.tensor([[5, 17, 42], [1, 2, 3]])
     from tinyllm.sampling import generate as reference_generate
 
-    expected = reference_generate(reference, prompt, 20, temperature=0)
-    got = generate(model, prompt, 20, temperature=0)
-    expect.equal(got, expected, "generate(model, idx, 20, temperature=0)", "idx of shape (2, 3)",
-                 hint="Append one id at a time: the argmax of the last position's logits.")
-    long_prompt = torch.randint(0, 300, (1, SMALL["context_length"] + 5), generator=torch.Generator().manual_seed(3))
-    expected = reference_generate(reference, long_prompt, 4, temperature=0)
-    expect.equal(generate(model, long_prompt, 4, temperature=0), expected, "generate on a prompt longer than "
-                 "the context", hint="Feed the model only the last config.context_length tokens.")
+    with expect.blame(sub, "sample_next_token"):
+        expected = reference_generate(reference, prompt, 12, temperature=0)
+        got = generate(model, prompt, 12, temperature=0)
+        expect.equal(got, expected, "generate(model, idx, 12, temperature=0)", prompt,
+                     hint="Append one id at a time: the argmax of the last position's logits.")
+        long_prompt = torch.randint(0, 300, (1, SMALL["context_length"] + 5), generator=torch.Generator().manual_seed(3))
+        expected = reference_generate(reference, long_prompt, 3, temperature=0)
+        expect.equal(generate(model, long_prompt, 3, temperature=0), expected, "generate on a prompt longer than "
+                     "the context", hint="Feed the model only the last config.context_length tokens.")
+        repeat = torch.tensor([[7, 7, 7, 9]])
+        expected = reference_generate(reference, repeat, 6, repetition_penalty=50.0, temperature=0)
+        expect.equal(generate(model, repeat, 6, repetition_penalty=50.0, temperature=0), expected,
+                     "generate(model, idx, 6, repetition_penalty=50.0, temperature=0)", repeat,
+                     hint="Before choosing each token, pass the last position's logits through "
+                     "apply_repetition_penalty(logits, idx, repetition_penalty) with all the ids so far.")

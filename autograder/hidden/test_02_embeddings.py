@@ -11,7 +11,7 @@ from tinyllm.embedding import embedding_lookup as reference_lookup
 from tinyllm.positional import sinusoidal_positional_encoding as reference_pe
 
 
-@check("02_embeddings", "embedding_lookup", points=1, book=BOOK_EMBEDDING, hidden=True)
+@check("02_embeddings", "embedding_lookup", points=1, book=BOOK_EMBEDDING + "#from-ids-to-vectors", hidden=True)
 def test_embedding_lookup_hidden(sub):
     """embedding_lookup equals the reference for random shapes, including empty ones."""
     fn = lookup(sub)
@@ -24,7 +24,7 @@ def test_embedding_lookup_hidden(sub):
                      f"ids of shape {shape}, weight ({vocab}, {width})")
 
 
-@check("02_embeddings", "sinusoidal_positional_encoding", points=1, book=BOOK_POSITIONS, hidden=True)
+@check("02_embeddings", "sinusoidal_positional_encoding", points=1, book=BOOK_POSITIONS + "#the-sinusoidal-encoding", hidden=True)
 def test_sinusoidal_positional_encoding_hidden(sub):
     """sinusoidal_positional_encoding equals the reference for random sizes and bases."""
     fn = encoding(sub)

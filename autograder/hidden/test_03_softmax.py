@@ -8,6 +8,8 @@ from autograder import expect
 from autograder.forbidden import GROUPS
 from autograder.registry import check
 from tinyllm.softmax import cross_entropy as ref_cross_entropy
+from tinyllm.softmax import log_softmax as ref_log_softmax
+from tinyllm.softmax import logsumexp as ref_logsumexp
 from tinyllm.softmax import softmax as ref_softmax
 
 BOOK = "book/04_softmax.html"
@@ -19,7 +21,7 @@ def random_shapes(g: torch.Generator, count: int):
         yield [int(n) for n in torch.randint(1, 7, (dims,), generator=g)]
 
 
-@check("03_softmax", "softmax", points=2, book=BOOK, hidden=True)
+@check("03_softmax", "softmax", points=2, book=BOOK + "#overflow-and-the-max-subtraction-trick", hidden=True)
 def test_softmax_hidden(sub):
     """softmax agrees with the reference on random shapes, dims, scales and temperatures."""
     softmax = sub.function("softmax", ["logits", "dim", "temperature"], forbid=GROUPS["softmax"])
@@ -36,7 +38,34 @@ def test_softmax_hidden(sub):
                  "[[0.5, -inf, 1.5, -inf]]", hint="A -inf logit must get probability exactly 0.")
 
 
-@check("03_softmax", "cross_entropy", points=2, book=BOOK, hidden=True)
+@check("03_softmax", "logsumexp", points=1, book=BOOK + "#log-probabilities-log-sum-exp", hidden=True)
+def test_logsumexp_hidden(sub):
+    """logsumexp agrees with the reference on random shapes and dims, extreme scales and -inf entries."""
+    logsumexp = sub.function("logsumexp", ["logits", "dim"], forbid=GROUPS["logsumexp"])
+    g = torch.Generator().manual_seed(test_logsumexp_hidden.autograder_check.seed)
+    for shape in random_shapes(g, 5):
+        x = torch.randn(shape, generator=g) * float([0.1, 1.0, 3000.0][int(torch.randint(0, 3, (1,), generator=g))])
+        dim = int(torch.randint(-len(shape), len(shape), (1,), generator=g))
+        expect.close(logsumexp(x, dim=dim), ref_logsumexp(x, dim=dim), f"logsumexp(logits, dim={dim})", x, rtol=1e-4)
+    masked = torch.tensor([[0.5, float("-inf"), 1.5], [float("-inf")] * 3])
+    expect.close(logsumexp(masked, dim=-1), ref_logsumexp(masked, dim=-1), "logsumexp with -inf entries", masked,
+                 hint="A row of only -inf has log-sum-exp -inf (not nan): shift by 0 where the maximum is -inf.")
+
+
+@check("03_softmax", "log_softmax", points=1, book=BOOK + "#log-probabilities-log-sum-exp", hidden=True)
+def test_log_softmax_hidden(sub):
+    """log_softmax agrees with the reference on random shapes, dims and extreme scales."""
+    log_softmax = sub.function("log_softmax", ["logits", "dim"], forbid=GROUPS["softmax"])
+    g = torch.Generator().manual_seed(test_log_softmax_hidden.autograder_check.seed)
+    with expect.blame(sub, "logsumexp"):
+        for shape in random_shapes(g, 5):
+            x = torch.randn(shape, generator=g) * float([0.1, 1.0, 3000.0][int(torch.randint(0, 3, (1,), generator=g))])
+            dim = int(torch.randint(-len(shape), len(shape), (1,), generator=g))
+            expect.close(log_softmax(x, dim=dim), ref_log_softmax(x, dim=dim), f"log_softmax(logits, dim={dim})", x,
+                         rtol=1e-4, atol=1e-4)
+
+
+@check("03_softmax", "cross_entropy", points=2, book=BOOK + "#cross-entropy-computed-stably", hidden=True)
 def test_cross_entropy_hidden(sub):
     """cross_entropy agrees with the reference on random sizes and extreme logits."""
     cross_entropy = sub.function("cross_entropy", ["logits", "targets"], forbid=GROUPS["cross_entropy"])
@@ -50,7 +79,7 @@ def test_cross_entropy_hidden(sub):
                      "cross_entropy(logits, targets)", f"logits {(n, v)} scaled by {scale}", rtol=1e-4, atol=1e-4)
 
 
-@check("03_softmax", "perplexity", points=1, book=BOOK, hidden=True)
+@check("03_softmax", "perplexity", points=1, book=BOOK + "#cross-entropy-computed-stably", hidden=True)
 def test_perplexity_hidden(sub):
     """perplexity agrees with exp of the reference cross-entropy."""
     perplexity = sub.function("perplexity", ["logits", "targets"], forbid=GROUPS["cross_entropy"])

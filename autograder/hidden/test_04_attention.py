@@ -11,7 +11,7 @@ from tinyllm.attention import MultiHeadAttention as ReferenceMHA
 from tinyllm.attention import scaled_dot_product_attention as reference_sdpa
 
 
-@check("04_attention", "scaled_dot_product_attention", points=2, book=BOOK, hidden=True)
+@check("04_attention", "scaled_dot_product_attention", points=2, book=BOOK + "#scaled-dot-product-attention", hidden=True)
 def test_scaled_dot_product_attention_hidden(sub):
     """attention equals the reference for random batch shapes, lengths and widths."""
     sdpa = attention(sub)
@@ -27,11 +27,16 @@ def test_scaled_dot_product_attention_hidden(sub):
         expect.close(out, ref_out, "the attention output", label)
 
 
-@check("04_attention", "MultiHeadAttention", points=2, book=BOOK, hidden=True)
+@check("04_attention", "MultiHeadAttention", points=2, book=BOOK + "#multi-head-attention", hidden=True)
 def test_MultiHeadAttention_hidden(sub):
     """MultiHeadAttention equals the reference for random sizes and never looks ahead."""
     cls = mha_class(sub)
     g = torch.Generator().manual_seed(test_MultiHeadAttention_hidden.autograder_check.seed)
+    with expect.blame(sub, "scaled_dot_product_attention"):
+        compare_mha(cls, g)
+
+
+def compare_mha(cls, g):
     for d_model, n_heads, T in [(8, 2, 3), (24, 3, 7), (12, 12, 4)]:
         state = random_mha_state(d_model, seed=d_model)
         reference = ReferenceMHA(d_model, n_heads).eval()

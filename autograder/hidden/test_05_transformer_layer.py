@@ -12,7 +12,7 @@ from tinyllm.layers import TransformerBlock as ReferenceBlock
 from tinyllm.layers import layer_norm as reference_layer_norm
 
 
-@check("05_transformer_layer", "layer_norm", points=1, book=BOOK, hidden=True)
+@check("05_transformer_layer", "layer_norm", points=1, book=BOOK + "#layer-normalisation", hidden=True)
 def test_layer_norm_hidden(sub):
     """layer_norm equals the reference for random shapes, scales and eps."""
     fn = norm_function(sub)
@@ -24,7 +24,7 @@ def test_layer_norm_hidden(sub):
                      f"layer_norm(x, weight, bias, eps={eps})", expect.describe_tensor(x), atol=1e-4)
 
 
-@check("05_transformer_layer", "FeedForward", points=1, book=BOOK, hidden=True)
+@check("05_transformer_layer", "FeedForward", points=1, book=BOOK + "#the-feed-forward-network", hidden=True)
 def test_FeedForward_hidden(sub):
     """FeedForward equals the reference for random sizes."""
     cls = sub.cls("FeedForward", ["d_model", "d_ff"])
@@ -39,11 +39,16 @@ def test_FeedForward_hidden(sub):
         expect.close(module(x), reference(x).detach(), f"FeedForward({d_model}, {d_ff})(x)")
 
 
-@check("05_transformer_layer", "TransformerBlock", points=2, book=BOOK, hidden=True)
+@check("05_transformer_layer", "TransformerBlock", points=2, book=BOOK + "#the-block-assembled", hidden=True)
 def test_TransformerBlock_hidden(sub):
     """TransformerBlock equals the reference for random sizes and stays causal."""
     cls = sub.cls("TransformerBlock", ["d_model", "n_heads", "d_ff"])
     g = torch.Generator().manual_seed(test_TransformerBlock_hidden.autograder_check.seed)
+    with expect.blame(sub, "layer_norm", "FeedForward"):
+        compare_blocks(cls, g)
+
+
+def compare_blocks(cls, g):
     for d_model, n_heads, d_ff, T in [(8, 2, 16, 4), (12, 3, 20, 7)]:
         state = block_state(d_model, d_ff, seed=d_model)
         reference = ReferenceBlock(d_model, n_heads, d_ff).eval()

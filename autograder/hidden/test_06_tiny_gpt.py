@@ -14,7 +14,7 @@ from tinyllm.sampling import top_k_filter as reference_top_k
 from tinyllm.sampling import top_p_filter as reference_top_p
 
 
-@check("06_tiny_gpt", "TinyGPT", points=2, book=BOOK_MODEL, hidden=True)
+@check("06_tiny_gpt", "TinyGPT", points=2, book=BOOK_MODEL + "#the-model", hidden=True)
 def test_TinyGPT_hidden(sub):
     """TinyGPT equals the reference for other sizes and sequence lengths."""
     cls = sub.cls("TinyGPT", ["config"])
@@ -28,7 +28,7 @@ def test_TinyGPT_hidden(sub):
         expect.close(logits, reference(idx)[0].detach(), "the logits", f"config {sizes}, idx of shape (3, {T})")
 
 
-@check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING, hidden=True)
+@check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p", hidden=True)
 def test_top_k_filter_hidden(sub):
     """top_k_filter equals the reference on random logits."""
     top_k = sub.function("top_k_filter", ["logits", "k"], forbid=GROUPS["sampling"])
@@ -38,7 +38,7 @@ def test_top_k_filter_hidden(sub):
         expect.close(top_k(logits, k), reference_top_k(logits, k), f"top_k_filter(logits, {k})", f"shape {shape}")
 
 
-@check("06_tiny_gpt", "top_p_filter", points=1, book=BOOK_DECODING, hidden=True)
+@check("06_tiny_gpt", "top_p_filter", points=1, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p", hidden=True)
 def test_top_p_filter_hidden(sub):
     """top_p_filter equals the reference on random logits and p."""
     top_p = sub.function("top_p_filter", ["logits", "p"], forbid=GROUPS["sampling"])
@@ -48,7 +48,7 @@ def test_top_p_filter_hidden(sub):
         expect.close(top_p(logits, p), reference_top_p(logits, p), f"top_p_filter(logits, {p})", f"shape {shape}")
 
 
-@check("06_tiny_gpt", "sample_next_token", points=1, book=BOOK_DECODING, hidden=True)
+@check("06_tiny_gpt", "sample_next_token", points=1, book=BOOK_DECODING + "#sampling-and-temperature", hidden=True)
 def test_sample_next_token_hidden(sub):
     """sample_next_token applies temperature, top-k and top-p together and keeps batch shapes."""
     sample = sub.function("sample_next_token", ["logits", "temperature", "top_k", "top_p", "generator"],
@@ -67,7 +67,7 @@ def test_sample_next_token_hidden(sub):
                  "sharpens the distribution towards the argmax.")
 
 
-@check("06_tiny_gpt", "generate", points=1, book=BOOK_DECODING, hidden=True)
+@check("06_tiny_gpt", "generate", points=1, book=BOOK_DECODING + "#repetition-measured", hidden=True)
 def test_generate_hidden(sub):
     """generate with sampling equals the reference given the same seeded generator."""
     generate = sub.function("generate", ["model", "idx", "max_new_tokens"], forbid=GROUPS["sampling"])
@@ -75,6 +75,7 @@ def test_generate_hidden(sub):
     model = library_model(sub, reference)
     prompt = torch.tensor([[7, 8, 9]])
     expected = reference_generate(reference, prompt, 15, temperature=0.9, generator=torch.Generator().manual_seed(4))
-    got = generate(model, prompt, 15, temperature=0.9, generator=torch.Generator().manual_seed(4))
-    expect.equal(got, expected, "generate(model, idx, 15, temperature=0.9, generator=seeded)",
-                 hint="Draw each token with sample_next_token, passing the sampling options through.")
+    with expect.blame(sub, "sample_next_token"):
+        got = generate(model, prompt, 15, temperature=0.9, generator=torch.Generator().manual_seed(4))
+        expect.equal(got, expected, "generate(model, idx, 15, temperature=0.9, generator=seeded)",
+                     hint="Draw each token with sample_next_token, passing the sampling options through.")

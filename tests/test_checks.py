@@ -1,0 +1,310 @@
+"""What a student sees: checks that name the real mistake, stop a hang, and let Run All go on."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import autograder
+from autograder import expect
+from autograder.api import CheckFailure, LocalSubmission
+from autograder.registry import BOOK_URL, assignments, checks_for, load_checks
+from tests.conftest import HTML, ROOT
+
+
+def namespace(assignment: str, cell: str | None = None, old: str = "", new: str = "") -> dict:
+    """The names a solution notebook defines, with ``old`` replaced by ``new`` in its cell ``cell``."""
+    notebook = json.loads((ROOT / "solutions" / assignment / f"{assignment}.ipynb").read_text(encoding="utf-8"))
+    names: dict = {"__name__": "__main__"}
+    changed = False
+    for c in notebook["cells"]:
+        meta = c["metadata"].get("nbgrader", {})
+        source = "".join(c["source"])
+        if c["cell_type"] != "code" or meta.get("grade"):
+            continue  # test cells call check(): here the test runs the checks itself
+        if meta.get("grade_id") == cell:
+            assert old in source, f"{old!r} is not in cell {cell!r}"
+            source, changed = source.replace(old, new), True
+        exec(compile(source, f"<cell {meta.get('grade_id')}>", "exec"), names)
+    assert changed or cell is None
+    return names
+
+
+def outcome(names: dict, check_id: str) -> tuple[str, str]:
+    entry = next(c for c in load_checks() if c.id == check_id)
+    return autograder.run_one(entry, LocalSubmission(names), names, 10.0)
+
+
+# ---------------------------------------------------------------- what loading a state_dict hid
+
+
+TINY_GPT_MISTAKES = {
+    "untied": ("        self.lm_head.weight = self.tok_emb.weight\n", "",
+               "TinyGPT_parameters_public", "failed", "not tied to tok_emb.weight"),
+    "copied_not_tied": ("        self.lm_head.weight = self.tok_emb.weight\n",
+                        "        with torch.no_grad():\n            self.lm_head.weight.copy_(self.tok_emb.weight)\n",
+                        "TinyGPT_parameters_public", "failed", "copying the values is not tying"),
+    "no_init": ("        self.apply(self._init_weights)\n", "",
+                "TinyGPT_init_public", "failed", "_init_weights draws every nn.Linear and Embedding weight"),
+    "count_raises": ("        return sum(p.numel() for p in self.parameters())",
+                     "        raise NotImplementedError()",
+                     "TinyGPT_parameters_public", "not_implemented", "`TinyGPT.num_parameters` is not written yet"),
+    "count_twice": ("        return sum(p.numel() for p in self.parameters())",
+                    "        return sum(p.numel() for p in self.state_dict().values())",
+                    "TinyGPT_parameters_public", "failed", "counted the tied table twice"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(TINY_GPT_MISTAKES))
+def test_tiny_gpt_parts_hidden_by_loading_weights_fail_with_the_reason(mistake):
+    old, new, check_id, status, phrase = TINY_GPT_MISTAKES[mistake]
+    names = namespace("06_tiny_gpt", "TinyGPT", old, new)
+    assert outcome(names, "TinyGPT_public")[0] == "passed"  # the forward pass with loaded weights cannot tell
+    got_status, message = outcome(names, check_id)
+    assert (got_status, phrase in message) == (status, True), message
+
+
+def test_reference_passes_every_check():
+    for assignment in assignments():
+        names = namespace(assignment)
+        for entry in checks_for(assignment):
+            assert outcome(names, entry.id)[0] == "passed", entry.id
+
+
+# ---------------------------------------------------------------- the cause, not the symptom
+
+
+def test_wrong_attention_under_a_correct_multi_head_names_the_attention():
+    names = namespace("04_attention", "causal_mask_scaled_dot_product_attention",
+                      "scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)", "scores = q @ k.transpose(-2, -1)")
+    for check_id in ("MultiHeadAttention_public", "MultiHeadAttention_hidden"):
+        status, message = outcome(names, check_id)
+        assert status == "failed"
+        assert message.startswith("your `scaled_dot_product_attention` is the cause: fix it first; see its check "
+                                  "(scaled_dot_product_attention_public)"), message
+        assert "sqrt(d_k)" in message and "split" not in message.lower()
+
+
+def test_wrong_layer_norm_is_named_by_the_block_check():
+    names = namespace("05_transformer_layer", "layer_norm", "var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)",
+                      "var = x.var(dim=-1, keepdim=True)")
+    status, message = outcome(names, "TransformerBlock_public")
+    assert status == "failed" and message.startswith("your `layer_norm` is the cause"), message
+    assert "unbiased variance" in outcome(names, "layer_norm_public")[1]
+
+
+def test_a_correct_dependency_is_not_blamed():
+    names = namespace("04_attention", "MultiHeadAttention", "merged = heads.transpose(1, 2).contiguous().view(B, T, C)",
+                      "merged = heads.contiguous().view(B, T, C)")
+    status, message = outcome(names, "MultiHeadAttention_public")
+    assert status == "failed" and "is the cause" not in message and "transpose" in message
+
+
+def test_an_unwritten_helper_is_named_by_the_check_that_calls_it():
+    names = namespace("03_softmax", "logsumexp_log_softmax_cross_entropy",
+                      "    peak = logits.amax(dim=dim, keepdim=True)\n", "    raise NotImplementedError()\n")
+    status, message = outcome(names, "cross_entropy_public")
+    assert status == "not_implemented" and "your `log_softmax` is the cause" in message, message
+    assert "`logsumexp` is not written yet" in message
+
+
+# ---------------------------------------------------------------- separate checks for the helpers
+
+
+def test_overlapping_merge_gets_its_own_hint():
+    names = namespace("01_tokenization", "pair_counts_merge_pair", "i += 2  # occurrences", "i += 1  # occurrences")
+    status, message = outcome(names, "merge_pair_public")
+    assert status == "failed" and "the scan must go on at i + 2" in message, message
+    status, message = outcome(names, "train_bpe_public")
+    assert status == "failed" and message.startswith("your `merge_pair` is the cause"), message
+
+
+def test_pair_counts_in_the_wrong_order_says_so():
+    names = namespace("01_tokenization", "pair_counts_merge_pair", "return counts",
+                      "return dict(sorted(counts.items()))")
+    status, message = outcome(names, "pair_counts_public")
+    assert status == "failed" and "the order is not" in message, message
+
+
+def test_logsumexp_without_keepdim_is_told_to_keep_the_dimension():
+    names = namespace("03_softmax", "logsumexp_log_softmax_cross_entropy",
+                      "torch.exp(logits - peak).sum(dim=dim, keepdim=True))",
+                      "torch.exp(logits - peak).sum(dim=dim, keepdim=True)).squeeze(dim)")
+    status, message = outcome(names, "logsumexp_public")
+    assert status == "failed" and "Keep the reduced dimension" in message, message
+
+
+# ---------------------------------------------------------------- showing the difference
+
+
+def test_the_row_with_the_first_wrong_entry_is_printed_with_its_input():
+    x = torch.arange(60, dtype=torch.float32).reshape(6, 10) / 10
+    expected = torch.softmax(x, dim=-1)
+    got = expected.clone()
+    got[3, 4] += 0.5
+    with pytest.raises(CheckFailure) as failure:
+        expect.close(got, expected, "softmax(x)", x)
+    lines = failure.value.message.splitlines()
+    assert lines[2] == "  its row 3: [3, 3.1, 3.2, 3.3, 3.4, 3.5, 3.6, 3.7, 3.8, 3.9]"
+    assert lines[3].startswith("  expected row 3: [") and lines[4].startswith("  got      row 3: [")
+    assert f"{got[3, 4].item():.4g}" in lines[4] and f"{got[3, 4].item():.4g}" not in lines[3]
+    assert "first wrong entry at index (3, 4)" in failure.value.message
+
+
+def test_a_small_tensor_is_printed_whole():
+    with pytest.raises(CheckFailure) as failure:
+        expect.close(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 2.0], [3.0, 5.0]]), "f(x)")
+    assert "expected [[1, 2], [3, 5]]" in failure.value.message
+    assert "got      [[1, 2], [3, 4]]" in failure.value.message
+
+
+def test_the_top_k_tie_check_shows_its_input():
+    exactly_k = ("keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, torch.topk(logits, k, dim=-1)"
+                 ".indices, True)\n    return logits.masked_fill(~keep, float(\"-inf\"))")
+    names = namespace("06_tiny_gpt", "top_k_filter", 'return logits.masked_fill(logits < kth_largest, float("-inf"))',
+                      exactly_k)
+    status, message = outcome(names, "top_k_filter_public")
+    assert status == "failed" and "input: [[1, 5, 3, 2], [0, 2, 2, -1]]" in message, message
+
+
+# ---------------------------------------------------------------- a time limit in the notebook
+
+
+HANGING_MERGE = ("            i += 2  # occurrences never overlap: \"aaa\" with (a, a) gives [aa, a]\n",
+                 "            pass  # forgot to advance\n")
+
+
+def test_a_hanging_helper_is_stopped_and_named():
+    names = namespace("01_tokenization", "pair_counts_merge_pair", *HANGING_MERGE)
+    entry = next(c for c in load_checks() if c.id == "train_bpe_public")
+    start = time.monotonic()
+    status, message = autograder.run_one(entry, LocalSubmission(names), names, 1.0)
+    assert time.monotonic() - start < 3.0
+    assert status == "timeout"
+    assert message.startswith("`merge_pair` (called from `train_bpe`) did not return within 1 s"), message
+
+
+def test_the_time_limit_works_outside_the_main_thread_too():
+    names = namespace("01_tokenization", "pair_counts_merge_pair", *HANGING_MERGE)
+    entry = next(c for c in load_checks() if c.id == "merge_pair_public")
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        out=autograder.run_one(entry, LocalSubmission(names), names, 1.0)))
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    status, message = result["out"]
+    assert status == "timeout" and message.startswith("`merge_pair` did not return within 1 s"), message
+
+
+def test_the_time_limit_restores_the_previous_alarm():
+    import signal
+
+    names = namespace("01_tokenization")
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        entry = next(c for c in load_checks() if c.id == "merge_pair_public")
+        assert autograder.run_one(entry, LocalSubmission(names), names, 5.0)[0] == "passed"
+        time.sleep(0.8)
+        assert fired == [1]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ---------------------------------------------------------------- Run All in the notebook, failure when graded
+
+
+def test_a_failing_check_prints_and_returns_in_a_notebook_but_raises_when_graded(monkeypatch, capsys):
+    names = namespace("03_softmax", "softmax", "dim=dim", "dim=0")
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    monkeypatch.delenv("AUTOGRADER_STRICT", raising=False)
+    assert autograder.run_local("softmax", names, hidden=False) is False
+    printed = capsys.readouterr().out
+    assert printed.startswith("\u2717 softmax_public (2 points)") and "See: " + BOOK_URL in printed
+    for variable, value in (("NBGRADER_EXECUTION", "autograde"), ("NBGRADER_EXECUTION", "validate"),
+                            ("AUTOGRADER_STRICT", "1")):
+        with monkeypatch.context() as env:
+            env.setenv(variable, value)
+            with pytest.raises(autograder.ChecksFailed, match="softmax: 1 of 1 checks failed"):
+                autograder.run_local("softmax", names, hidden=False)
+
+
+@pytest.mark.slow
+def test_unfinished_exercise_runs_to_the_end_yet_scores_zero(tmp_path):
+    """Run All (nbclient, allow_errors=False) reaches the end; nbgrader autograde and our grader give 0."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tests.nbgrader_course import Course
+
+    assignment = "01_tokenization"
+    released = ROOT / "exercises" / assignment / f"{assignment}.ipynb"
+    notebook = nbformat.read(released, as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3", allow_errors=False,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    public = [c.id for c in checks_for(assignment, include_hidden=False)]
+    assert all(f"\u2717 {check_id}" in outputs for check_id in public)
+    assert "is not written yet" in outputs and "Traceback" not in outputs
+
+    course = Course(tmp_path / "course")
+    course.release(assignment)
+    course.submit("blank", assignment, released)
+    scores = course.autograde(assignment, "blank")
+    assert set(scores) == {c.id for c in checks_for(assignment)} and sum(scores.values()) == 0
+
+    out = tmp_path / "grades"
+    result = subprocess.run([sys.executable, "-m", "autograder", "grade", str(released), "--out", str(out), "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(next(out.glob("*.json")).read_text())
+    assert report["score"] == 0 and {t["status"] for t in report["tests"]} == {"not_implemented"}
+
+
+# ---------------------------------------------------------------- links and latency
+
+
+def section_ids(source: Path) -> set[str]:
+    """The ids Sphinx gives the sections of a MyST chapter (docutils' make_id of each heading), and its labels."""
+    from docutils.nodes import make_id
+
+    text = re.sub(r"^```\{code-cell\}.*?^```\s*$", "", source.read_text(encoding="utf-8"), flags=re.M | re.S)
+    return {make_id(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)} | set(
+        re.findall(r"^\(([\w-]+)\)=\s*$", text, flags=re.M))
+
+
+def test_every_see_link_goes_to_a_section_that_exists():
+    for entry in load_checks():
+        page, _, anchor = entry.book.partition("#")
+        assert anchor, f"{entry.id}: links to the page {page}, not to a section"
+        source = ROOT / page.replace(".html", ".md")
+        assert source.exists(), f"{entry.id}: {page} is not a chapter"
+        assert anchor in section_ids(source), f"{entry.id}: {source.name} has no section #{anchor}"
+        built = HTML / page
+        if built.exists():  # after a build: the anchor is in the page itself
+            assert f'id="{anchor}"' in built.read_text(encoding="utf-8"), f"{entry.id}: no #{anchor} in {page}"
+
+
+def test_every_public_check_answers_within_a_second():
+    slow = []
+    for assignment in assignments():
+        names = namespace(assignment)
+        for entry in checks_for(assignment, include_hidden=False):
+            start = time.perf_counter()
+            status, _ = autograder.run_one(entry, LocalSubmission(names), names, 10.0)
+            seconds = time.perf_counter() - start
+            assert status == "passed", entry.id
+            if seconds >= 1.0:
+                slow.append(f"{entry.id}: {seconds:.2f} s")
+    assert not slow, slow
