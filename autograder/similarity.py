@@ -257,8 +257,18 @@ def compare(x: Document, y: Document) -> Pair:
     own = len(x.own) + len(y.own)
     return Pair(x.label, y.label, (len(cx) + len(cy)) / own if own else 0.0,
                 len(cx) / len(x.own) if x.own else 0.0, len(cy) / len(y.own) if y.own else 0.0, shared,
-                x.cells, y.cells, {(x.toks[i].cell, x.toks[i].line) for i in cx},
-                {(y.toks[i].cell, y.toks[i].line) for i in cy})
+                x.cells, y.cells, matching_lines(x, cx), matching_lines(y, cy))
+
+
+def matching_lines(doc: Document, covered: set[int]) -> set[tuple[int, int]]:
+    """The (cell, line) pairs more than half of whose own tokens are matching code."""
+    total: dict[tuple[int, int], int] = {}
+    hits: dict[tuple[int, int], int] = {}
+    for i in doc.own:
+        where = (doc.toks[i].cell, doc.toks[i].line)
+        total[where] = total.get(where, 0) + 1
+        hits[where] = hits.get(where, 0) + (i in covered)
+    return {where for where, n in total.items() if 2 * hits[where] > n}
 
 
 def starter_hashes(assignment: str, starter: Path | None = None) -> set[int]:
@@ -298,6 +308,10 @@ def find_similar(entries: list[tuple[str, Path]], assignment: str, threshold: fl
     repository's ``exercises/<assignment>/<assignment>.ipynb``).
     """
     docs, _ = load(entries, starter_hashes(assignment, starter))
+    return ranked_pairs(docs, threshold)
+
+
+def ranked_pairs(docs: list[Document], threshold: float) -> list[Pair]:
     pairs = [compare(x, y) for x, y in combinations(sorted(docs, key=lambda d: d.label), 2)]
     return sorted((p for p in pairs if p.score >= threshold), key=lambda p: (-p.score, p.a, p.b))
 
@@ -353,7 +367,30 @@ def write_similarity_report(path: Path, assignment: str, pairs: list[Pair], thre
                             compared: int | None = None, skipped: list[tuple[str, str]] = ()) -> Path:
     """Write the HTML report of ``pairs`` to ``path`` (a folder gets ``similarity-<assignment>.html``)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or not path.suffix:
         path = path / f"similarity-{safe_name(assignment, 'unknown_assignment')}.html"
     write_text(path, similarity_html(assignment, pairs, threshold, compared, skipped))
     return path
+
+
+def write_similarity(folder: Path, reports: list[dict], threshold: float = THRESHOLD) -> list[Path]:
+    """From graded reports: ``<folder>/similarity-<assignment>.html`` per assignment; returns the paths.
+
+    Each report's notebook is ``extra_data.notebook`` (else ``extra_data.submission``), labelled by
+    its student (else its submission path); reports without an assignment are left out.
+    """
+    groups: dict[str, list[tuple[str, Path]]] = {}
+    for report in reports:
+        extra = report.get("extra_data") or {}
+        assignment, notebook = extra.get("assignment"), extra.get("notebook") or extra.get("submission")
+        if assignment and notebook:
+            groups.setdefault(assignment, []).append((str(extra.get("student") or extra.get("submission")),
+                                                      Path(notebook)))
+    written = []
+    for assignment, entries in sorted(groups.items()):
+        docs, skipped = load(entries, starter_hashes(assignment))
+        pairs = ranked_pairs(docs, threshold)
+        path = Path(folder) / f"similarity-{safe_name(assignment, 'unknown_assignment')}.html"
+        written.append(write_similarity_report(path, assignment, pairs, threshold, len(docs), skipped))
+    return written
+

@@ -216,6 +216,34 @@ def test_similarity_flags_every_copy_and_nothing_else(sim_class):
     assert max(independent) < 0.4, max(independent)
 
 
+def line_of(cells: list[str], text: str) -> tuple[int, int]:
+    [where] = [(c, n) for c, cell in enumerate(cells) for n, line in enumerate(cell.splitlines(), 1) if text in line]
+    return where
+
+
+def test_report_marks_copied_lines_not_added_ones(sim_class):
+    [pair] = similarity.find_similar([("copy_1", sim_class["copy_1"]), ("copy_edited", sim_class["copy_edited"])],
+                                     "03_softmax")
+    assert pair.b == "copy_edited"
+    assert line_of(pair.b_cells, "assert scores.ndim >= 1") not in pair.b_lines
+    assert line_of(pair.b_cells, "scaled_logits = scores / temperature") in pair.b_lines
+    assert line_of(pair.a_cells, "scaled = logits / temperature") in pair.a_lines
+    assert not any(cell_line in pair.a_lines for cell_line in [line_of(pair.a_cells, '"""Turn logits')])  # starter
+
+
+def test_attention_copies_with_renamed_attributes_are_flagged(tmp_path):
+    """04_attention: a class whose self.* attributes a copier renamed still matches; the starter does not."""
+    ref = solution_code("04_attention")
+    renamed = {g: rename(c, {"q_proj": "to_query", "k_proj": "to_key", "v_proj": "to_value", "out_proj": "mix",
+                             "split_heads": "heads_first", "merged": "joined", "weights": "attn"})
+               for g, c in ref.items()}
+    entries = [("a", write(tmp_path, "a", student_notebook("04_attention", ref))),
+               ("b", write(tmp_path, "b", student_notebook("04_attention", renamed))),
+               ("starter", write(tmp_path, "starter", released("04_attention")))]
+    pairs = similarity.find_similar(entries, "04_attention", threshold=0)
+    assert [(p.a, p.b) for p in pairs] == [("a", "b")] and pairs[0].score == 1.0
+
+
 def test_starter_code_alone_is_not_compared(sim_class):
     docs, skipped = similarity.load([(n, sim_class[n]) for n in ("starter_1", "starter_2", "copy_1")],
                                     similarity.starter_hashes("03_softmax"))
@@ -468,6 +496,18 @@ def test_book_link_must_point_into_the_book():
     assert feedback.parse_test(test).book_url is None
     test["output"] = f"title\nwrong\nSee: {BOOK_URL}book/04_softmax.html#x"
     assert feedback.parse_test(test).book_url == f"{BOOK_URL}book/04_softmax.html#x"
+
+
+def test_similarity_from_graded_reports(graded, tmp_path):
+    """The fixture mistakes are the reference with one line changed: copies of each other, all flagged."""
+    [path] = similarity.write_similarity(tmp_path, graded)
+    assert path == tmp_path / "similarity-03_softmax.html"
+    text = path.read_text()
+    assert_valid_page(text)
+    plain = html.unescape("".join(parse(text).text))
+    assert "passes_all and fails_softmax_wrong_axis" in plain or "fails_softmax_wrong_axis and passes_all" in plain
+    assert "truncated_upload: not readable as a notebook" in plain
+    assert "Submissions compared: 7." in plain
 
 
 def test_summary_numbers_equal_the_reports(graded, tmp_path):
