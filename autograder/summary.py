@@ -141,14 +141,24 @@ def _svg_img(figure, alt: str) -> str:
 
 def _figures(summary: dict) -> tuple[str, str]:
     import matplotlib
-    matplotlib.use("Agg")  # no display, no GUI toolkit; a no-op when already chosen
-    from matplotlib import rcParams
+
+    with matplotlib.rc_context({"svg.hashsalt": "autograder"}):  # the same page for the same reports
+        return _score_figure(summary), _pass_rate_figure(summary)
+
+
+def _new_axes(height: float):
+    """A figure on an Agg canvas of its own: no pyplot, no GUI, the process's backend left as it was."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rcParams["svg.hashsalt"] = "autograder"  # the same page for the same reports
+    fig = Figure(figsize=(6.4, height), facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _score_figure(summary: dict) -> str:
     dist = summary["distribution"]
-    fig = Figure(figsize=(6.4, 3.0), facecolor="white")
-    ax = fig.subplots()
+    fig, ax = _new_axes(3.0)
     labels = [_bin_label(d, i == len(dist) - 1) for i, d in enumerate(dist)]
     ax.bar(range(len(dist)), [d["count"] for d in dist], color="#3465a4")
     ax.set_xticks(range(len(dist)), labels, rotation=45 if len(dist) > 10 else 0, fontsize=8)
@@ -157,27 +167,25 @@ def _figures(summary: dict) -> tuple[str, str]:
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(f"{summary['assignment']}: scores of {summary['submissions']} submissions")
     busiest = max(dist, key=lambda d: d["count"])
-    scores_alt = (f"Bar chart of the score distribution of {summary['submissions']} submissions; the most common "
-                  f"range is {_bin_label(busiest, busiest is dist[-1])} with {busiest['count']}. "
-                  "The table below gives every bar.")
-    scores_img = _svg_img(fig, scores_alt)
+    return _svg_img(fig, f"Bar chart of the score distribution of {summary['submissions']} submissions; the most "
+                    f"common range is {_bin_label(busiest, busiest is dist[-1])} with {busiest['count']}. "
+                    "The table below gives every bar.")
 
+
+def _pass_rate_figure(summary: dict) -> str:
     checks = summary["checks"]
-    fig = Figure(figsize=(6.4, 0.45 * len(checks) + 1.0), facecolor="white")
-    ax = fig.subplots()
+    fig, ax = _new_axes(0.45 * len(checks) + 1.0)
     ax.barh(range(len(checks)), [100 * c["pass_rate"] for c in checks], color="#4e9a06")
     ax.set_yticks(range(len(checks)), [c["name"] for c in checks], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of submissions passing")
     ax.set_title("Pass rate of each check")
-    if checks:
-        worst = min(checks, key=lambda c: c["pass_rate"])
-        rates_alt = (f"Horizontal bar chart of the pass rate of {len(checks)} checks; the lowest is {worst['name']} "
-                     f"at {100 * worst['pass_rate']:.0f}%. The table below gives every bar.")
-    else:
-        rates_alt = "No checks were graded."
-    return scores_img, _svg_img(fig, rates_alt)
+    if not checks:
+        return _svg_img(fig, "No checks were graded.")
+    worst = min(checks, key=lambda c: c["pass_rate"])
+    return _svg_img(fig, f"Horizontal bar chart of the pass rate of {len(checks)} checks; the lowest is "
+                    f"{worst['name']} at {100 * worst['pass_rate']:.0f}%. The table below gives every bar.")
 
 
 def _bin_label(d: dict, last: bool) -> str:

@@ -477,6 +477,21 @@ def test_feedback_of_real_exception_escapes_markup(graded, tmp_path):
     assert "ValueError: &lt;script&gt;alert(1)&lt;/script&gt; in &lt;temporary path&gt;" in text
 
 
+def test_writers_accept_sparse_reports_and_stay_in_their_folder(tmp_path):
+    """Reports missing fields, an unknown assignment, a student name that is a path: no crash, no escape."""
+    reports = [{"score": 0, "max_score": 0, "tests": []},
+               {"tests": [{"name": "x"}], "extra_data": {"submission": "../../x.ipynb"}},
+               {"extra_data": {"assignment": None, "student": "../../etc"},
+                "tests": [{"name": "a", "score": 1, "max_score": 1, "status": "passed", "output": "A"}]}]
+    out = tmp_path / "out"
+    written = feedback.write_feedback(out, reports) + summary.write_summary(out, reports)
+    assert len(written) == 2 * 3 + 1
+    assert all(path.resolve().is_relative_to(out) for path in written)
+    assert (out / "etc" / "unknown_assignment.html").exists()
+    assert similarity.write_similarity(out, reports) == []  # no assignment, nothing to compare
+    assert summary.write_summary(out, []) == [] and feedback.write_feedback(out, []) == []
+
+
 def test_sanitize_rule():
     s = feedback.sanitize
     assert s("see https://example.org/a/b and </tag>") == "see https://example.org/a/b and </tag>"
