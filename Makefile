@@ -42,7 +42,8 @@ book: $(VENV)/.book-installed
 	@echo
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html  (or run: make preview)"
 
-notebooks: $(VENV)/.book-installed
+# The notebooks quote the values the build computed: build first (incremental, cached).
+notebooks: book
 	$(BIN)/python -m tools.notebooks write
 
 solutions: $(VENV)/.test-installed

@@ -50,7 +50,7 @@ report must show matching lines per cell, which our tokens carry directly.
 (3) Its normalisation also turns ``.exp`` or ``.masked_fill`` after a dot into
 ``V``, discarding the library calls that tell two algorithms apart. (4) It adds a
 dependency (with its own report template, progress bars and plotting) for what
-is here about 60 lines.
+is here about 100 lines.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K = 12  # tokens per k-gram: short enough for three-line functions, long enough that "return V(V)" alone is no match
 WINDOW = 6  # winnowing window: every match of K + WINDOW - 1 = 17 tokens or more is found
 MIN_OWN_TOKENS = 25
-THRESHOLD = 0.6  # see the measurements in tests/test_instructor_reports.py
+THRESHOLD = 0.6  # measured (tests/test_instructor_reports.py): copies 0.95-1.0, independent solutions 0.10-0.25
 
 _BUILTINS = frozenset(dir(builtins))
 
