@@ -22,6 +22,7 @@ help:
 	@echo "make exercises  regenerate the student notebooks (exercises/) with nbgrader"
 	@echo "make gradescope build Gradescope autograder zips into _build/gradescope/"
 	@echo "make grade SUBMISSIONS=path  grade notebooks (or an nbgrader submitted/ folder) into grades/"
+	@echo "                  (GRADE_FLAGS='--due 2026-11-01T23:59 --late-penalty 10%/day' and the like)"
 	@echo "make preview    serve _build/html on http://localhost:8000"
 	@echo "make clean      remove _build and the virtual environment"
 
@@ -31,6 +32,11 @@ $(BIN)/python:
 # Stamps: reinstall only when the dependency lists change.
 $(VENV)/.book-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) -e ".[book]"
+	@touch $@
+
+# Grading needs neither the book's toolchain nor a browser.
+$(VENV)/.grade-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) -e ".[grade]"
 	@touch $@
 
 $(VENV)/.test-installed: $(VENV)/.book-installed pyproject.toml $(CONSTRAINTS)
@@ -55,9 +61,14 @@ exercises: solutions
 gradescope: $(VENV)/.test-installed system-deps
 	$(BIN)/python -m autograder.gradescope build _build/gradescope
 
+# Everything an instructor needs from one command: reports, grades.csv, feedback/, the class
+# summary and similarity report per assignment, and the gradebook's scores when there is one.
 SUBMISSIONS ?= submitted
-grade: $(VENV)/.test-installed system-deps
-	$(BIN)/python -m autograder grade $(SUBMISSIONS) --out grades
+GRADEBOOK ?= $(wildcard gradebook.db)
+GRADE_FLAGS ?=
+grade: $(VENV)/.grade-installed
+	@tools/system_deps.sh grade
+	$(BIN)/python -m autograder grade $(SUBMISSIONS) --out grades $(if $(GRADEBOOK),--gradebook $(GRADEBOOK)) $(GRADE_FLAGS)
 
 preview:
 	@echo "Serving _build/html on http://localhost:8000 (Ctrl-C stops)"

@@ -27,6 +27,7 @@ def write_scores(target: str, graded: list) -> int:
     # nbgrader starts `alembic` by name; find the one installed beside this Python.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.utils import parse_utc
 
     url = database_url(target)
     lock_path = Path(url.removeprefix("sqlite:///") + ".autograder-lock") if url.startswith("sqlite:///") else None
@@ -49,10 +50,16 @@ def write_scores(target: str, graded: list) -> int:
                                          "generate_assignment with this database first") from None
                     gradebook.update_or_create_student(submission.student)
                     try:
-                        gradebook.find_submission(assignment, submission.student)
+                        record = gradebook.find_submission(assignment, submission.student)
                     except MissingEntry:
-                        gradebook.add_submission(assignment, submission.student)
+                        record = gradebook.add_submission(assignment, submission.student)
                     notebook = assignment  # our notebooks are named after their assignment
+                    late = report.get("extra_data", {}).get("late") or {}
+                    if late.get("timestamp"):  # nbgrader export shows it, and the penalty
+                        record.timestamp = parse_utc(late["timestamp"])
+                    for submitted in record.notebooks:
+                        submitted.late_submission_penalty = float(late.get("penalty") or 0.0) \
+                            if submitted.name == notebook else 0.0
                     for test in report["tests"]:
                         try:
                             grade = gradebook.find_grade(test["name"], notebook, assignment, submission.student)
@@ -70,3 +77,20 @@ def write_scores(target: str, graded: list) -> int:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
     return written
+
+
+def due_dates(target: str, names: set[str]) -> dict:
+    """Assignment -> its due date in the gradebook (naive UTC), for those that have one."""
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    from nbgrader.api import Gradebook, MissingEntry
+
+    found = {}
+    with Gradebook(database_url(target)) as gradebook:
+        for name in sorted(names):
+            try:
+                assignment = gradebook.find_assignment(name)
+            except MissingEntry:
+                continue
+            if assignment.duedate is not None:
+                found[name] = assignment.duedate
+    return found

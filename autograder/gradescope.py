@@ -50,7 +50,8 @@ mkdir -p "$ROOT/results"
 SANDBOX=""
 "$PY" -c "import sys; from autograder.sandbox import bwrap_works; sys.exit(0 if bwrap_works() else 1)" \
   || SANDBOX="--unsafe-no-sandbox"   # containers that forbid user namespaces: limits only
-"$PY" -m autograder grade "$ROOT/submission" --assignment "$ASSIGNMENT" --out "$OUT" --jobs 1 --quiet $SANDBOX
+"$PY" -m autograder grade "$ROOT/submission" --assignment "$ASSIGNMENT" --one-submission \
+  --out "$OUT" --jobs 1 --quiet $SANDBOX
 "$PY" -m autograder.gradescope results "$OUT" "$ROOT/results/results.json"
 """
 
@@ -110,11 +111,11 @@ def results(reports_dir: Path, results_json: Path) -> int:
         payload = {"score": 0.0, "output": "No notebook (.ipynb) was found in the submission. Upload your "
                    "exercise notebook.", "tests": []}
     else:
-        # Several notebooks uploaded: grade the best-scoring one, say so.
-        best = max(reports, key=lambda r: r.get("score", 0.0))
-        payload = to_gradescope(best)
-        if len(reports) > 1:
-            payload["output"] += f"\n({len(reports)} notebooks were uploaded; the best one counts.)"
+        # One report: the grader chose the notebook by the README's rule (--one-submission),
+        # the same rule as for an nbgrader folder, and lists what it ignored.
+        payload = to_gradescope(reports[0])
+        for item in reports[0].get("extra_data", {}).get("ignored", []):
+            payload["output"] += f"\nNot graded: {item['path']} ({item['reason']})."
     atomic_write(results_json, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
     return 0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from autograder import api
 from autograder.api import CheckFailure, RemoteSubmission
+from autograder.report import file_sha256
 from autograder.notebook import Notebook, NotebookError, read_notebook
 from autograder.registry import assignments, Check, checks_for, checks_version
 from autograder.sandbox import Limits, Worker, WorkerError, make_folder
@@ -221,8 +222,9 @@ def grade_notebook(path: str | Path, runtime: Path, limits: Limits = Limits(), i
         found = assignment if assignment in assignments() else detect_assignment(
             Notebook(path=path, sha256=""), assignment)
         checks = checks_for(found, include_hidden) if found else []
+        # Keyed by the file's bytes like any report, so a rerun does not regrade it until it changes.
         return empty_report(label, found, f"This file could not be graded: {error}.", "invalid_notebook",
-                            checks, None)
+                            checks, file_sha256(path))
     found = detect_assignment(notebook, assignment)
     if found is None:
         return empty_report(label, None, "Could not tell which assignment this notebook is for (name the "

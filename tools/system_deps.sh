@@ -2,9 +2,12 @@
 # Install the Debian packages the test suite needs, when they are missing.
 # As root with apt-get (CI, a fresh machine) it installs them; otherwise it says what to install.
 set -euo pipefail
+# `system_deps.sh grade`: only what grading needs.
 needed=()
 command -v bwrap >/dev/null 2>&1 || needed+=(bubblewrap)          # the grader's sandbox
-command -v chromium >/dev/null 2>&1 || needed+=(chromium)          # the site's browser tests
+if [ "${1:-all}" != grade ]; then
+  command -v chromium >/dev/null 2>&1 || needed+=(chromium)        # the site's browser tests
+fi
 [ ${#needed[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "Installing system packages: ${needed[*]}"
