@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -27,10 +28,27 @@ def colab_url(path_in_repo: str) -> str:
     return f"https://colab.research.google.com/github/{owner_repo}/blob/{branch}/{path_in_repo}"
 
 
+def version() -> str:
+    """The distribution's version, from pyproject.toml (read as text: Python 3.10 has no tomllib)."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    return re.search(r'^version\s*=\s*"([^"]+)"', text, flags=re.M).group(1)
+
+
+def package_ref() -> str:
+    """The git tag (or commit) the notebooks install the student package from.
+
+    ``repository.package_ref`` in _config.yml when set (an instructor pins a term
+    to a tag or commit of their own), else the release tag ``v<version>``: the
+    notebooks of a release install that release, never a moving branch, so the
+    checks cannot change under students mid-term.
+    """
+    return str(config()["repository"].get("package_ref") or f"v{version()}")
+
+
 def package_install_spec() -> str:
-    """What pip installs in Colab: this repository's student package."""
-    url, branch = repository()
-    return f"{DISTRIBUTION} @ git+{url}@{branch}"
+    """What pip installs in Colab: this repository's student package, pinned."""
+    url, _ = repository()
+    return f"{DISTRIBUTION} @ git+{url}@{package_ref()}"
 
 
 def toc_files() -> list[str]:
@@ -50,6 +68,15 @@ def toc_files() -> list[str]:
 
     walk(toc.get("parts", toc.get("chapters", [])))
     return found
+
+
+def numbered_chapters() -> list[str]:
+    """Docnames of the numbered part of _toc.yml, in order: chapter n is the n-th."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    for part in toc.get("parts", []):
+        if part.get("numbered"):
+            return [chapter["file"] for chapter in part.get("chapters", [])]
+    return []
 
 
 def generator_main(argv: list[str], doc: str, commands: dict, stale) -> int:

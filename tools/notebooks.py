@@ -1,20 +1,39 @@
 """Generate the Colab notebooks paired with the book's chapters, or check they are current.
 
-    python -m tools.notebooks write   # regenerate book/*.ipynb from book/*.md
+    python -m tools.notebooks write   # regenerate book/*.ipynb (after a book build: `make notebooks` does both)
     python -m tools.notebooks check   # exit 1, naming each stale or missing file
 
 Each chapter's MyST Markdown file is the source. Its paired .ipynb is derived
-from it by Jupytext, with outputs stripped, a first cell that installs the
-book's library in Colab (the repository URL comes from _config.yml), and the
-MyST-only markup (citations, glued numbers, cross-references, directives)
-rewritten as plain Markdown that Colab can display.
+from it by Jupytext, with outputs stripped, and made to read like the page:
+
+* the values the build glued into the prose (``{glue:text}``) are written in,
+  formatted as on the page. They come from the executed build
+  (``_build/jupyter_execute/<chapter>.glue.json``, written by MyST-NB), so
+  ``make notebooks`` builds the book first; the chapters are seeded, so a
+  reader who reruns a notebook gets the same numbers (wall-clock timings aside).
+  Each notebook keeps the values it quotes in its metadata (``glued``), which
+  makes regenerating reproducible without a build: ``check`` renders with the
+  build's values when a build is there and with the notebook's own otherwise,
+  so it catches an edited chapter everywhere and outdated values after a build;
+* equations carry their page numbers (``\\tag{4.1}``) and references to them read
+  "Eq. 4.1", figures "Fig. 4.1", as on the page (chapter number from _toc.yml,
+  then the order of labelled equations and of captioned figures);
+* a figure's caption, which MyST-NB keeps in cell metadata, is a Markdown cell
+  under its code cell;
+* citations, cross-references and directives become plain Markdown;
+* the first cell is the set-up, honest about what it does: it installs the
+  student package when ``tinyllm`` is missing (pinned: see
+  ``tools.bookconfig.package_install_spec``), saying so in one line, and
+  imports what the chapter's cells use (``glue``, ``setup_plots``). The
+  chapter's own hidden set-up cell is folded into it.
 """
 
 from __future__ import annotations
 
 import ast
-import os
 import hashlib
+import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,14 +41,20 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-from tools.bookconfig import ROOT, generator_main, package_install_spec, toc_files
+from tools.bookconfig import ROOT, generator_main, numbered_chapters, package_install_spec, toc_files
 
 SETUP_CELL = '''\
-# Set-up for Google Colab: install the book's library (tinyllm) when it is missing.
-# Locally, and when the book is built, it is already installed and this does nothing.
+# Set-up. The chapter's code uses the book's library, tinyllm. Where it is not
+# installed (a fresh Colab runtime), this installs the version this notebook was
+# made with (about 20 s); where it is, nothing is downloaded.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("tinyllm") is None:
+    print("Installing the book's library: {spec}", flush=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{spec}"], check=True)'''
+
+BOOK_SETUP_MARK = "from tinyllm.book import"  # the chapter's own (hidden) set-up cell
+EXECUTED = "_build/jupyter_execute"
+PLACEHOLDER = "\u2047"  # what a value missing from the build becomes: a test and `check` look for it
 
 
 def front_matter(path: Path) -> str:
@@ -73,8 +98,56 @@ def _object_source(file: Path, name: str) -> str:
     raise ValueError(f"{file}: no top-level {name!r} for literalinclude")
 
 
-def myst_to_markdown(text: str, chapter_dir: Path) -> str:
+class Numbers:
+    """Equation and figure numbers as the page shows them: "4.1" for the first of chapter 4."""
+
+    def __init__(self):
+        self.equations: dict[str, str] = {}  # equation label -> number
+        self.figures: dict[str, str] = {}  # figure name -> number
+        self.chapter_of: dict[str, int] = {}  # file stem -> chapter number
+        for chapter, docname in enumerate(numbered_chapters(), start=1):
+            path = ROOT / f"{docname}.md"
+            if path.exists():
+                self._read(chapter, path)
+
+    def _read(self, chapter: int, path: Path) -> None:
+        text = path.read_text(encoding="utf-8")
+        text = re.sub(r"^```\{code-cell\}.*?^```\s*$", lambda m: _figure_marker(m.group(0)), text, flags=re.M | re.S)
+        for n, label in enumerate(re.findall(r"^\$\$\s*\(([\w-]+)\)\s*$", text, flags=re.M), start=1):
+            self.equations[label] = f"{chapter}.{n}"
+        for n, name in enumerate(re.findall(r"^FIGURE (\S*)$", text, flags=re.M), start=1):
+            if name != "-":
+                self.figures[name] = f"{chapter}.{n}"
+        self.chapter_of[path.stem] = chapter
+
+    def figure_number(self, source: Path, index: int) -> str:
+        """The number of the ``index``-th captioned figure (from 1) of ``source``."""
+        return f"{self.chapter_of[source.stem]}.{index}"
+
+
+def _figure_marker(cell: str) -> str:
+    """A code cell reduced to a line saying whether it makes a numbered figure (and its name)."""
+    figure = _figure_metadata(cell)
+    return f"FIGURE {figure.get('name') or '-'}" if figure.get("caption") else ""
+
+
+def _figure_metadata(cell_text: str) -> dict:
+    import yaml
+
+    match = re.match(r"```\{code-cell\}[^\n]*\n---\n(.*?)\n---\n", cell_text, flags=re.S)
+    if not match:
+        return {}
+    meta = yaml.safe_load(match.group(1)) or {}
+    return ((meta.get("mystnb") or {}).get("figure")) or {}
+
+
+def myst_to_markdown(text: str, chapter_dir: Path, values: dict[str, str] | None = None,
+                     numbers: Numbers | None = None) -> str:
+    from myst_nb.core.variables import format_plain_text
+
     bib = _bib_entries()
+    values = values or {}
+    numbers = numbers or Numbers()
 
     def cite(match):
         keys = [k.strip() for k in match.group(2).split(",")]
@@ -94,43 +167,109 @@ def myst_to_markdown(text: str, chapter_dir: Path) -> str:
         quoted = "\n".join(f"> {line}" if line else ">" for line in body.splitlines())
         return f"> **{title}**\n>\n{quoted}"
 
+    def glued(match):
+        name, fmt = match.group(1), match.group(2) or ""
+        if name not in values:
+            return PLACEHOLDER + name
+        return format_plain_text(values[name], fmt)
+
+    def equation(match):
+        return f"Eq. {numbers.equations.get(match.group(1), PLACEHOLDER + match.group(1))}"
+
+    def figure(match):
+        return f"Fig. {numbers.figures.get(match.group(1), PLACEHOLDER + match.group(1))}"
+
+    def tagged(match):
+        label = match.group(1)
+        return f"\\tag{{{numbers.equations.get(label, PLACEHOLDER + label)}}}\n$$"
+
     text = re.sub(r"^\(([\w-]+)\)=\s*$\n?", "", text, flags=re.M)  # labels
     text = re.sub(r"^(`{3,}|:{3,})\{([\w-]+)\}([^\n]*)\n(.*?)^\1\s*$", directive, text, flags=re.M | re.S)
     text = re.sub(r"\{cite:(p|t)\}`([^`]+)`", cite, text)
-    text = re.sub(r"\{glue:text\}`([\w-]+)(?::[^`]*)?`", r"`\1` (printed by the code)", text)
+    text = re.sub(r"\{glue:text\}`([\w-]+)(?::([^`]*))?`", glued, text)
     text = re.sub(r"\{(?:ref|numref|doc)\}`([^`<]+?)\s*<[^`]+>`", r"\1", text)
-    text = re.sub(r"\{numref\}`([^`]+)`", r"the figure *\1*", text)
-    text = re.sub(r"\{eq\}`([^`]+)`", r"equation (\1)", text)
+    text = re.sub(r"\{numref\}`([^`]+)`", figure, text)
+    text = re.sub(r"\{eq\}`([^`]+)`", equation, text)
     text = re.sub(r"\{ref\}`([^`]+)`", r"\1", text)
-    text = re.sub(r"^(\$\$)\s*\(([\w-]+)\)\s*$", r"\1", text, flags=re.M)  # equation labels
+    text = re.sub(r"^\$\$\s*\(([\w-]+)\)\s*$", tagged, text, flags=re.M)  # numbered equations
     return text
+
+
+def build_values(source: Path) -> dict[str, str] | None:
+    """name -> text/plain of each value the executed build glued for ``source`` (None: no build)."""
+    path = ROOT / EXECUTED / source.relative_to(ROOT).with_suffix(".glue.json")
+    if not path.exists():
+        return None
+    return {name: output["data"]["text/plain"] for name, output in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+def committed_values(source: Path) -> dict[str, str]:
+    """The values the committed notebook quotes (its metadata), {} when there is none."""
+    path = paired_path(source)
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("glued", {})
+
+
+def measured(source: Path, name: str) -> bool:
+    """Whether glued value ``name`` is a wall-clock measurement, which differs from run to run."""
+    if re.search(r"seconds|_ms$|per_s|speedup|_time", name):
+        return True
+    for cell in re.findall(r"^```\{code-cell\}.*?^```\s*$", source.read_text(encoding="utf-8"), flags=re.M | re.S):
+        if re.search(rf"glue\(\s*[\"']{re.escape(name)}[\"']", cell):
+            return bool(re.search(r"perf_counter|time\.time|timeit|monotonic", cell))
+    return False
+
+
+def quoted_names(source: Path) -> list[str]:
+    return sorted(set(re.findall(r"\{glue:text\}`([\w-]+)", source.read_text(encoding="utf-8"))))
 
 
 # ---------------------------------------------------------------- notebooks
 
-def build_notebook(source: Path) -> nbformat.NotebookNode:
+def build_notebook(source: Path, values: dict[str, str] | None = None) -> nbformat.NotebookNode:
+    """The paired notebook of ``source``; ``values`` are the glued values (default: the build's, else the notebook's)."""
+    if values is None:
+        values = build_values(source)
+        if values is None:
+            values = committed_values(source)
+    numbers = Numbers()
     notebook = jupytext.read(source, fmt="md:myst")
-    cells = [nbformat.v4.new_code_cell(SETUP_CELL.format(spec=package_install_spec()),
-                                       metadata={"tags": ["colab-setup"]})]
+    setup = SETUP_CELL.format(spec=package_install_spec())
+    cells = []
+    figures = 0
     for cell in notebook.cells:
         metadata = {k: v for k, v in cell.metadata.items() if k in ("tags", "mystnb")}
         if cell.cell_type == "markdown":
-            cells.append(nbformat.v4.new_markdown_cell(myst_to_markdown(cell.source, source.parent), metadata=metadata))
+            cells.append(nbformat.v4.new_markdown_cell(myst_to_markdown(cell.source, source.parent, values, numbers),
+                                                       metadata=metadata))
+        elif cell.cell_type == "code" and BOOK_SETUP_MARK in cell.source and "remove-cell" in metadata.get("tags", []):
+            own = [line for line in cell.source.splitlines() if not line.startswith("#") and line.strip()]
+            setup += "\n" + "\n".join(own)  # folded into the set-up cell: the chapter's cells need glue()
         elif cell.cell_type == "code":
             cells.append(nbformat.v4.new_code_cell(cell.source, metadata=metadata))
+            caption = (metadata.get("mystnb") or {}).get("figure", {}).get("caption")
+            if caption:
+                figures += 1
+                text = myst_to_markdown(" ".join(str(caption).split()), source.parent, values, numbers)
+                cells.append(nbformat.v4.new_markdown_cell(f"**Fig. {numbers.figure_number(source, figures)}** {text}",
+                                                           metadata={"tags": ["figure-caption"]}))
+    cells.insert(0, nbformat.v4.new_code_cell(setup, metadata={"tags": ["colab-setup"]}))
     for i, cell in enumerate(cells):  # stable ids: regenerating changes nothing
         cell["id"] = hashlib.sha1(f"{i}:{cell.source}".encode()).hexdigest()[:12]
     out = nbformat.v4.new_notebook(cells=cells)
+    quoted = {name: values[name] for name in quoted_names(source) if name in values}
     out.metadata = {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"},
         "colab": {"provenance": []},
+        "glued": quoted,  # the values written into the prose, from the build that made this notebook
     }
     return out
 
 
-def render(source: Path) -> str:
-    return nbformat.writes(build_notebook(source), version=4) + "\n"
+def render(source: Path, values: dict[str, str] | None = None) -> str:
+    return nbformat.writes(build_notebook(source, values), version=4) + "\n"
 
 
 def paired_path(source: Path) -> Path:
@@ -146,8 +285,14 @@ def stale_notebooks() -> list[str]:
         rel = target.relative_to(ROOT)
         if not target.exists():
             problems.append(f"{rel}: missing (paired with {source.relative_to(ROOT)}); run `make notebooks`")
-        elif target.read_text(encoding="utf-8") != render(source):
-            problems.append(f"{rel}: stale, {source.relative_to(ROOT)} changed since it was generated; run `make notebooks`")
+            continue
+        built = build_values(source)
+        if target.read_text(encoding="utf-8") != render(source, committed_values(source) if built is None else built):
+            reason = f"{source.relative_to(ROOT)} changed" if built is None else \
+                f"{source.relative_to(ROOT)} or the values its build computed changed"
+            problems.append(f"{rel}: stale, {reason} since it was generated; run `make notebooks`")
+        elif PLACEHOLDER in target.read_text(encoding="utf-8"):
+            problems.append(f"{rel}: quotes values no build has computed; build the book, then `make notebooks`")
     paired = {paired_path(s) for s in sources}
     for orphan in sorted((ROOT / "book").glob("*.ipynb")):
         if orphan not in paired:
