@@ -18,24 +18,7 @@ from autograder import expect
 from autograder.api import CheckFailure, LocalSubmission
 from autograder.registry import BOOK_URL, assignments, checks_for, load_checks
 from tests.conftest import HTML, ROOT
-
-
-def namespace(assignment: str, cell: str | None = None, old: str = "", new: str = "") -> dict:
-    """The names a solution notebook defines, with ``old`` replaced by ``new`` in its cell ``cell``."""
-    notebook = json.loads((ROOT / "solutions" / assignment / f"{assignment}.ipynb").read_text(encoding="utf-8"))
-    names: dict = {"__name__": "__main__"}
-    changed = False
-    for c in notebook["cells"]:
-        meta = c["metadata"].get("nbgrader", {})
-        source = "".join(c["source"])
-        if c["cell_type"] != "code" or meta.get("grade"):
-            continue  # test cells call check(): here the test runs the checks itself
-        if meta.get("grade_id") == cell:
-            assert old in source, f"{old!r} is not in cell {cell!r}"
-            source, changed = source.replace(old, new), True
-        exec(compile(source, f"<cell {meta.get('grade_id')}>", "exec"), names)
-    assert changed or cell is None
-    return names
+from tools.exercises import solution_namespace as namespace
 
 
 def outcome(names: dict, check_id: str) -> tuple[str, str]:

@@ -253,6 +253,32 @@ def write_all() -> list[Path]:
     return written
 
 
+def solution_namespace(assignment: str, cell: str | None = None, old: str = "", new: str = "") -> dict:
+    """The names the reference solution notebook defines, as a notebook's globals.
+
+    ``old`` is replaced by ``new`` in the solution cell whose grade_id is
+    ``cell`` first (a student's mistake); test cells are not run.
+    """
+    import json
+
+    notebook = json.loads(target_path(RECIPES / f"{assignment}.md").read_text(encoding="utf-8"))
+    names: dict = {"__name__": "__main__"}
+    changed = False
+    for c in notebook["cells"]:
+        meta = c["metadata"].get("nbgrader", {})
+        source = "".join(c["source"])
+        if c["cell_type"] != "code" or meta.get("grade"):
+            continue
+        if meta.get("grade_id") == cell:
+            if old not in source:
+                raise ValueError(f"{old!r} is not in cell {cell!r}")
+            source, changed = source.replace(old, new), True
+        exec(compile(source, f"<cell {meta.get('grade_id')}>", "exec"), names)
+    if cell is not None and not changed:
+        raise ValueError(f"{assignment} has no solution cell {cell!r}")
+    return names
+
+
 def main(argv: list[str]) -> int:
     return generator_main(argv, __doc__, {"write": write_all, "release": lambda: release(ROOT / "exercises")},
                           stale)
