@@ -215,6 +215,7 @@ def test_a_failing_check_prints_and_returns_in_a_notebook_but_raises_when_graded
     assert autograder.run_local("softmax", names, hidden=False) is False
     printed = capsys.readouterr().out
     assert printed.startswith("\u2717 softmax_public (2 points)") and "See: " + BOOK_URL in printed
+    assert "sum to 1 down the columns (dim 0)" in printed  # the hint the failure calls for
     for variable, value in (("NBGRADER_EXECUTION", "autograde"), ("NBGRADER_EXECUTION", "validate"),
                             ("AUTOGRADER_STRICT", "1")):
         with monkeypatch.context() as env:

@@ -14,23 +14,34 @@ from autograder.registry import check
 BOOK = "book/04_softmax.html"
 
 
+def softmax_hint(got, x: torch.Tensor) -> str:
+    """What a wrong softmax of ``x`` along its last dimension says about the code."""
+    if not isinstance(got, torch.Tensor) or got.shape != x.shape:
+        return "The output has the input's shape: a probability for every logit."
+    if torch.allclose(got.sum(0), torch.ones(x.shape[1])) and not torch.allclose(got.sum(-1), torch.ones(x.shape[0])):
+        return "Your probabilities sum to 1 down the columns (dim 0): normalise along the `dim` you are given."
+    if torch.allclose(got, torch.exp(x), atol=1e-5):
+        return "These are exp(logits), unnormalised: divide by their sum along `dim`."
+    return "softmax(z)_i = exp(z_i) / sum_j exp(z_j), along `dim`."
+
+
 @check("03_softmax", "softmax", points=2, book=BOOK + "#overflow-and-the-max-subtraction-trick")
 def test_softmax_public(sub):
     """softmax matches F.softmax, along any dim, with temperature, and does not overflow."""
     softmax = sub.function("softmax", ["logits", "dim", "temperature"], forbid=GROUPS["softmax"])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, generator=g)
-    expect.close(softmax(x, dim=-1), F.softmax(x, dim=-1), "softmax(logits, dim=-1)",
-                 expect.describe_tensor(x))
+    got = softmax(x, dim=-1)
+    expect.close(got, F.softmax(x, dim=-1), "softmax(logits, dim=-1)", x, hint=softmax_hint(got, x))
     y = torch.randn(4, 3, generator=g)
-    expect.close(softmax(y, dim=0), F.softmax(y, dim=0), "softmax(logits, dim=0)", expect.describe_tensor(y),
+    expect.close(softmax(y, dim=0), F.softmax(y, dim=0), "softmax(logits, dim=0)", y,
                  hint="Normalise along the dimension `dim` you are given, not a fixed one.")
     big = torch.tensor([[1000.0, 1001.0, 999.0], [-1000.0, -1002.0, -1001.0]])
     expect.close(softmax(big, dim=-1), F.softmax(big, dim=-1), "softmax on large logits", "[[1000, 1001, 999], "
                  "[-1000, -1002, -1001]]", hint="exp(1000) overflows float32 to inf: subtract each row's "
                  "maximum before exponentiating (it cancels in the ratio).")
     expect.close(softmax(x, dim=-1, temperature=2.0), F.softmax(x / 2.0, dim=-1),
-                 "softmax(logits, dim=-1, temperature=2.0)", expect.describe_tensor(x),
+                 "softmax(logits, dim=-1, temperature=2.0)", x,
                  hint="Temperature divides the logits before the softmax: softmax(z / T).")
 
 
