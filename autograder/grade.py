@@ -111,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
     for leftover in out.glob(".*.tmp"):  # a report being written when a previous run was killed
         leftover.unlink(missing_ok=True)
     submissions = plan.found.submissions
+    from autograder.registry import hidden_available
+
+    if not hidden_available():
+        print("autograder: warning: the hidden checks are not installed (this is the student package), so only the "
+              "public checks count; grade from the course's checkout (pip install -e \".[grade]\")", file=sys.stderr)
     for warning in plan.found.warnings:  # even with --quiet: a misspelt folder must not pass unnoticed
         print(f"autograder: warning: {warning}", file=sys.stderr)
     remove_stale_folders()
@@ -148,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         report = grade_notebook(submission.path, runtime, limits, isolation, submission.assignment,
                                 label=submission.label)
         report["extra_data"]["limits"] = limits_key(limits)
+        report["extra_data"]["checks_version"] = version  # the run's, read once: one version per run
         return submission, report
 
     try:

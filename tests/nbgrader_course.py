@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Course:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, cell_timeout: int = 120):
         # nbgrader starts `alembic` by name: the venv's bin must come first on PATH.
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         from nbgrader.apps import NbGraderAPI
@@ -26,7 +26,7 @@ class Course:
         config.CourseDirectory.source_directory = "solutions"
         config.CourseDirectory.release_directory = "release"
         config.CourseDirectory.db_url = f"sqlite:///{folder / 'gradebook.db'}"
-        config.ExecutePreprocessor.timeout = 120
+        config.ExecutePreprocessor.timeout = cell_timeout
         self.db_url = config.CourseDirectory.db_url
         self.api = NbGraderAPI(config=config)
 
