@@ -1,4 +1,4 @@
-"""Scaled dot-product attention and multi-head self-attention (chapter 6)."""
+"""Attention: scaled dot-product and multi-head (chapter 6); grouped-query with a KV cache (Part II)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from tinyllm.positional import apply_rope
 from tinyllm.softmax import softmax
 
 
@@ -63,3 +64,105 @@ class MultiHeadAttention(nn.Module):
         heads, _ = scaled_dot_product_attention(q, k, v, causal=self.causal)  # (B, n_heads, T, d_k)
         merged = heads.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, d_model)
         return self.out_proj(merged)
+
+
+# ----------------------------------------------------------------- Part II: the modern attention
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """(B, n_kv_heads, T, d_k) -> (B, n_kv_heads * n_rep, T, d_k), each head repeated n_rep times in place.
+
+    Query head h then reads key/value head h // n_rep. Same as
+    ``torch.repeat_interleave(x, n_rep, dim=1)``, written as a broadcast view
+    and one copy.
+    """
+    if n_rep == 1:
+        return x
+    B, n_kv, T, d_k = x.shape
+    return x[:, :, None, :, :].expand(B, n_kv, n_rep, T, d_k).reshape(B, n_kv * n_rep, T, d_k)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, start: int = 0) -> Tensor:
+    """Causal attention of T_q queries at absolute positions start .. start + T_q - 1 over keys 0 .. T_k - 1.
+
+    The query at absolute position p sees the keys 0..p. With start = 0 and
+    T_q = T_k this is ``scaled_dot_product_attention(q, k, v, causal=True)``;
+    with a KV cache the keys of earlier tokens come first, so start is the
+    number of cached tokens. Equals ``F.scaled_dot_product_attention(q, k, v,
+    attn_mask=~mask)`` with the mask built here.
+    """
+    t_query, t_key = q.shape[-2], k.shape[-2]
+    query_position = start + torch.arange(t_query, device=q.device)[:, None]  # (T_q, 1)
+    key_position = torch.arange(t_key, device=q.device)[None, :]  # (1, T_k)
+    mask = key_position > query_position  # (T_q, T_k): True where the key is in the query's future
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T_q, T_k)
+    return softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
+
+
+class KVCache:
+    """The keys and values one attention layer has computed so far, (B, n_kv_heads, T, d_k) each.
+
+    ``update`` appends the new positions along the time axis (dim -2) and
+    returns everything stored; ``length`` is the number of positions stored,
+    which is also the absolute position of the next token. Same as
+    ``torch.cat((cached, new), dim=-2)``, kept so the next step need not
+    recompute it.
+    """
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat((self.k, k), dim=-2)  # (B, n_kv_heads, length + T, d_k)
+            self.v = torch.cat((self.v, v), dim=-2)
+        return self.k, self.v
+
+
+class GroupedQueryAttention(nn.Module):
+    """Causal attention with n_heads query heads sharing n_kv_heads key/value heads, RoPE on q and k.
+
+    Ainslie et al. (2023): n_kv_heads = n_heads is multi-head attention,
+    n_kv_heads = 1 is multi-query attention (Shazeer, 2019); in between, query
+    head h reads key/value head h // (n_heads // n_kv_heads). Fewer key/value
+    heads mean a smaller KV cache. No bias, as in LLaMA. With RoPE rotating
+    queries and keys, no position is added to the token vectors. Equals
+    ``F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)``
+    on the rotated projections.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, rope_base: float = 10000.0):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if n_kv_heads < 1 or n_heads % n_kv_heads != 0:
+            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.d_k = d_model // n_heads
+        self.rope_base = rope_base
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.d_k, bias=False)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.d_k, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """x (B, T, d_model) -> (B, T, d_model); with a cache, x continues the cached tokens."""
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.d_k).transpose(1, 2)  # (B, n_heads, T, d_k)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.d_k).transpose(1, 2)  # (B, n_kv_heads, T, d_k)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d_k).transpose(1, 2)
+        start = 0 if cache is None else cache.length  # absolute position of x's first token
+        q = apply_rope(q, self.rope_base, offset=start)
+        k = apply_rope(k, self.rope_base, offset=start)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, n_kv_heads, start + T, d_k): the earlier tokens' too
+        n_rep = self.n_heads // self.n_kv_heads
+        heads = causal_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), start=start)
+        return self.out_proj(heads.transpose(1, 2).contiguous().view(B, T, C))

@@ -1,11 +1,12 @@
-"""The pieces of a transformer layer besides attention (chapter 7)."""
+"""The pieces of a transformer layer besides attention (chapter 7); the modern block (Part II)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinyllm.attention import MultiHeadAttention
+from tinyllm.attention import GroupedQueryAttention, KVCache, MultiHeadAttention
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
@@ -73,13 +74,14 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
     RMSNorm (Zhang & Sennrich, 2019) is layer norm without the mean subtraction
     and without the bias: cheaper, and in practice as good, which is why LLaMA
     and most recent models use it. eps keeps the division finite for x = 0.
+    Equals ``F.rms_norm(x, (d,), weight, eps)`` (and ``nn.RMSNorm``).
     """
     rms = torch.sqrt((x**2).mean(dim=-1, keepdim=True) + eps)  # (..., 1)
     return x / rms * weight
 
 
 class RMSNorm(nn.Module):
-    """:func:`rms_norm` with a learnable gain (init 1); no bias."""
+    """:func:`rms_norm` with a learnable gain (init 1); no bias. Same as ``nn.RMSNorm(d_model, eps)``."""
 
     def __init__(self, d_model: int, eps: float = 1e-6):
         super().__init__()
@@ -101,4 +103,56 @@ class PostNormBlock(TransformerBlock):
     def forward(self, x: Tensor) -> Tensor:
         x = self.ln1(x + self.drop(self.attn(x)))  # (B, T, d_model)
         x = self.ln2(x + self.drop(self.ffn(x)))
+        return x
+
+
+def swiglu_hidden(d_model: int, multiple_of: int = 8) -> int:
+    """The SwiGLU width with the parameters of a 4 * d_model GELU FFN: 2/3 of 4 * d_model, rounded up.
+
+    A GELU FFN has two d_model x d_ff matrices, SwiGLU three; 3 * (2/3 * 4d) * d
+    = 2 * 4d * d. LLaMA rounds up to a multiple of 256; tiny models to 8.
+    """
+    hidden = int(2 * 4 * d_model / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward (Shazeer, 2020): w_down(silu(w_gate(x)) * w_up(x)), no biases.
+
+    The gate decides, per hidden feature, how much of w_up(x) passes. silu(z)
+    = z * sigmoid(z) is ``F.silu``. Three matrices instead of two, so LLaMA
+    takes d_ff = 2/3 of 4 * d_model to keep the parameter count (see
+    :func:`swiglu_hidden`).
+    """
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.w_gate = nn.Linear(d_model, d_ff, bias=False)
+        self.w_up = nn.Linear(d_model, d_ff, bias=False)
+        self.w_down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))  # (B, T, d_model)
+
+
+class LlamaBlock(nn.Module):
+    """The modern pre-norm block (LLaMA, Touvron et al., 2023): RMSNorm, grouped-query attention with RoPE, SwiGLU.
+
+    x + attn(attn_norm(x)), then + ffn(ffn_norm(x)): the wiring of
+    :class:`TransformerBlock`, with each part replaced by its modern successor.
+    ``cache`` (a :class:`KVCache`) is passed on to the attention.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, d_ff: int, dropout: float = 0.0,
+                 rope_base: float = 10000.0):
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model)
+        self.attn = GroupedQueryAttention(d_model, n_heads, n_kv_heads, rope_base)
+        self.ffn_norm = RMSNorm(d_model)
+        self.ffn = SwiGLU(d_model, d_ff)
+        self.drop = nn.Dropout(dropout)  # on each branch's output, before the add
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), cache=cache))  # (B, T, d_model)
+        x = x + self.drop(self.ffn(self.ffn_norm(x)))
         return x

@@ -8,8 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from tinyllm.embedding import Embedding
-from tinyllm.layers import LayerNorm, TransformerBlock
+from tinyllm.attention import KVCache
+from tinyllm.layers import LayerNorm, LlamaBlock, RMSNorm, TransformerBlock
 from tinyllm.softmax import cross_entropy
+
+
+ARCHITECTURES = ("gpt2", "llama")
 
 
 @dataclass
@@ -21,6 +25,11 @@ class GPTConfig:
     n_heads: int = 4  # d_k = d_model / n_heads = 16 features per head
     d_ff: int = 256  # feed-forward width, the usual 4 * d_model
     dropout: float = 0.05  # light: the corpus is small, the model smaller
+    # Part II. "gpt2": TinyGPT (learned positions, LayerNorm, GELU, multi-head attention);
+    # "llama": TinyLlama (RoPE, RMSNorm, SwiGLU, grouped-query attention), see make_model.
+    arch: str = "gpt2"
+    n_kv_heads: int | None = None  # llama: key/value heads shared by the query heads (None: n_heads)
+    rope_base: float = 10000.0  # llama: RoPE's slowest clock turns once in 2 pi * rope_base positions
 
     def __post_init__(self) -> None:
         problems = []
@@ -35,6 +44,15 @@ class GPTConfig:
             problems.append(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
+        if self.arch not in ARCHITECTURES:
+            problems.append(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if self.arch == "gpt2" and self.n_kv_heads not in (None, self.n_heads):
+            problems.append("n_kv_heads is for arch='llama' (TinyGPT's attention has n_heads key/value heads)")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads != 0):
+            problems.append(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.arch == "llama" and self.n_heads >= 1 and (self.d_model // self.n_heads) % 2 != 0:
+            problems.append(f"RoPE rotates feature pairs: d_model / n_heads must be even, got "
+                            f"{self.d_model // self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if problems:
@@ -42,6 +60,11 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads (n_heads unless grouped-query attention shares them)."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
 
 class TinyGPT(nn.Module):
@@ -91,3 +114,55 @@ class TinyGPT(nn.Module):
         if targets is not None:
             loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
         return logits, loss
+
+
+class TinyLlama(nn.Module):
+    """The modern decoder (LLaMA-style) at TinyGPT's sizes: RoPE inside attention, so no position table.
+
+    Token embeddings, a stack of :class:`LlamaBlock` (RMSNorm, grouped-query
+    attention with RoPE, SwiGLU), a final RMSNorm, a tied output layer. With
+    ``caches`` (one :class:`KVCache` per block) idx
+    continues the tokens already cached: generation feeds one new token per
+    call instead of the whole sequence (chapter "Fast generation").
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            LlamaBlock(config.d_model, config.n_heads, config.kv_heads, config.d_ff, config.dropout,
+                       config.rope_base)
+            for _ in range(config.n_layers)
+        )
+        self.norm_f = RMSNorm(config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied, as in TinyGPT
+        self.apply(TinyGPT._init_weights)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (the tied table counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None,
+                caches: list[KVCache] | None = None) -> tuple[Tensor, Tensor | None]:
+        B, T = idx.shape  # batch, seq_len
+        start = 0 if caches is None else caches[0].length  # tokens already cached
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of length {start + T} exceeds context_length {self.config.context_length}"
+            )
+        x = self.drop(self.tok_emb(idx))  # (B, T, d_model): no position added; RoPE is in attention
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=None if caches is None else caches[i])
+        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        return logits, loss
+
+
+def make_model(config: GPTConfig) -> TinyGPT | TinyLlama:
+    """The model config.arch names: TinyGPT for "gpt2", TinyLlama for "llama"."""
+    return TinyLlama(config) if config.arch == "llama" else TinyGPT(config)

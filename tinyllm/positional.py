@@ -31,18 +31,27 @@ def sinusoidal_positional_encoding(seq_len: int, d_model: int, base: float = 100
     return pe
 
 
-def apply_rope(x: Tensor, base: float = 10000.0) -> Tensor:
+def apply_rope(x: Tensor, base: float = 10000.0, offset: int = 0) -> Tensor:
     """Rotary position embedding (Su et al., 2024) of queries or keys x: (..., T, d), d even.
 
-    Feature pair (2i, 2i+1) of the vector at position m is rotated by the angle
-    m * base^(-2i/d), the same clocks as the sinusoidal encoding. A rotation
-    preserves lengths, and rotating q by m and k by n leaves a score that depends
-    only on m - n: relative positions, with nothing added to the token vectors.
+    Feature pair (2i, 2i+1) of the vector at position m = offset + t is rotated
+    by the angle m * base^(-2i/d), the same clocks as the sinusoidal encoding
+    (RoFormer's interleaved layout). A rotation preserves lengths, and rotating
+    q by m and k by n leaves a score that depends only on m - n: relative
+    positions, with nothing added to the token vectors. ``offset`` is the
+    absolute position of x's first row: with a KV cache, new tokens continue
+    where the cached ones stopped. It equals viewing the pairs as complex
+    numbers and multiplying by exp(i * angle):
+    ``torch.view_as_real(torch.view_as_complex(x.view(..., d/2, 2)) * torch.polar(1, angle))``.
     """
     T, d = x.shape[-2], x.shape[-1]
     if d % 2 != 0:
         raise ValueError(f"the feature dimension must be even (pairs are rotated), got {d}")
-    pe = sinusoidal_positional_encoding(T, d, base).to(x)  # (T, d): sin at even, cos at odd
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    # Rows offset .. offset+T-1 of the table: each row depends only on its own
+    # position, so a token gets the same angles whether it comes alone or in a sequence.
+    pe = sinusoidal_positional_encoding(offset + T, d, base)[offset:].to(x)  # (T, d): sin even, cos odd
     sin, cos = pe[:, 0::2], pe[:, 1::2]  # (T, d/2) each: sin and cos of m * theta_i
     x_even, x_odd = x[..., 0::2], x[..., 1::2]  # (..., T, d/2): the two halves of each pair
     rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)

@@ -1,11 +1,12 @@
-"""Turning next-token distributions into text: greedy, temperature, top-k, top-p (chapter 9)."""
+"""Turning next-token distributions into text: greedy, temperature, top-k, top-p (chapter 9); cache and beam (Part II)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from tinyllm.softmax import softmax
+from tinyllm.attention import KVCache
+from tinyllm.softmax import log_softmax, softmax
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -84,6 +85,8 @@ def generate(
 
     ``sampling`` goes to :func:`sample_next_token` (temperature, top_k, top_p,
     generator). The model sees at most its context_length latest tokens.
+    Without a cache, each new token runs the model over the whole sequence
+    again: T tokens cost O(T^2) positions of work (see :func:`generate_cached`).
     """
     was_training = model.training
     model.eval()
@@ -96,3 +99,101 @@ def generate(
         idx = torch.cat([idx, next_id.unsqueeze(1)], dim=1)
     model.train(was_training)
     return idx
+
+
+@torch.no_grad()
+def generate_cached(
+    model: nn.Module,
+    idx: Tensor,
+    max_new_tokens: int,
+    repetition_penalty: float = 1.0,
+    **sampling,
+) -> Tensor:
+    """:func:`generate` with a KV cache: the same ids, with one new token per model call.
+
+    The prompt goes through the model once, filling one :class:`KVCache` per
+    block; after that each call gets only the token just chosen, and its
+    attention reads the earlier keys and values from the caches. Generating T
+    tokens costs O(T) positions of work instead of O(T^2). The model's forward
+    must take ``caches`` (TinyLlama's does). The cache is never cropped, so the
+    prompt and the new tokens must fit in context_length.
+    """
+    if idx.shape[1] + max_new_tokens > model.config.context_length:
+        raise ValueError(
+            f"prompt ({idx.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds context_length "
+            f"{model.config.context_length}: the cached generate does not slide a window"
+        )
+    was_training = model.training
+    model.eval()
+    caches = [KVCache() for _ in range(model.config.n_layers)]
+    new_tokens = idx  # the first call reads the whole prompt
+    for _ in range(max_new_tokens):
+        logits, _ = model(new_tokens, caches=caches)  # (B, T_new, V); the caches grow by T_new
+        next_logits = apply_repetition_penalty(logits[:, -1, :], idx, repetition_penalty)  # (B, V)
+        next_id = sample_next_token(next_logits, **sampling)  # (B,)
+        idx = torch.cat([idx, next_id.unsqueeze(1)], dim=1)
+        new_tokens = next_id.unsqueeze(1)  # (B, 1): the next call reads only this token
+    model.train(was_training)
+    return idx
+
+
+@torch.no_grad()
+def beam_search(model: nn.Module, idx: Tensor, beam_width: int, max_new_tokens: int) -> Tensor:
+    """The continuation of idx (1, T) of highest total log-probability a beam finds -> (1, T + max_new_tokens).
+
+    Each step extends every kept sequence by every token, scores a candidate by
+    its total log-probability (its sequence's score plus the new token's
+    log-probability), and keeps the beam_width best. Width 1 is greedy
+    decoding; a wider beam can find a sequence greedy misses, when a likely
+    token follows an unlikely one. Without a cache: each step runs the model
+    on every kept sequence (at most context_length latest tokens).
+    """
+    if idx.shape[0] != 1:
+        raise ValueError(f"beam_search extends one prompt, got a batch of {idx.shape[0]}")
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be at least 1, got {beam_width}")
+    was_training = model.training
+    model.eval()
+    context_length = model.config.context_length
+    beams, scores = idx, torch.zeros(1, device=idx.device)  # (n_beams, T), (n_beams,) total log-probabilities
+    for _ in range(max_new_tokens):
+        logits, _ = model(beams[:, -context_length:])
+        log_probs = log_softmax(logits[:, -1, :], dim=-1)  # (n_beams, V)
+        totals = scores[:, None] + log_probs  # (n_beams, V): each kept sequence extended by each token
+        vocab = totals.shape[-1]
+        best = torch.topk(totals.flatten(), min(beam_width, totals.numel()))  # sorted, best first
+        beams = torch.cat([beams[best.indices // vocab], (best.indices % vocab)[:, None]], dim=1)
+        scores = best.values
+    model.train(was_training)
+    return beams[:1]  # (1, T + max_new_tokens): the best total log-probability
+
+
+@torch.no_grad()
+def continuation_logprob(model: nn.Module, ids: Tensor, start: int) -> Tensor:
+    """Total log-probability the model gives ids[:, start:] after ids[:, :start] -> (B,), in one forward pass."""
+    logits, _ = model(ids[:, :-1])  # position t predicts ids[:, t + 1]
+    log_probs = log_softmax(logits.double(), dim=-1)
+    picked = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T - 1)
+    return picked[:, start - 1 :].sum(dim=-1)
+
+
+class CallRecorder(nn.Module):
+    """A model wrapped so that every call's input length is recorded (the cost of a generate, counted).
+
+    ``CallRecorder(model)(idx, ...)`` is ``model(idx, ...)``; ``lengths()``
+    lists the sequence length of each call so far. The uncached generate
+    calls the model with T, T+1, T+2, ... tokens; the cached one with T, 1, 1, ...
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.input_lengths: list[int] = []
+
+    def forward(self, idx: Tensor, *args, **kwargs):
+        self.input_lengths.append(int(idx.shape[1]))
+        return self.model(idx, *args, **kwargs)
+
+    def lengths(self) -> list[int]:
+        return list(self.input_lengths)

@@ -1,0 +1,234 @@
+"""Part II's library: each modern component equals an outside oracle, and the cache changes nothing but speed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinyllm.attention
+from tinyllm.attention import (GroupedQueryAttention, KVCache, MultiHeadAttention, causal_attention,
+                               repeat_kv)
+from tinyllm.layers import LlamaBlock, SwiGLU, rms_norm, swiglu_hidden
+from tinyllm.model import GPTConfig, TinyGPT, TinyLlama, make_model
+from tinyllm.positional import apply_rope
+from tinyllm.sampling import (CallRecorder, beam_search, continuation_logprob, generate, generate_cached)
+from tinyllm.scaling import kv_cache_bytes
+
+seeds = st.integers(0, 2**31 - 1)
+SMALL = dict(vocab_size=300, context_length=48, d_model=32, n_layers=2, n_heads=4, d_ff=88, dropout=0.0)
+
+
+def randn(shape, seed, scale=1.0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def llama(seed: int = 0, **sizes) -> TinyLlama:
+    torch.manual_seed(seed)
+    return make_model(GPTConfig(**{**SMALL, "arch": "llama", **sizes})).eval()
+
+
+# ----------------------------------------------------------------- components against PyTorch
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 12), seeds)
+def test_rms_norm_equals_torch(batch, t, d, seed):
+    x, weight = randn((batch, t, d), seed, 3.0), randn((d,), seed + 1)
+    torch.testing.assert_close(rms_norm(x, weight), F.rms_norm(x, (d,), weight, eps=1e-6))
+    torch.testing.assert_close(rms_norm(x, weight, eps=0.1), F.rms_norm(x, (d,), weight, eps=0.1))
+
+
+def rope_by_complex_numbers(x: torch.Tensor, base: float, offset: int) -> torch.Tensor:
+    """RoFormer's definition: pair (2i, 2i+1) as the complex number x_2i + i x_2i+1, times e^{i m theta_i}."""
+    T, d = x.shape[-2], x.shape[-1]
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
+    angles = (offset + torch.arange(T, dtype=torch.float64))[:, None] * theta  # (T, d/2)
+    pairs = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2).float()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 9), st.sampled_from([2, 4, 8, 16]), st.integers(0, 200), st.sampled_from([100.0, 1e4]), seeds)
+def test_rope_equals_complex_rotation(t, d, offset, base, seed):
+    x = randn((2, 3, t, d), seed)
+    torch.testing.assert_close(apply_rope(x, base, offset=offset), rope_by_complex_numbers(x, base, offset),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_rope_offset_continues_the_sequence_and_scores_are_relative():
+    x = randn((1, 10, 8), 0)
+    whole = apply_rope(x)
+    torch.testing.assert_close(apply_rope(x[:, 6:], offset=6), whole[:, 6:])
+    q, k = randn((8,), 1), randn((8,), 2)
+    score = lambda m, n: apply_rope(q.expand(1, 8), offset=m) @ apply_rope(k.expand(1, 8), offset=n).T  # noqa: E731
+    torch.testing.assert_close(score(3, 1), score(40, 38), atol=1e-4, rtol=1e-4)  # only m - n matters
+    with pytest.raises(ValueError):
+        apply_rope(randn((2, 5), 0))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 3), seeds)
+def test_repeat_kv_equals_repeat_interleave(n_kv, n_rep, seed):
+    x = randn((2, n_kv, 5, 4), seed)
+    torch.testing.assert_close(repeat_kv(x, n_rep), torch.repeat_interleave(x, n_rep, dim=1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 6), seeds)
+def test_causal_attention_equals_torch_with_the_offset_mask(t_q, start, seed):
+    q, k, v = randn((2, 3, t_q, 8), seed), randn((2, 3, start + t_q, 8), seed + 1), randn((2, 3, start + t_q, 8), seed + 2)
+    allowed = torch.ones(t_q, start + t_q, dtype=torch.bool).tril(diagonal=start)  # key j visible to query i
+    torch.testing.assert_close(causal_attention(q, k, v, start=start),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), atol=1e-5, rtol=1e-4)
+    if start == 0:
+        torch.testing.assert_close(causal_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                                   atol=1e-5, rtol=1e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from([(4, 4), (4, 2), (4, 1), (6, 3), (8, 2)]), st.integers(1, 9), seeds)
+def test_gqa_equals_torch_sdpa_with_enable_gqa(heads, t, seed):
+    n_heads, n_kv = heads
+    d_k = 4
+    torch.manual_seed(seed)
+    attn = GroupedQueryAttention(n_heads * d_k, n_heads, n_kv).eval()
+    x = randn((2, t, n_heads * d_k), seed + 1)
+    q = apply_rope(attn.q_proj(x).view(2, t, n_heads, d_k).transpose(1, 2))
+    k = apply_rope(attn.k_proj(x).view(2, t, n_kv, d_k).transpose(1, 2))
+    v = attn.v_proj(x).view(2, t, n_kv, d_k).transpose(1, 2)
+    heads_out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    expected = attn.out_proj(heads_out.transpose(1, 2).reshape(2, t, n_heads * d_k))
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_gqa_with_as_many_kv_heads_as_query_heads_is_multi_head_attention(monkeypatch):
+    """Same weights (the MHA's biases zero), RoPE taken out: GQA's grouping is MHA's head split exactly."""
+    torch.manual_seed(0)
+    gqa = GroupedQueryAttention(32, 4, 4).eval()
+    mha = MultiHeadAttention(32, 4, causal=True).eval()
+    state = {k: v for k, v in gqa.state_dict().items()}
+    state.update({f"{name}.bias": torch.zeros(32) for name in ("q_proj", "k_proj", "v_proj", "out_proj")})
+    mha.load_state_dict(state)
+    monkeypatch.setattr(tinyllm.attention, "apply_rope", lambda x, base, offset: x)
+    x = randn((2, 7, 32), 1)
+    torch.testing.assert_close(gqa(x), mha(x), atol=1e-6, rtol=1e-5)
+
+
+def test_gqa_rejects_heads_that_do_not_group():
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        GroupedQueryAttention(32, 4, 3)
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        GPTConfig(arch="llama", n_heads=4, n_kv_heads=3)
+    with pytest.raises(ValueError, match="arch"):
+        GPTConfig(arch="mamba")
+
+
+def test_swiglu_is_the_gated_formula_and_matches_the_gelu_ffn_parameters():
+    torch.manual_seed(0)
+    ffn = SwiGLU(16, 40)
+    x = randn((2, 3, 16), 1)
+    gate, up = x @ ffn.w_gate.weight.T, x @ ffn.w_up.weight.T
+    torch.testing.assert_close(ffn(x), (gate * torch.sigmoid(gate) * up) @ ffn.w_down.weight.T)
+    assert all(m.bias is None for m in (ffn.w_gate, ffn.w_up, ffn.w_down))
+    for d_model in (64, 96, 128):
+        hidden = swiglu_hidden(d_model)
+        assert hidden % 8 == 0 and abs(3 * hidden * d_model - 2 * 4 * d_model * d_model) <= 3 * 8 * d_model
+
+
+def test_llama_block_is_pre_norm_wiring():
+    torch.manual_seed(0)
+    block = LlamaBlock(16, 4, 2, 40).eval()
+    x = randn((2, 5, 16), 1)
+    h = x + block.attn(F.rms_norm(x, (16,), block.attn_norm.weight, 1e-6))
+    torch.testing.assert_close(block(x), h + block.ffn(F.rms_norm(h, (16,), block.ffn_norm.weight, 1e-6)))
+
+
+def test_make_model_builds_either_architecture():
+    assert type(make_model(GPTConfig(**SMALL))) is TinyGPT
+    model = llama(n_kv_heads=2)
+    assert type(model) is TinyLlama and model.lm_head.weight is model.tok_emb.weight
+    assert not hasattr(model, "pos_emb")  # RoPE: no position table
+    assert model.blocks[0].attn.k_proj.weight.shape == (2 * 8, 32)
+    logits, loss = model(torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]]))
+    assert logits.shape == (1, 3, 300) and loss.item() == pytest.approx(math.log(300), abs=0.2)
+
+
+# ----------------------------------------------------------------- the cache changes nothing but the work
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_cached_forward_in_chunks_equals_the_whole_sequence(n_kv_heads):
+    model = llama(seed=n_kv_heads, n_kv_heads=n_kv_heads)
+    idx = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    whole, _ = model(idx)
+    caches = [KVCache() for _ in model.blocks]
+    pieces = [model(idx[:, a:b], caches=caches)[0] for a, b in ((0, 7), (7, 8), (8, 15), (15, 20))]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, atol=1e-5, rtol=1e-4)
+    assert [c.length for c in caches] == [20, 20]
+    assert caches[0].k.shape == (2, n_kv_heads, 20, 8)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 1])
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0), dict(temperature=0.8, top_k=20),
+                                      dict(temperature=1.2, top_p=0.9), dict(temperature=0, repetition_penalty=2.0)])
+def test_cached_generate_gives_the_same_ids(n_kv_heads, sampling):
+    model = llama(seed=3, n_kv_heads=n_kv_heads)
+    prompt = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(1))
+    uncached = generate(model, prompt, 30, generator=torch.Generator().manual_seed(7), **sampling)
+    cached = generate_cached(model, prompt, 30, generator=torch.Generator().manual_seed(7), **sampling)
+    assert torch.equal(cached, uncached)
+
+
+def test_cached_generate_calls_the_model_once_per_token_on_one_token():
+    model = llama()
+    prompt = torch.tensor([[1, 2, 3, 4, 5]])
+    recorder = CallRecorder(model)
+    generate(recorder, prompt, 4, temperature=0)
+    assert recorder.lengths() == [5, 6, 7, 8]
+    recorder = CallRecorder(model)
+    generate_cached(recorder, prompt, 4, temperature=0)
+    assert recorder.lengths() == [5, 1, 1, 1]
+    with pytest.raises(ValueError, match="context_length"):
+        generate_cached(model, prompt, SMALL["context_length"], temperature=0)
+
+
+def test_cache_bytes_match_the_formula():
+    model = llama(n_kv_heads=2)
+    caches = [KVCache() for _ in model.blocks]
+    model(torch.zeros(3, 11, dtype=torch.long), caches=caches)
+    stored = sum(c.k.numel() * c.k.element_size() + c.v.numel() * c.v.element_size() for c in caches)
+    assert stored == kv_cache_bytes(n_layers=2, n_kv_heads=2, d_k=8, seq_len=11, batch_size=3, bytes_per_value=4)
+
+
+# ----------------------------------------------------------------- beam search
+
+
+def test_beam_width_one_is_greedy():
+    model = llama(seed=5, n_kv_heads=2)
+    prompt = torch.tensor([[7, 8, 9]])
+    assert torch.equal(beam_search(model, prompt, 1, 12), generate(model, prompt, 12, temperature=0))
+
+
+def test_a_full_width_beam_finds_the_best_two_token_continuation():
+    """Width V over two tokens keeps every first token: the result is the exhaustive optimum."""
+    model = llama(seed=6)
+    prompt = torch.tensor([[7, 8, 9]])
+    V = SMALL["vocab_size"]
+    first = torch.arange(V)
+    everything = torch.cat([prompt.expand(V, 3), first[:, None]], dim=1)  # (V, 4)
+    logits, _ = model(everything)
+    first_logp = torch.log_softmax(logits[0, 2].double(), -1)  # (V,) same for every row
+    second_logp = torch.log_softmax(logits[:, 3].double(), -1)  # (V, V)
+    totals = first_logp[:, None] + second_logp
+    best = int(totals.argmax())
+    expected = torch.tensor([[7, 8, 9, best // V, best % V]])
+    assert torch.equal(beam_search(model, prompt, V, 2), expected)
+    found = continuation_logprob(model, expected, 3).item()
+    assert found == pytest.approx(totals.max().item(), abs=1e-4)
+    greedy = generate(model, prompt, 2, temperature=0)
+    assert continuation_logprob(model, greedy, 3).item() <= found + 1e-9
