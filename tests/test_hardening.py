@@ -108,7 +108,7 @@ def test_hostile_case_gets_exactly_its_report(case, hostile_run):
     assert set(got) == set(case.fails), f"{case.name}: {got}"
     for check_id, (status, phrase) in case.fails.items():
         assert got[check_id][0] == status and phrase in got[check_id][1], f"{case.name}/{check_id}: {got[check_id]}"
-    assert report["score"] == case.score and report["max_score"] == 10
+    assert report["score"] == case.score and report["max_score"] == hostile.MAX
     assert report["extra_data"]["assignment"] == "03_softmax"
 
 
