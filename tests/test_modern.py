@@ -232,3 +232,32 @@ def test_a_full_width_beam_finds_the_best_two_token_continuation():
     assert found == pytest.approx(totals.max().item(), abs=1e-4)
     greedy = generate(model, prompt, 2, temperature=0)
     assert continuation_logprob(model, greedy, 3).item() <= found + 1e-9
+
+
+# ----------------------------------------------------------------- the command line
+
+
+def test_cli_trains_the_modern_model_and_generates_the_same_text_with_and_without_the_cache(tmp_path, capsys):
+    from tinyllm.cli import main
+    from tinyllm.data import read_corpus, split_documents
+    from tinyllm.train import load_checkpoint
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("\n\n".join(split_documents(read_corpus())[:150]) + "\n", encoding="utf-8")
+    tiny = ["--vocab-size", "280", "--d-model", "16", "--n-layers", "1", "--n-heads", "4", "--d-ff", "32",
+            "--context-length", "48", "--batch-size", "4", "--max-steps", "6", "--eval-interval", "3",
+            "--no-progress"]
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--corpus", str(corpus), "--arch", "llama", "--n-kv-heads", "2",
+                 *tiny]) == 0
+    model = load_checkpoint(out / "checkpoint.pt").model()
+    assert type(model) is TinyLlama and model.config.kv_heads == 2
+    texts = {}
+    for flags in ((), ("--no-cache",)):
+        capsys.readouterr()
+        assert main(["generate", str(out / "checkpoint.pt"), "--prompt", "Q: ", "--max-new-tokens", "30",
+                     "--seed", "4", *flags]) == 0
+        captured = capsys.readouterr()
+        texts[flags] = captured.out
+        assert ("without the KV cache" in captured.err) is False
+    assert texts[()] == texts[("--no-cache",)] and len(texts[()]) > 4

@@ -27,9 +27,9 @@ import torch
 
 from tinyllm.bpe import BPETokenizer
 from tinyllm.data import corpus_path, read_corpus, split_corpus
-from tinyllm.model import GPTConfig
+from tinyllm.model import ARCHITECTURES, GPTConfig
 from tinyllm.ngram import NGramLM
-from tinyllm.sampling import generate
+from tinyllm.sampling import generate, generate_cached
 from tinyllm.train import (Checkpoint, Trainer, TrainConfig, bits_per_byte, build_model, cpu_threads, evaluate,
                            load_checkpoint)
 
@@ -45,7 +45,10 @@ MODEL_OPTIONS = {
     "n_heads": "attention heads per block (each of width d_model / n_heads)",
     "d_ff": "hidden width of the feed-forward network (usually 4 x d_model)",
     "dropout": "dropout probability during training, in [0, 1)",
+    "arch": "gpt2: learned positions, LayerNorm, GELU; llama: RoPE, RMSNorm, SwiGLU, grouped-query attention",
+    "n_kv_heads": "llama only: key/value heads shared by the query heads (default: --n-heads)",
 }
+OPTION_TYPES = {"arch": str, "n_kv_heads": int}  # where the dataclass default (a string, None) does not say
 TRAIN_OPTIONS = {
     "batch_size": "training windows per optimiser step",
     "lr": "peak learning rate (AdamW), reached after the warm-up",
@@ -104,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sizes = train.add_argument_group("model sizes (defaults: the book's model)")
     for name, text in MODEL_OPTIONS.items():
         default = _defaults(GPTConfig)[name]
-        sizes.add_argument(_flag(name), type=type(default), default=None, help=f"{text} (default: {default})")
+        sizes.add_argument(_flag(name), type=OPTION_TYPES.get(name, type(default)), default=None,
+                           choices=ARCHITECTURES if name == "arch" else None, help=f"{text} (default: {default})")
     training = train.add_argument_group("training")
     for name, text in TRAIN_OPTIONS.items():
         default = CLI_TRAIN_DEFAULTS.get(name, _defaults(TrainConfig)[name])
@@ -154,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                               help="divide the (positive) logits of tokens already in the text by this")
     generate_cmd.add_argument("--samples", type=int, default=1, help="number of continuations")
     generate_cmd.add_argument("--seed", type=int, default=0, help="seed for sampling: same seed, same text")
+    generate_cmd.add_argument("--no-cache", action="store_true",
+                              help="recompute the whole sequence for every token instead of using the KV cache "
+                              "(the same text, slower; the cache needs --arch llama and prompt + tokens within "
+                              "the context)")
     _device_options(generate_cmd)
     return parser
 
@@ -427,7 +435,14 @@ def cmd_generate(args) -> int:
     idx = torch.tensor([prompt_ids] * args.samples, dtype=torch.long, device=device)  # (samples, T)
     sampling = {"temperature": 0.0} if greedy else {
         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "generator": generator}
-    out = generate(model, idx, args.max_new_tokens, repetition_penalty=args.repetition_penalty, **sampling)
+    cached = (not args.no_cache and model.config.arch == "llama"
+              and idx.shape[1] + args.max_new_tokens <= model.config.context_length)
+    if not args.no_cache and not cached:
+        reason = ("a gpt2 model has no cache" if model.config.arch != "llama" else
+                  f"prompt + tokens exceed the context of {model.config.context_length}")
+        print(f"(without the KV cache: {reason})", file=sys.stderr)
+    decode = generate_cached if cached else generate
+    out = decode(model, idx, args.max_new_tokens, repetition_penalty=args.repetition_penalty, **sampling)
     for i, row in enumerate(out.tolist()):
         if args.samples > 1:
             print(f"--- sample {i + 1}")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from tinyllm.embedding import Embedding
 from tinyllm.layers import LayerNorm
-from tinyllm.model import GPTConfig, TinyGPT
+from tinyllm.model import GPTConfig, TinyGPT, make_model
 
 CHECKPOINT_FORMAT = "tinyllm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -214,10 +214,13 @@ def train_step(
 
 
 def build_model(config: GPTConfig, seed: int) -> TinyGPT:
-    """A freshly initialised TinyGPT, the same for the same seed; the global RNG is left untouched."""
+    """A freshly initialised model (config.arch picks TinyGPT or TinyLlama), the same for the same seed.
+
+    The global RNG is left untouched.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return TinyGPT(config)
+        return make_model(config)
 
 
 # --------------------------------------------------------------------------- evaluation
