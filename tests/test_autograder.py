@@ -110,6 +110,11 @@ def test_broken_files_get_reports_and_the_run_exits_zero(tmp_path):
     assert {t["status"] for t in empty["tests"]} == {"invalid_notebook"} and "empty" in empty["output"]
     truncated = json.loads((out / "03_softmax_truncated.json").read_text())
     assert "not valid notebook JSON" in truncated["output"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "03_softmax_truncated.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    again = grade(str(folder), "--out", str(out))
+    assert "2 submission(s) already graded" in again.stderr  # a broken file is not regraded every run
 
 
 @pytest.mark.slow
@@ -143,24 +148,34 @@ def test_gradescope_zip_grades_in_a_fake_autograder_root(tmp_path):
         assert any(n.startswith("source/autograder/hidden/") for n in names)  # the instructor's package
         assert (archive.getinfo("run_autograder").external_attr >> 16) & 0o111
     assert subprocess.run(["bash", "-n", "-c", zipfile.ZipFile(zip_path).read("setup.sh").decode()]).returncode == 0
-    expected = {"passes_all": 10.0, "prints_perfect_score": 6.0}
-    for name, score in expected.items():
-        root = tmp_path / name / "autograder"
+    full = MAX["03_softmax"]
+    wrong_axis = [f for f in FIXTURES if f.name == "fails_softmax_wrong_axis"][0]
+    # name -> (files uploaded, expected score): one notebook under any name; several, of which the rule
+    # grades the one named for the assignment (not the best-scoring), listing the rest as not graded.
+    cases = {"passes_all": ({"my_notebook.ipynb": "passes_all"}, full),
+             "prints_perfect_score": ({"my_notebook.ipynb": "prints_perfect_score"}, full - 4),
+             "stray_copy": ({"03_softmax.ipynb": "fails_softmax_wrong_axis", "Untitled.ipynb": "passes_all"},
+                            wrong_axis.score)}
+    for case, (files, score) in cases.items():
+        root = tmp_path / case / "autograder"
         with zipfile.ZipFile(zip_path) as archive:
             archive.extractall(root)
         (root / "run_autograder").chmod(0o755)
         (root / "submission").mkdir()
-        source = [f for f in FIXTURES if f.assignment == "03_softmax" and f.name == name]
-        notebook = source[0].build() if source else [c for c in hostile.CASES if c.name == name][0].build()
-        (root / "submission" / "my_notebook.ipynb").write_text(json.dumps(notebook))
+        for file_name, name in files.items():
+            source = [f for f in FIXTURES if f.assignment == "03_softmax" and f.name == name]
+            notebook = source[0].build() if source else [c for c in hostile.CASES if c.name == name][0].build()
+            (root / "submission" / file_name).write_text(json.dumps(notebook))
         result = subprocess.run([str(root / "run_autograder")], capture_output=True, text=True, timeout=600,
                                 env={**os.environ, "AUTOGRADER_ROOT": str(root), "AUTOGRADER_PYTHON": sys.executable})
         assert result.returncode == 0, result.stderr
         results = json.loads((root / "results" / "results.json").read_text())
-        assert results["score"] == score
+        assert results["score"] == score, (case, results["output"])
         assert {t["status"] for t in results["tests"]} <= {"passed", "failed"}
         hidden = [t for t in results["tests"] if t["name"].endswith("_hidden")]
         assert hidden and all(t["visibility"] == "after_published" for t in hidden)
+        if case == "stray_copy":
+            assert "Not graded: Untitled.ipynb" in results["output"]
 
 
 # ---------------------------------------------------------------- units
