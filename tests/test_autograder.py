@@ -126,15 +126,18 @@ def test_scores_go_into_the_nbgrader_gradebook_and_export(tmp_path):
     course.submit("bob", "03_softmax", fixtures["fails_softmax_wrong_axis"].build())
     grade(str(course.folder / "submitted"), "--out", str(tmp_path / "grades"), "--gradebook",
           course.db_url, "--quiet")
-    assert course.scores("03_softmax", "alice") == {"softmax_public": 2, "softmax_hidden": 2, "cross_entropy_public": 2,
+    assert course.scores("03_softmax", "alice") == {"softmax_public": 2, "softmax_hidden": 2, "logsumexp_public": 1,
+                                                    "logsumexp_hidden": 1, "log_softmax_public": 1,
+                                                    "log_softmax_hidden": 1, "cross_entropy_public": 2,
                                                     "cross_entropy_hidden": 2, "perplexity_public": 1, "perplexity_hidden": 1}
-    assert sum(course.scores("03_softmax", "bob").values()) == 6
+    assert sum(course.scores("03_softmax", "bob").values()) == fixtures["fails_softmax_wrong_axis"].score
     exported = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "export", "--to", "export.csv",
                                f"--CourseDirectory.db_url={course.db_url}"], cwd=course.folder,
                               capture_output=True, text=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert exported.returncode == 0, exported.stderr
     rows = {line.split(",")[3]: line for line in (course.folder / "export.csv").read_text().splitlines()[1:]}
-    assert ",10.0,10.0" in rows["alice"] and ",6.0,10.0" in rows["bob"]
+    full, bob = float(MAX["03_softmax"]), float(fixtures["fails_softmax_wrong_axis"].score)
+    assert f",{full},{full}" in rows["alice"] and f",{bob},{full}" in rows["bob"]
 
 
 @pytest.mark.slow
