@@ -15,7 +15,8 @@ thread and is interrupted from inside it:
   a pure-Python loop just the same.
 
 The exception derives from ``BaseException`` so that a student's
-``except Exception:`` cannot swallow it. The grader does not use this: it
+``except Exception:`` cannot swallow it, and it comes again every half second
+for code that swallows even that. The grader does not use this: it
 kills the sandboxed worker instead (``--timeout``).
 """
 
@@ -69,7 +70,8 @@ def _alarm(seconds: float, namespace: dict) -> Iterator[None]:
         raise TimeLimitExceeded(seconds, notebook_stack(frame, namespace))
 
     previous_handler = signal.signal(signal.SIGALRM, on_alarm)
-    previous_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    # Then again every half second: code that swallows the first (a bare `except:`) gets the next.
+    previous_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
     started = time.monotonic()
     try:
         yield

@@ -175,6 +175,19 @@ def test_a_hanging_helper_is_stopped_and_named():
     assert message.startswith("`merge_pair` (called from `train_bpe`) did not return within 1 s"), message
 
 
+def test_a_loop_that_swallows_the_first_stop_is_stopped_by_the_next():
+    from autograder.timelimit import TimeLimitExceeded, time_limit
+
+    names: dict = {}
+    exec("def stubborn():\n    for _ in range(3):\n        try:\n            while True:\n                pass\n"
+         "        except BaseException:\n            pass\n    while True:\n        pass\n", names)
+    start = time.monotonic()
+    with pytest.raises(TimeLimitExceeded) as stop:
+        with time_limit(0.5, names):
+            names["stubborn"]()
+    assert stop.value.stack == ["stubborn"] and time.monotonic() - start < 4.0
+
+
 def test_the_time_limit_works_outside_the_main_thread_too():
     names = namespace("01_tokenization", "pair_counts_merge_pair", *HANGING_MERGE)
     entry = next(c for c in load_checks() if c.id == "merge_pair_public")
