@@ -61,6 +61,14 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "torch.logsumexp": ("torch", "logsumexp"),
     "Tensor.logsumexp": ("torch.Tensor", "logsumexp"),
     "tinyllm.softmax.logsumexp": ("tinyllm.softmax", "logsumexp"),
+    # Part II (07_modern_block, 08_fast_generation).
+    "F.rms_norm": ("torch.nn.functional", "rms_norm"),
+    "torch.rms_norm": ("torch", "rms_norm"),
+    "tinyllm.layers.rms_norm": ("tinyllm.layers", "rms_norm"),
+    "tinyllm.positional.apply_rope": ("tinyllm.positional", "apply_rope"),
+    "tinyllm.attention.causal_attention": ("tinyllm.attention", "causal_attention"),
+    "tinyllm.sampling.generate_cached": ("tinyllm.sampling", "generate_cached"),
+    "tinyllm.sampling.beam_search": ("tinyllm.sampling", "beam_search"),
 }
 
 # What each exercise may not use: built-in families and the book library's own answer.
@@ -82,12 +90,19 @@ GROUPS: dict[str, list[str]] = {
     "logsumexp": ["torch.logsumexp", "Tensor.logsumexp", "tinyllm.softmax.logsumexp"],
     "sampling": ["tinyllm.sampling.top_k_filter", "tinyllm.sampling.top_p_filter",
                  "tinyllm.sampling.sample_next_token", "tinyllm.sampling.generate"],
+    "rms_norm": ["F.rms_norm", "torch.rms_norm", "tinyllm.layers.rms_norm"],
+    "rope": ["tinyllm.positional.apply_rope"],
+    "grouped_query": ["F.scaled_dot_product_attention", "nn.MultiheadAttention"],
+    "causal_attention": ["F.scaled_dot_product_attention", "nn.MultiheadAttention", "tinyllm.attention.causal_attention",
+                         "tinyllm.attention.scaled_dot_product_attention"],
+    "decoding": ["tinyllm.sampling.generate", "tinyllm.sampling.generate_cached", "tinyllm.sampling.beam_search"],
 }
 
 # Readable names for messages: nn.Embedding and nn.LayerNorm reach these functions.
 SHOWN_AS = {
     "F.embedding": "F.embedding / nn.Embedding",
     "F.layer_norm": "F.layer_norm / nn.LayerNorm",
+    "F.rms_norm": "F.rms_norm / nn.RMSNorm",
     "F.softmax": "F.softmax / nn.Softmax",
     "F.cross_entropy": "F.cross_entropy / nn.CrossEntropyLoss",
 }
