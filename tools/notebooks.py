@@ -213,11 +213,15 @@ def committed_values(source: Path) -> dict[str, str]:
 
 def measured(source: Path, name: str) -> bool:
     """Whether glued value ``name`` is a wall-clock measurement, which differs from run to run."""
-    if re.search(r"seconds|_ms$|per_s|speedup|_time", name):
+    if re.search(r"seconds|_ms$|per_s$|speedup|_time", name):
         return True
+    clock = r"perf_counter|time\.time|timeit|monotonic"
     for cell in re.findall(r"^```\{code-cell\}.*?^```\s*$", source.read_text(encoding="utf-8"), flags=re.M | re.S):
-        if re.search(rf"glue\(\s*[\"']{re.escape(name)}[\"']", cell):
-            return bool(re.search(r"perf_counter|time\.time|timeit|monotonic", cell))
+        line = re.search(rf"glue\(\s*[\"']{re.escape(name)}[\"'],(.*)$", cell, flags=re.M)
+        if line:
+            timed = set(re.findall(rf"^\s*(\w+)\s*=.*(?:{clock})", cell, flags=re.M))  # x = time.perf_counter() - start
+            return bool(re.search(clock, line.group(1))) or any(
+                re.search(rf"\b{re.escape(v)}\b", line.group(1)) for v in timed)
     return False
 
 
