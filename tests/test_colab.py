@@ -73,6 +73,13 @@ def test_equation_and_figure_numbers_are_the_pages(built_html, source):
     captions = [re.match(r"\*\*Fig\. ([\d.]+)\*\*", text(c)).group(1) for c in cells(source)
                 if "figure-caption" in c["metadata"].get("tags", [])]
     assert captions == figures, source.name
+    # Every reference, in order, as the page writes it ("Eq. 1.3", "Fig. 4.1"), captions included.
+    refs = re.findall(r'<span class="std std-numref">Fig\. ([\d.]+)</span>|href="[^"]*#equation-[\w-]+">Eq\. ([\d.]+)</a>',
+                      page)
+    markdown = "\n".join(re.sub(r"^\*\*Fig\. [\d.]+\*\* ", "", text(c)) for c in cells(source)
+                         if c["cell_type"] == "markdown")
+    assert re.findall(r"\b(Fig|Eq)\. (\d+\.\d+)", markdown) == [("Fig", f) if f else ("Eq", e) for f, e in refs], \
+        source.name
     for name, n in numbers.figures.items():
         if f'id="{name}"' in page:
             assert re.search(rf'id="{name}".*?<span class="caption-number">Fig\. {re.escape(n)} </span>', page, re.S)
