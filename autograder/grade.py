@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     atomic_write(out / "grades.csv", class_csv([(r["extra_data"].get("submission") or name,
                                                  r["extra_data"].get("student"), r["extra_data"].get("assignment"),
                                                  r) for name, r in everything]))
-    written = write_instructor_files(out, [r for _, r in everything], args.similarity_threshold)
+    written = write_instructor_files(out, [with_notebook(r, plan.found) for _, r in everything],
+                                     args.similarity_threshold)
     if args.gradebook:
         from autograder.gradebook import write_scores
 
@@ -247,8 +248,6 @@ def finish(submission: Submission, report: dict, plan: Plan) -> dict:
     report = json.loads(json.dumps(report))  # a copy
     extra = report.setdefault("extra_data", {})
     extra["student"] = submission.student
-    if submission.path is not None:
-        extra["notebook"] = str(submission.path)
     extra["ignored"] = [{"path": path, "reason": why} for path, why in submission.ignored]
     raw = sum(t["score"] for t in report.get("tests", []))
     late = None
@@ -295,6 +294,13 @@ def class_reports(out: Path) -> list[tuple[str, dict]]:
     key = lambda item: (item[1]["extra_data"].get("assignment") or "", item[1]["extra_data"].get("student") or "",  # noqa: E731
                         item[1]["extra_data"].get("submission") or item[0])
     return sorted(found, key=key)
+
+
+def with_notebook(report: dict, found: Found) -> dict:
+    """The report, with where its notebook lies for the similarity report (in memory only: a report
+    itself names no path on the grader's disk, so it reads the same from any folder)."""
+    notebook = found.notebook_of(report["extra_data"].get("submission") or "")
+    return {**report, "extra_data": {**report["extra_data"], "notebook": str(notebook) if notebook else None}}
 
 
 def write_instructor_files(out: Path, reports: list[dict], threshold: float) -> str:

@@ -55,6 +55,18 @@ class Submission:
 class Found:
     submissions: list[Submission] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # told to the instructor, and kept in no report
+    roots: list[Path] = field(default_factory=list)  # folders that labels are relative to (trees, folders)
+
+    def notebook_of(self, label: str) -> Path | None:
+        """Where a report's notebook is now: this run's, or one graded earlier from the same folders."""
+        for submission in self.submissions:
+            if submission.label == label and submission.path is not None:
+                return submission.path
+        for root in self.roots:
+            candidate = root / label
+            if label.endswith(".ipynb") and candidate.is_file():
+                return candidate
+        return None
 
 
 def _notebooks(folder: Path) -> list[Path]:
@@ -189,6 +201,7 @@ def find_submissions(paths: list[str], known: dict, assignment: str | None = Non
             if student is not None:
                 students = [select_student(root, student, known)]
             _tree_submissions(root, known, students, only_assignment, found)
+            found.roots.append(root)
             continue
         if student is not None:
             raise UsageError(f"--student needs an nbgrader submitted/ folder (<student>/<assignment>/), and "
@@ -196,6 +209,7 @@ def find_submissions(paths: list[str], known: dict, assignment: str | None = Non
         if path.is_file():
             found.submissions.append(Submission(path, path.name, None, assignment))
             continue
+        found.roots.append(path)
         for notebook in _notebooks(path):
             found.submissions.append(Submission(notebook, notebook.relative_to(path).as_posix(), None, assignment))
     labels = [s.label for s in found.submissions]
