@@ -4,13 +4,19 @@
     python data/make_corpus.py --out x.txt    # writes somewhere else (the tests use this)
 
 Why a generated corpus? The tiny GPT of the book trains in about two minutes on a
-laptop CPU, so its text must be small, clean, free to redistribute and regular
-enough that such a model visibly learns it (held-out perplexity of about 4 per
-token). A hand-written knowledge base, combined with a few question and answer
-frames, gives exactly that: the vocabulary is small, answers are short and echo
-their question, and every fact recurs in many documents with different wording
-and company, so the model can learn it; yet no two documents are the same, so
-the held-out split still measures generalisation, not recall.
+laptop CPU, so its text must be small, clean and free to redistribute, and the
+model must visibly learn it: answer the questions it was taught, in real words.
+A hand-written knowledge base of topics, each with a definition, a use, an
+example and a common mistake, is turned into short documents by a few question
+frames. Every question has exactly one answer, so whether the model answers it
+as taught is a yes-or-no question. Each topic is asked about in three documents:
+its definition twice, in two different wordings, and one more fact; so a
+held-out question is sometimes a new wording of something taught (answerable
+by generalising) and sometimes a fact never taught (not answerable at all).
+The corpus is small (a few hundred documents) because a model of 130K
+parameters memorises a few hundred answers in two minutes, not thousands
+(the book's chapter 8 measures this), and each document is short enough to fit
+the model's context window of 64 tokens.
 
 Everything here is deterministic (one seeded ``random.Random``, standard library
 only, no network): running the script twice gives byte-identical output.
@@ -24,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SEED = 20240617
-TARGET_BYTES = 292_000  # stop once the corpus reaches this size (it must stay in 220-300 KB)
 DEFAULT_OUT = Path(__file__).resolve().parent / "corpus.txt"
 
 
@@ -34,7 +39,8 @@ class Entry:
 
     key: str
     term: str  # as it reads inside a sentence: "a token", "the learning rate", "softmax"
-    chapter: str
+    chapter: str  # chapter and related are kept in the knowledge base, but not asked about: the
+    # documents that used them ("How does X differ from Y?") did not fit a 64-token context
     definition: str  # follows "<term> is"
     use: str | None  # follows "<term> is used to"; None where "used to" makes no sense
     example: str  # follows "For example,"
@@ -149,7 +155,7 @@ ENTRIES = [Entry(*row) for row in [
      "chain_rule"),
     ("chain_rule", "the chain rule of probability", LM,
      "the rule that the probability of a text is a product of next-token probabilities",
-     "turn the probability of a text into next-token predictions",
+     "turn a text's probability into next-token steps",
      "the probability of the cat is that of the, times that of cat given the",
      "multiplying token probabilities as if the tokens were independent",
      "conditional_probability"),
@@ -361,10 +367,10 @@ ENTRIES = [Entry(*row) for row in [
      "using the same frequency for every entry",
      "positional_encoding"),
     ("rotary_embedding", "a rotary positional embedding", PE,
-     "a method that rotates queries and keys by an angle that depends on their position",
+     "a method that rotates queries and keys by an angle set by their position",
      "make attention scores depend on the distance between tokens",
      "with rotary embeddings, the score of two tokens depends on how far apart they are",
-     "rotating the values as well as the queries and keys",
+     "rotating the values as well as the keys",
      "positional_encoding"),
     # ---------------------------------------------------------------- softmax
     ("softmax", "softmax", SM,
@@ -483,7 +489,7 @@ ENTRIES = [Entry(*row) for row in [
      "using a number of heads that does not divide the model dimension",
      "multi_head_attention"),
     ("output_projection", "the output projection of attention", AT,
-     "the linear layer that mixes the joined outputs of all the heads",
+     "the linear layer that mixes the outputs of the heads",
      "map the joined heads back to the model dimension",
      "four heads of size sixteen are joined and projected to sixty four numbers",
      "leaving it out, which stops the heads from sharing information",
@@ -838,69 +844,42 @@ ENTRIES = [Entry(*row) for row in [
 
 BY_KEY = {entry.key: entry for entry in ENTRIES}
 
-# Question frames, by the kind of answer they ask for, each paired with the frame
-# of the answer's first sentence: the answer echoes the question, as people do.
-# "{t}" is the term, "{T}" the term with a capital letter, "{r}" the related term.
+# Question frames, by the kind of answer they ask for, each paired with the frame of its
+# answer. One question has one answer: the same question always gets the same words, so
+# "did the model answer what it was taught?" has a yes-or-no answer. Several questions share
+# an answer (paraphrases), which is how a held-out question can still be answerable. Answers
+# do not repeat the term: a document must fit the model's context window (see MAX_BYTES).
+# "{t}" is the term, "{d}" the definition, "{u}" the use, "{x}" the example, "{m}" the mistake;
+# a capital letter ("{D}") capitalises the phrase's first letter.
 QUESTIONS: dict[str, list[tuple[str, str]]] = {
     "definition": [
-        ("What is {t}?", "{T} is {d}."),
-        ("What does {t} mean?", "{T} is {d}."),
-        ("Can you explain {t}?", "Sure. {T} is {d}."),
-        ("Explain {t} in simple words.", "In simple words, {t} is {d}."),
-        ("What do we mean by {t}?", "By {t} we mean {d}."),
+        ("What is {t}?", "{D}."),
+        ("What does {t} mean?", "{D}."),
+        ("Can you explain {t}?", "Sure. {D}."),
+        ("Tell me about {t}.", "{D}."),
+        ("What do we mean by {t}?", "We mean {d}."),
     ],
     "use": [
-        ("What is {t} used for?", "{T} is used to {u}."),
-        ("Why do we need {t}?", "We need {t} to {u}."),
-        ("What is the purpose of {t}?", "The purpose of {t} is to {u}."),
+        ("What is {t} used for?", "It is used to {u}."),
+        ("Why do we need {t}?", "To {u}."),
+        ("What is the purpose of {t}?", "To {u}."),
     ],
     "example": [
         ("Can you give an example of {t}?", "Sure. For example, {x}."),
-        ("What is an example of {t}?", "Here is an example of {t}: {x}."),
+        ("What is an example of {t}?", "For example, {x}."),
         ("Show me an example of {t}.", "For example, {x}."),
     ],
     "mistake": [
-        ("What is a common mistake with {t}?", "A common mistake with {t} is {m}."),
-        ("What can go wrong with {t}?", "One thing that can go wrong is {m}."),
-        ("What should I avoid when I work with {t}?", "When you work with {t}, avoid {m}."),
-    ],
-    "summary": [
-        ("Tell me about {t}.", "{T} is {d}."),
-        ("What should I know about {t}?", "{T} is {d}."),
-        ("Give me a short summary of {t}.", "In short, {t} is {d}."),
-    ],
-    "chapter": [
-        ("Which chapter covers {t}?", "The chapter on {c} covers {t}. {T} is {d}."),
-        ("Where does the book explain {t}?", "The book explains {t} in the chapter on {c}. {T} is {d}."),
-    ],
-    "related": [
-        ("How is {t} related to {r}?", "{T} is closely related to {r}. {T} is {d}, and {r} is {rd}."),
-        ("What is the link between {t} and {r}?", "{T} is closely related to {r}. {T} is {d}, and {r} is {rd}."),
-    ],
-    "difference": [
-        ("What is the difference between {t} and {r}?", "{T} is {d}, while {r} is {rd}."),
-        ("How does {t} differ from {r}?", "{T} is {d}, while {r} is {rd}."),
+        ("What is a common mistake with {t}?", "{M}."),
+        ("What can go wrong with {t}?", "{M}."),
+        ("What should I avoid with {t}?", "Avoid {m}."),
     ],
 }
-# The fields each kind of answer starts with (they are not repeated among the extras).
-MAIN_FIELDS = {
-    "definition": {"definition"}, "use": {"use"}, "example": {"example"},
-    "mistake": {"mistake"}, "summary": {"definition"},
-    "chapter": {"definition"}, "related": {"definition"}, "difference": {"definition"},
-}
-# How often each kind of question is asked (relative weights).
-KIND_WEIGHTS = {
-    "definition": 4, "use": 3, "example": 3, "mistake": 3, "summary": 2,
-    "chapter": 2, "related": 2, "difference": 2,
-}
-# Extra sentences, after the first one, use one fixed frame per field.
-EXTRA_SENTENCES = {
-    "definition": "{T} is {d}.",
-    "use": "{T} is used to {u}.",
-    "example": "For example, {x}.",
-    "mistake": "A common mistake is {m}.",
-}
-FIELDS = list(EXTRA_SENTENCES)
+DEFINITIONS_PER_TOPIC = 2  # two ways of asking what the term is, each answered by its definition
+OTHER_FACTS_PER_TOPIC = 1  # and one more fact: its use, an example or a common mistake
+# The book's tiny GPT reads 64 tokens; with its 400-token vocabulary a document of this many
+# bytes fits, with an end-of-text token before and after it (tests/test_data.py checks).
+MAX_BYTES = 108
 
 
 def capitalise(phrase: str) -> str:
@@ -910,60 +889,40 @@ def capitalise(phrase: str) -> str:
 
 def fill(frame: str, entry: Entry) -> str:
     """Put ``entry``'s phrases into a sentence frame."""
-    other = BY_KEY[entry.related]
-    return frame.format(
-        T=capitalise(entry.term), t=entry.term, d=entry.definition, u=entry.use,
-        x=entry.example, m=entry.mistake, c=entry.chapter,
-        r=other.term, rd=other.definition,
-    )
+    phrases = {"t": entry.term, "d": entry.definition, "u": entry.use, "x": entry.example, "m": entry.mistake}
+    return frame.format(**phrases, **{key.upper(): capitalise(value or "") for key, value in phrases.items()})
 
 
-def make_document(rng: random.Random, entry: Entry) -> str:
-    """One Q/A document about ``entry``: a question, the answer it asks for, maybe one more fact.
+def document(entry: Entry, frames: tuple[str, str]) -> str:
+    question, answer = frames
+    return f"Q: {fill(question, entry)}\nA: {fill(answer, entry)}"
 
-    The extra fact, when there is one, is another field of the same entry, in a
-    fixed frame: which fact follows varies, how it is phrased does not.
+
+def topic_documents(rng: random.Random, entry: Entry) -> list[str]:
+    """The documents about one topic: two definition questions and one other fact, all short enough.
+
+    Only frames whose document fits MAX_BYTES are drawn from; a topic whose
+    phrases are too long for every frame of a kind is not asked about that kind.
     """
-    kinds = [k for k in KIND_WEIGHTS if not (k == "use" and entry.use is None)]
-    kind = rng.choices(kinds, weights=[KIND_WEIGHTS[k] for k in kinds])[0]
-    question, first = rng.choice(QUESTIONS[kind])
-    extras = [
-        f for f in FIELDS if f not in MAIN_FIELDS[kind] and not (f == "use" and entry.use is None)
-    ]
-    # Short answers: more, shorter documents make each fact recur more often.
-    if kind in ("related", "difference", "chapter"):
-        n_extra = 0  # these answers are long already
-    elif kind == "summary":
-        n_extra = 1  # a summary says more than the definition
-    else:
-        n_extra = rng.choices([0, 1], [7, 3])[0]
-    chosen = set(rng.sample(extras, n_extra))
-    answer = [fill(first, entry)] + [fill(EXTRA_SENTENCES[f], entry) for f in extras if f in chosen]
-    return f"Q: {fill(question, entry)}\nA: {' '.join(answer)}"
+    def fitting(kind: str) -> list[str]:
+        docs = [document(entry, frames) for frames in QUESTIONS[kind]]
+        return [doc for doc in docs if len(doc.encode("utf-8")) <= MAX_BYTES]
+
+    definitions = fitting("definition")
+    chosen = rng.sample(definitions, min(DEFINITIONS_PER_TOPIC, len(definitions)))
+    others = [kind for kind in ("use", "example", "mistake") if getattr(entry, kind) is not None and fitting(kind)]
+    for kind in rng.sample(others, min(OTHER_FACTS_PER_TOPIC, len(others))):
+        chosen.append(rng.choice(fitting(kind)))
+    return chosen
 
 
-def generate(seed: int = SEED, target_bytes: int = TARGET_BYTES) -> list[str]:
-    """Distinct documents, visiting the entries in shuffled rounds until ``target_bytes``."""
+def generate(seed: int = SEED) -> list[str]:
+    """Every topic's documents, in a seeded random order."""
     rng = random.Random(seed)
-    seen: set[str] = set()
-    documents: list[str] = []
-    size = 0
-    misses = 0
-    while size < target_bytes:
-        order = list(ENTRIES)
-        rng.shuffle(order)
-        for entry in order:
-            if size >= target_bytes:
-                break
-            doc = make_document(rng, entry)
-            if doc in seen:  # never repeat a document: held-out text must be new text
-                misses += 1
-                if misses > 100_000:
-                    raise RuntimeError("the knowledge base is too small for the target size")
-                continue
-            seen.add(doc)
-            documents.append(doc)
-            size += len(doc.encode("utf-8")) + 2
+    documents = [doc for entry in ENTRIES for doc in topic_documents(rng, entry)]
+    rng.shuffle(documents)
+    if len(set(documents)) != len(documents):
+        raise RuntimeError("two documents are the same")
     return documents
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,7 +59,7 @@ def test_a_tiny_model_trains_and_its_validation_loss_falls(trained):
     val = ckpt.history.val_loss
     assert len(val) == 4 and val[-1] < val[0] - 0.5, val
     assert ckpt.model_config.d_model == 16 and ckpt.model_config.vocab_size == 270
-    assert len(ckpt.merges) == 14 and ckpt.meta["corpus_sha256"]
+    assert len(ckpt.merges) == 13 and ckpt.end_of_text and ckpt.meta["corpus_sha256"]  # 256 + 13 + end-of-text
 
 
 def test_same_seed_same_run_other_seed_another(tmp_path, small_corpus, trained):
@@ -115,8 +116,6 @@ def test_ctrl_c_saves_and_resume_finishes_exactly(tmp_path, small_corpus):
 
 
 def test_evaluate_reports_the_model_and_the_baselines(trained, small_corpus, capsys):
-    import json
-
     assert main(["evaluate", str(trained), "--corpus", str(small_corpus), "--json", "--threads", "1"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["split"] == "test" and scores["tokens"] > 100
@@ -125,14 +124,33 @@ def test_evaluate_reports_the_model_and_the_baselines(trained, small_corpus, cap
     for s in models.values():
         assert s["perplexity"] == pytest.approx(torch.tensor(s["loss"]).exp().item(), rel=1e-6)
         assert 0 < s["bits_per_byte"] < 8
-    # Same checkpoint, same numbers as the library computes directly.
-    from tinyllm.bpe import BPETokenizer
-    from tinyllm.data import split_corpus
-    from tinyllm.train import evaluate
+    # Same checkpoint, same numbers as the library computes directly: each test document from position 0.
+    from tinyllm.data import document_sequences, split_corpus
+    from tinyllm.train import evaluate_documents
 
     ckpt = load_checkpoint(trained)
-    test_ids = BPETokenizer(ckpt.merges).encode(split_corpus(small_corpus.read_text()).test)
-    assert models["tiny GPT"]["loss"] == pytest.approx(evaluate(ckpt.model(), test_ids, 8), rel=1e-6)
+    test_docs = split_documents(split_corpus(small_corpus.read_text()).test)
+    sequences = document_sequences(test_docs, ckpt.tokenizer(), 8)
+    assert models["tiny GPT"]["loss"] == pytest.approx(evaluate_documents(ckpt.model(), sequences), rel=1e-6)
+    assert scores["exact_answers"] == {}  # with a context of 8 tokens no question fits: nothing to ask
+
+
+def test_evaluate_reports_exact_answers_per_split(tmp_path, small_corpus, capsys):
+    from tinyllm.data import split_corpus
+
+    at = TINY.index("--context-length")
+    args = TINY[:at] + TINY[at + 2 :]  # the default context of 64: the questions fit
+    assert main(["train", "--out", str(tmp_path), "--corpus", str(small_corpus), *args, "--max-steps", "5"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "checkpoint.pt"), "--corpus", str(small_corpus), "--json",
+                 "--threads", "1"]) == 0
+    exact = json.loads(capsys.readouterr().out)["exact_answers"]
+    splits = split_corpus(small_corpus.read_text())
+    for name in ("train", "val", "test"):
+        assert exact[name]["questions"] == len(split_documents(getattr(splits, name)))
+        assert 0 <= exact[name]["exact"] <= exact[name]["questions"]
+    assert main(["evaluate", str(tmp_path / "checkpoint.pt"), "--corpus", str(small_corpus), "--threads", "1"]) == 0
+    assert "questions answered exactly" in capsys.readouterr().out
 
 
 def test_evaluate_warns_about_another_corpus(trained, capsys):

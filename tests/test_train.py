@@ -33,8 +33,8 @@ def tiny_data(n: int = 600, seed: int = 0) -> list[int]:
 
 
 def tiny_trainer(max_steps: int = 30, seed: int = 0, **overrides) -> Trainer:
-    settings = dict(batch_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=5, max_steps=max_steps,
-                    eval_interval=10, patience=100, seed=seed)
+    settings = dict(samples="windows", batch_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=5, max_steps=max_steps,
+                    eval_interval=10, keep="best", patience=100, seed=seed)
     config = TrainConfig(**{**settings, **overrides})
     return Trainer(build_model(TINY, seed), tiny_data(), tiny_data(200, seed=1), config, device="cpu",
                    merges=[(97, 98), (99, 100), (101, 102), (103, 104)])

@@ -133,8 +133,7 @@ def trained_tiny_gpt(model_config=None, train_config=None, device="cpu", retrain
     of floating-point sums can depend on the thread count), and a busy machine
     cannot slow it down the way it slows threads that wait for each other.
     """
-    from tinyllm.bpe import BPETokenizer
-    from tinyllm.data import read_corpus, split_corpus
+    from tinyllm.data import read_corpus, training_data
     from tinyllm.model import GPTConfig
     from tinyllm.train import Trainer, TrainConfig, build_model, load_checkpoint
 
@@ -146,21 +145,22 @@ def trained_tiny_gpt(model_config=None, train_config=None, device="cpu", retrain
         try:
             ckpt = load_checkpoint(path)
             if ckpt.finished and ckpt.merges is not None:
-                return ckpt.model(device), BPETokenizer(ckpt.merges), ckpt.history
+                return ckpt.model(device), ckpt.tokenizer(), ckpt.history
         except ValueError:
             pass  # a damaged cache entry: train again and overwrite it
-    splits = split_corpus(corpus)
-    tokenizer = BPETokenizer.train(splits.train, model_config.vocab_size)
+    tokenizer, data = training_data(corpus, model_config.vocab_size, model_config.context_length,
+                                    train_config.samples)
     model = build_model(model_config, train_config.seed)
     trainer = Trainer(
         model,
-        tokenizer.encode(splits.train),
-        tokenizer.encode(splits.val),
+        data["train"],
+        data["val"],
         train_config,
         device=device,
         merges=tokenizer.merges,
         num_threads=num_threads,
+        end_of_text=tokenizer.end_of_text_id is not None,
     )
     history = trainer.train(callback=callback)
-    trainer.save(path)  # the model now holds the best weights
+    trainer.save(path)  # the model now holds the weights the run keeps (TrainConfig.keep)
     return trainer.model.eval(), tokenizer, history

@@ -199,23 +199,38 @@ def merge_pair_array(ids: np.ndarray, pair: Pair, new_id: int) -> np.ndarray:
     return np.delete(out, where + 1)
 
 
-class BPETokenizer:
-    """A trained byte-level BPE: encode/decode text, save/load its merges as JSON."""
+END_OF_TEXT = "<|endoftext|>"  # how the end-of-text token is written when decoded (GPT-2's name)
 
-    def __init__(self, merges: list[Pair]):
+
+class BPETokenizer:
+    """A trained byte-level BPE: encode/decode text, save/load its merges as JSON.
+
+    With ``end_of_text=True`` the vocabulary has one more id after the merges,
+    ``end_of_text_id = 256 + len(merges)``: a token that no text encodes to,
+    which marks where a document ends (and, placed first, where one starts).
+    It spells no bytes (``token_bytes`` is empty, so it adds nothing to a byte
+    count) and decodes to ``END_OF_TEXT`` so that it shows when printed.
+    """
+
+    def __init__(self, merges: list[Pair], end_of_text: bool = False):
         self.merges = [tuple(int(x) for x in pair) for pair in merges]
         for i, (a, b) in enumerate(self.merges):
             if not (0 <= a < 256 + i and 0 <= b < 256 + i):
                 raise ValueError(f"merge {i} {(a, b)} refers to an id not created before it")
         self.vocab = build_vocab(self.merges)
+        self.end_of_text_id: int | None = None
+        if end_of_text:
+            self.end_of_text_id = len(self.vocab)
+            self.vocab.append(b"")
 
     @classmethod
-    def train(cls, text: str, vocab_size: int) -> "BPETokenizer":
-        return cls(train_bpe_fast(text, vocab_size))
+    def train(cls, text: str, vocab_size: int, end_of_text: bool = False) -> "BPETokenizer":
+        """Learn merges until the vocabulary (bytes, merges and the end-of-text id if asked for) has vocab_size ids."""
+        return cls(train_bpe_fast(text, vocab_size - end_of_text), end_of_text)
 
     @property
     def vocab_size(self) -> int:
-        return 256 + len(self.merges)
+        return len(self.vocab)
 
     def encode(self, text: str) -> list[int]:
         ids = np.frombuffer(to_bytes(text), dtype=np.uint8).astype(np.int64)
@@ -229,22 +244,31 @@ class BPETokenizer:
         for token_id in ids:
             if not 0 <= token_id < len(self.vocab):
                 raise ValueError(f"token id {token_id} is not in the vocabulary (0..{len(self.vocab) - 1})")
-        return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
+        if self.end_of_text_id is None or self.end_of_text_id not in ids:
+            return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
+        pieces, start = [], 0  # the text between end-of-text tokens, each piece decoded on its own
+        for i, token_id in enumerate([*ids, self.end_of_text_id]):
+            if token_id == self.end_of_text_id:
+                pieces.append(b"".join(self.vocab[t] for t in ids[start:i]).decode("utf-8", errors="replace"))
+                start = i + 1
+        return END_OF_TEXT.join(pieces)
 
     def token_bytes(self, token_id: int) -> bytes:
         return self.vocab[token_id]
 
     def to_json(self) -> str:
-        return json.dumps({"type": "byte-level-bpe", "merges": self.merges})
+        return json.dumps({"type": "byte-level-bpe", "merges": self.merges,
+                           "end_of_text": self.end_of_text_id is not None})
 
     @classmethod
     def from_json(cls, data: str) -> "BPETokenizer":
         try:
             payload = json.loads(data)
             merges = payload["merges"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            end_of_text = bool(payload.get("end_of_text", False))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"not a saved BPE tokenizer: {err}") from None
-        return cls([tuple(pair) for pair in merges])
+        return cls([tuple(pair) for pair in merges], end_of_text)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")

@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 
 from tinyllm.bpe import BPETokenizer
-from tinyllm.data import corpus_path, read_corpus, split_corpus
+from tinyllm.answers import answer_questions, askable
+from tinyllm.data import corpus_path, encode_splits, read_corpus, split_corpus, split_documents, token_stream
 from tinyllm.model import ARCHITECTURES, GPTConfig
 from tinyllm.ngram import NGramLM
 from tinyllm.sampling import generate, generate_cached
-from tinyllm.train import (Checkpoint, Trainer, TrainConfig, bits_per_byte, build_model, cpu_threads, evaluate,
-                           load_checkpoint)
+from tinyllm.train import (SAMPLES, Checkpoint, Trainer, TrainConfig, bits_per_byte, build_model, cpu_threads,
+                           evaluate, evaluate_documents, load_checkpoint)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -50,7 +51,9 @@ MODEL_OPTIONS = {
 }
 OPTION_TYPES = {"arch": str, "n_kv_heads": int}  # where the dataclass default (a string, None) does not say
 TRAIN_OPTIONS = {
-    "batch_size": "training windows per optimiser step",
+    "samples": "documents: each sample one whole document from position 0, ended by an end-of-text token, "
+               "padding not scored; windows: context-length windows at any offset of the joined text",
+    "batch_size": "training samples (documents or windows) per optimiser step",
     "lr": "peak learning rate (AdamW), reached after the warm-up",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_steps": "steps of linear warm-up from 0 to --lr",
@@ -58,14 +61,18 @@ TRAIN_OPTIONS = {
     "weight_decay": "AdamW decoupled weight decay, on weight matrices only",
     "grad_clip": "clip the global gradient norm to this value",
     "eval_interval": "steps between validations; 'epoch' validates once per pass over the training split",
-    "patience": "stop early after this many validations without a new best validation loss",
+    "keep": "last: train all --max-steps and keep the final weights (to memorise the corpus); best: stop early "
+            "when the validation loss stops improving and keep the best weights (to generalise)",
+    "patience": "with --keep best: stop after this many validations without a new best validation loss",
     "seed": "seed for the initial weights, the batch order and dropout: same seed, same run",
 }
 
 
-# Where the command line departs from the library's TrainConfig: it validates once per pass
-# over the training split (about 50 steps for the book's corpus; the book's run uses 100).
-CLI_TRAIN_DEFAULTS = {"eval_interval": "epoch"}
+CHOICES = {"samples": SAMPLES, "keep": ("last", "best")}
+
+# Where the command line departs from the library's TrainConfig: nowhere, so that its defaults train
+# the book's model ('--eval-interval epoch' validates once per pass over the training split).
+CLI_TRAIN_DEFAULTS: dict = {}
 
 
 class CliError(Exception):
@@ -113,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in TRAIN_OPTIONS.items():
         default = CLI_TRAIN_DEFAULTS.get(name, _defaults(TrainConfig)[name])
         kind = _eval_interval if name == "eval_interval" else type(default)
-        training.add_argument(_flag(name), type=kind, default=None, help=f"{text} (default: {default})")
+        training.add_argument(_flag(name), type=kind, default=None, choices=CHOICES.get(name),
+                              help=f"{text} (default: {default})")
     run = train.add_argument_group("run")
     run.add_argument("--resume", action="store_true",
                      help="continue the run saved in DIR/checkpoint.pt exactly where it stopped")
@@ -221,9 +229,11 @@ def _load(path: Path) -> Checkpoint:
     return ckpt
 
 
-def _encode_splits(text: str, tokenizer: BPETokenizer, context_length: int):
+def _encode_splits(text: str, tokenizer: BPETokenizer, context_length: int, samples: str):
     splits = split_corpus(text)
-    ids = {name: tokenizer.encode(getattr(splits, name)) for name in ("train", "val", "test")}
+    ids = encode_splits(text, tokenizer, context_length, samples)
+    if samples == "documents":
+        return splits, ids
     if len(ids["train"]) < context_length + 1:
         raise CliError(
             f"the training split has {len(ids['train'])} tokens, fewer than one window of "
@@ -272,8 +282,8 @@ def cmd_train(args) -> int:
         if ckpt.meta.get("corpus_sha256") not in (None, _digest(text)):
             raise CliError(f"{checkpoint} was trained on another corpus ({ckpt.meta.get('corpus', '?')}); "
                            "resume with the same --corpus")
-        tokenizer = BPETokenizer(ckpt.merges)
-        _, ids = _encode_splits(text, tokenizer, ckpt.model_config.context_length)
+        tokenizer = ckpt.tokenizer()
+        _, ids = _encode_splits(text, tokenizer, ckpt.model_config.context_length, ckpt.train_config.samples)
         trainer = Trainer.resume(checkpoint, ids["train"], ids["val"], device=device)
         if trainer.finished:
             print(f"{checkpoint} is a finished run (step {trainer.step}); nothing to do", file=sys.stderr)
@@ -289,21 +299,24 @@ def cmd_train(args) -> int:
         train_config = TrainConfig(**train_cfg)
         start = time.perf_counter()
         splits = split_corpus(text)
-        tokenizer = BPETokenizer.train(splits.train, model_config.vocab_size)
+        documents = train_config.samples == "documents"
+        tokenizer = BPETokenizer.train(splits.train, model_config.vocab_size, end_of_text=documents)
         if tokenizer.vocab_size < model_config.vocab_size:
             raise CliError(f"the training split is too small for --vocab-size {model_config.vocab_size}: "
                            f"it supports only {tokenizer.vocab_size}")
         print(f"tokenizer: {len(tokenizer.merges)} merges learned in {time.perf_counter() - start:.1f} s",
               file=sys.stderr)
-        _, ids = _encode_splits(text, tokenizer, model_config.context_length)
-        if interval == "epoch":  # one pass over the training tokens, in steps
-            tokens_per_step = train_config.batch_size * model_config.context_length
-            train_config = TrainConfig(**(train_cfg | {"eval_interval": max(1, len(ids["train"]) // tokens_per_step)}))
+        _, ids = _encode_splits(text, tokenizer, model_config.context_length, train_config.samples)
+        if interval == "epoch":  # one pass over the training documents (or tokens), in steps
+            per_step = train_config.batch_size * (1 if documents else model_config.context_length)
+            train_config = TrainConfig(**(train_cfg | {"eval_interval": max(1, len(ids["train"]) // per_step)}))
         model = build_model(model_config, train_config.seed)
-        trainer = Trainer(model, ids["train"], ids["val"], train_config, device=device, merges=tokenizer.merges)
+        trainer = Trainer(model, ids["train"], ids["val"], train_config, device=device, merges=tokenizer.merges,
+                          end_of_text=documents)
         trainer.meta = {"corpus": str(corpus_file), "corpus_sha256": _digest(text)}
         print(f"model: {model.num_parameters():,} parameters on {device}; "
-              f"{len(ids['train']):,} training and {len(ids['val']):,} validation tokens", file=sys.stderr)
+              f"{len(ids['train']):,} training and {len(ids['val']):,} validation "
+              f"{'documents' if documents else 'tokens'}", file=sys.stderr)
 
     _train_with_progress(trainer, checkpoint, args.until, show_bar=not args.no_progress)
     h = trainer.history
@@ -312,7 +325,8 @@ def cmd_train(args) -> int:
         print(f"{how} at step {trainer.step}: best validation loss {h.best_val_loss:.4f} "
               f"(perplexity {math.exp(h.best_val_loss):.2f}) at step {h.best_step}; "
               f"{h.train_seconds:.1f} s of training, {h.tokens_per_s:,.0f} tokens/s", file=sys.stderr)
-        print(f"saved {checkpoint} (the best weights); score it with: tiny-llm evaluate {checkpoint}",
+        kept = "the best weights" if trainer.config.keep == "best" else "the final weights"
+        print(f"saved {checkpoint} ({kept}); score it with: tiny-llm evaluate {checkpoint}",
               file=sys.stderr)
     else:
         print(f"stopped at step {trainer.step}; saved {checkpoint}; continue with: "
@@ -337,7 +351,7 @@ def _train_with_progress(trainer: Trainer, checkpoint: Path, until: int | None, 
 
     def callback(progress) -> bool:
         if progress.is_eval:
-            if not trainer.finished:  # a finished run is saved below, once it holds its best weights
+            if not trainer.finished:  # a finished run is saved below, once it holds the weights it keeps
                 trainer.save(checkpoint)  # between steps: a consistent state to resume from
             tqdm.write(f"step {progress.step:6d}  train loss {progress.loss:.4f}  val loss {progress.val_loss:.4f}  "
                        f"(best {trainer.history.best_val_loss:.4f})", file=sys.stderr)
@@ -362,19 +376,32 @@ def _train_with_progress(trainer: Trainer, checkpoint: Path, until: int | None, 
 
 
 def evaluation_scores(ckpt: Checkpoint, text: str, split: str, device: torch.device) -> dict:
-    """Loss, perplexity and bits per byte of the model and of unigram/bigram baselines on one split."""
-    tokenizer = BPETokenizer(ckpt.merges)
+    """Loss, perplexity and bits per byte of the model and of unigram/bigram baselines on one split;
+    for a model trained on documents, also the share of each split's questions it answers exactly."""
+    tokenizer = ckpt.tokenizer()
     config = ckpt.model_config
-    _, ids = _encode_splits(text, tokenizer, 1)
-    held_out = ids[split]
+    documents = ckpt.train_config.samples == "documents"
+    splits, ids = _encode_splits(text, tokenizer, config.context_length if documents else 1,
+                                 ckpt.train_config.samples)
+    # The baselines count and score the same tokens: for documents, the stream EOT doc EOT doc ... EOT.
+    streams = {name: token_stream(seqs) for name, seqs in ids.items()} if documents else ids
+    held_out = streams[split]
     if len(held_out) < 2:
         raise CliError(f"the {split} split has fewer than 2 tokens")
     model = ckpt.model(device)
     losses = {
-        "tiny GPT": evaluate(model, held_out, config.context_length),
-        "unigram": NGramLM(1, config.vocab_size).fit(ids["train"]).nll(held_out),
-        "bigram": NGramLM(2, config.vocab_size).fit(ids["train"]).nll(held_out),
+        "tiny GPT": (evaluate_documents(model, ids[split]) if documents
+                     else evaluate(model, held_out, config.context_length)),
+        "unigram": NGramLM(1, config.vocab_size).fit(streams["train"]).nll(held_out),
+        "bigram": NGramLM(2, config.vocab_size).fit(streams["train"]).nll(held_out),
     }
+    exact = {}
+    if documents:
+        for name in ("train", "val", "test"):
+            questions = askable(tokenizer, split_documents(getattr(splits, name)), config.context_length)
+            if questions:  # documents that are a question and its answer, the question inside the window
+                answers = answer_questions(model, tokenizer, questions)
+                exact[name] = {"questions": len(answers), "exact": sum(a.exact for a in answers)}
     return {
         "split": split,
         "tokens": len(held_out),
@@ -384,6 +411,7 @@ def evaluation_scores(ckpt: Checkpoint, text: str, split: str, device: torch.dev
                    "bits_per_byte": bits_per_byte(loss, held_out, tokenizer.token_bytes)}
             for name, loss in losses.items()
         },
+        "exact_answers": exact,
     }
 
 
@@ -404,6 +432,10 @@ def cmd_evaluate(args) -> int:
     print(f"{'model':10} {'loss':>8} {'perplexity':>11} {'bits/byte':>10}")
     for name, s in scores["models"].items():
         print(f"{name:10} {s['loss']:8.4f} {s['perplexity']:11.3f} {s['bits_per_byte']:10.4f}")
+    if scores["exact_answers"]:
+        print("questions answered exactly (greedy decoding, the corpus's answer):")
+        for name, e in scores["exact_answers"].items():
+            print(f"  {name:5} {e['exact']:5,} of {e['questions']:5,}  {100 * e['exact'] / e['questions']:5.1f}%")
     return 0
 
 
@@ -427,9 +459,12 @@ def cmd_generate(args) -> int:
     if not args.prompt:
         raise CliError("--prompt is empty: the model needs at least one token to continue")
     ckpt = _load(args.checkpoint)
-    tokenizer = BPETokenizer(ckpt.merges)
+    tokenizer = ckpt.tokenizer()
     model = ckpt.model(device)
     prompt_ids = tokenizer.encode(args.prompt)  # byte-level: every character has bytes to fall back on
+    eot = tokenizer.end_of_text_id
+    if eot is not None:  # a model trained on documents reads the prompt as the start of one
+        prompt_ids = [eot] + prompt_ids
     greedy = args.greedy or args.temperature == 0
     generator = torch.Generator(device=device).manual_seed(args.seed)
     idx = torch.tensor([prompt_ids] * args.samples, dtype=torch.long, device=device)  # (samples, T)
@@ -446,6 +481,10 @@ def cmd_generate(args) -> int:
     for i, row in enumerate(out.tolist()):
         if args.samples > 1:
             print(f"--- sample {i + 1}")
+        if eot is not None:  # the text between the opening end-of-text and the first one written
+            row = row[1:]
+            written = row[len(prompt_ids) - 1 :]
+            row = row[: len(prompt_ids) - 1 + (written.index(eot) if eot in written else len(written))]
         print(tokenizer.decode(row))
     return 0
 

@@ -108,3 +108,60 @@ def split_corpus(text: str, val_fraction: float = 0.1, test_fraction: float = 0.
                 f"use more documents or a larger fraction"
             )
     return CorpusSplits(**{name: "\n\n".join(docs) + "\n" for name, docs in parts.items()})
+
+
+# --------------------------------------------------------------------------- documents as training samples
+
+
+def document_sequences(documents: list[str], tokenizer, context_length: int) -> list[list[int]]:
+    """Each document as one sequence of ids: end-of-text, the document's tokens, end-of-text.
+
+    The first end-of-text gives the document's first token something to be
+    predicted from, and the last one teaches the model to say where the
+    document stops. A sequence is cut to ``context_length + 1`` ids: a model
+    reads ``context_length`` of them and predicts the next id at each.
+    """
+    eot = getattr(tokenizer, "end_of_text_id", None)
+    if eot is None:
+        raise ValueError("document sequences need a tokenizer with an end-of-text id "
+                         "(BPETokenizer.train(..., end_of_text=True))")
+    return [([eot] + tokenizer.encode(doc) + [eot])[: context_length + 1] for doc in documents]
+
+
+def token_stream(sequences: list[list[int]]) -> list[int]:
+    """The sequences one after another, neighbours sharing their end-of-text id.
+
+    For whole documents (none cut) this is ``EOT doc EOT doc ... EOT``, and its
+    ids after the first are exactly the ids the sequences predict, each once:
+    the stream on which counting baselines are fitted and scored.
+    """
+    stream: list[int] = []
+    for seq in sequences:
+        stream.extend(seq if not stream else seq[1:])
+    return stream
+
+
+def encode_splits(text: str, tokenizer, context_length: int, samples: str = "documents") -> dict:
+    """The corpus's train/val/test splits encoded for a model: ``{"train": ..., "val": ..., "test": ...}``.
+
+    With document samples each split is a list of document sequences
+    (:func:`document_sequences`); with window samples, one stream of ids.
+    """
+    splits = split_corpus(text)
+    if samples == "documents":
+        return {name: document_sequences(split_documents(getattr(splits, name)), tokenizer, context_length)
+                for name in ("train", "val", "test")}
+    return {name: tokenizer.encode(getattr(splits, name)) for name in ("train", "val", "test")}
+
+
+def training_data(text: str, vocab_size: int, context_length: int, samples: str = "documents"):
+    """The tokenizer and the encoded splits a run trains on: ``(tokenizer, encode_splits(...))``.
+
+    The tokenizer is trained on the training split only; with document
+    samples (the default) its last id is end-of-text. The book and
+    ``tiny-llm train`` both prepare their data here.
+    """
+    from tinyllm.bpe import BPETokenizer
+
+    tokenizer = BPETokenizer.train(split_corpus(text).train, vocab_size, end_of_text=samples == "documents")
+    return tokenizer, encode_splits(text, tokenizer, context_length, samples)
