@@ -193,6 +193,7 @@ def test_cached_generate_calls_the_model_once_per_token_on_one_token():
     recorder = CallRecorder(model)
     generate_cached(recorder, prompt, 4, temperature=0)
     assert recorder.lengths() == [5, 1, 1, 1]
+    assert not model.training  # the recorder leaves the model in the mode it found it
     with pytest.raises(ValueError, match="context_length"):
         generate_cached(model, prompt, SMALL["context_length"], temperature=0)
 

@@ -17,6 +17,8 @@ EXERCISES = {
     "04_attention": "Scaled dot-product attention and multi-head attention",
     "05_transformer_layer": "Layer norm, the feed-forward network, the pre-norm block",
     "06_tiny_gpt": "TinyGPT, top-k / top-p filtering, sampling and generation",
+    "07_modern_block": "RMSNorm, rotary positions, SwiGLU, grouped-query attention, the modern block",
+    "08_fast_generation": "The KV cache, the causal mask over it, cached generation, beam search",
 }
 
 

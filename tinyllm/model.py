@@ -166,3 +166,18 @@ class TinyLlama(nn.Module):
 def make_model(config: GPTConfig) -> TinyGPT | TinyLlama:
     """The model config.arch names: TinyGPT for "gpt2", TinyLlama for "llama"."""
     return TinyLlama(config) if config.arch == "llama" else TinyGPT(config)
+
+
+def modern_counterpart(config: GPTConfig, n_kv_heads: int) -> GPTConfig:
+    """The arch="llama" config with config's sizes and the parameter count nearest its model's.
+
+    Only the SwiGLU width changes (a multiple of 8, the closest match): the
+    modern model drops the position table and the biases and, with fewer
+    key/value heads, shrinks two projections, so it can afford a little more
+    width. The book compares the two models at this equal size.
+    """
+    from dataclasses import replace
+
+    target = make_model(config).num_parameters()
+    candidates = [replace(config, arch="llama", n_kv_heads=n_kv_heads, d_ff=width) for width in range(8, 16 * config.d_model, 8)]
+    return min(candidates, key=lambda c: abs(make_model(c).num_parameters() - target))

@@ -170,8 +170,11 @@ def beam_search(model: nn.Module, idx: Tensor, beam_width: int, max_new_tokens: 
 
 @torch.no_grad()
 def continuation_logprob(model: nn.Module, ids: Tensor, start: int) -> Tensor:
-    """Total log-probability the model gives ids[:, start:] after ids[:, :start] -> (B,), in one forward pass."""
+    """Total log-probability the model gives ids[:, start:] after ids[:, :start] -> (B,), in one forward pass (eval mode)."""
+    was_training = model.training
+    model.eval()
     logits, _ = model(ids[:, :-1])  # position t predicts ids[:, t + 1]
+    model.train(was_training)
     log_probs = log_softmax(logits.double(), dim=-1)
     picked = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T - 1)
     return picked[:, start - 1 :].sum(dim=-1)
@@ -190,6 +193,7 @@ class CallRecorder(nn.Module):
         self.model = model
         self.config = model.config
         self.input_lengths: list[int] = []
+        self.train(model.training)  # a new module is in training mode: take the model's instead
 
     def forward(self, idx: Tensor, *args, **kwargs):
         self.input_lengths.append(int(idx.shape[1]))

@@ -71,12 +71,14 @@ def toc_files() -> list[str]:
 
 
 def numbered_chapters() -> list[str]:
-    """Docnames of the numbered part of _toc.yml, in order: chapter n is the n-th."""
+    """Docnames of the numbered parts of _toc.yml, in order: chapter n is the n-th.
+
+    The numbering runs on across parts (Part II's first chapter follows Part I's
+    last), as the book's multi-toc numbering shows it.
+    """
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
-    for part in toc.get("parts", []):
-        if part.get("numbered"):
-            return [chapter["file"] for chapter in part.get("chapters", [])]
-    return []
+    return [chapter["file"] for part in toc.get("parts", []) if part.get("numbered")
+            for chapter in part.get("chapters", [])]
 
 
 def generator_main(argv: list[str], doc: str, commands: dict, stale) -> int:

@@ -177,7 +177,7 @@ def test_GroupedQueryAttention_public(sub):
     expect.raises(lambda: GQA(16, 4, 3), ValueError, "GroupedQueryAttention(16, 4, 3) (4 heads do not split into 3 groups)")
 
 
-@check("07_modern_block", "LlamaBlock", points=2, book=BOOK + "#the-modern-block")
+@check("07_modern_block", "LlamaBlock", points=2, book=BOOK + "#the-modern-model")
 def test_LlamaBlock_public(sub):
     """LlamaBlock is x + attn(attn_norm(x)), then + ffn(ffn_norm(x)), with RMSNorm, GQA and SwiGLU."""
     LlamaBlock = sub.cls("LlamaBlock", ["d_model", "n_heads", "n_kv_heads", "d_ff"], forbid=GROUPS["rms_norm"])

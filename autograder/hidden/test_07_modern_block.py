@@ -77,7 +77,7 @@ def test_GroupedQueryAttention_hidden(sub):
                          hint="Causal: position t must not see positions after t.")
 
 
-@check("07_modern_block", "LlamaBlock", points=1, book=BOOK + "#the-modern-block", hidden=True)
+@check("07_modern_block", "LlamaBlock", points=1, book=BOOK + "#the-modern-model", hidden=True)
 def test_LlamaBlock_hidden(sub):
     """LlamaBlock equals the reference for varied sizes."""
     cls = sub.cls("LlamaBlock", ["d_model", "n_heads", "n_kv_heads", "d_ff"], forbid=GROUPS["rms_norm"])
