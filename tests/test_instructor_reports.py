@@ -311,7 +311,10 @@ def grade_class(folder: Path, notebooks: dict[str, dict], assignment: str = "03_
     out = folder / "out"
     subprocess.run([PYTHON, "-m", "autograder", "grade", str(folder / "submitted"), "--out", str(out), "--jobs", "1"],
                    check=True, cwd=ROOT, capture_output=True)
-    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    reports = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    for report in reports:  # where each notebook lies, as the CLI tells the similarity report (never in the file)
+        report["extra_data"]["notebook"] = str(folder / "submitted" / report["extra_data"]["submission"])
+    return reports
 
 
 @pytest.fixture(scope="module")
