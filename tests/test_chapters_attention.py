@@ -1,4 +1,4 @@
-"""Positional schemes added for chapter 5: rotary embeddings (RoPE) and ALiBi biases."""
+"""Positional schemes added for chapter 6: rotary embeddings (RoPE) and ALiBi biases."""
 
 from __future__ import annotations
 

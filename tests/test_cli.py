@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +52,11 @@ def test_help_explains_every_option(capsys):
         text = capsys.readouterr().out
         for option in options:
             assert "--" + option.replace("_", "-") in text or option in text, (command, option)
+        # Each option states its default once, and "not given" (None) is not a default to show.
+        entries = re.split(r"\n  (?=-)", " ".join(text.split("\n\n")[2:]))
+        for entry in entries:
+            flat = " ".join(entry.split())
+            assert flat.count("(default:") <= 1 and "(default: None)" not in flat, (command, flat)
 
 
 def test_a_tiny_model_trains_and_its_validation_loss_falls(trained):

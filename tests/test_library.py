@@ -85,6 +85,16 @@ def test_sinusoidal_encoding_matches_the_formula():
         sinusoidal_positional_encoding(4, 7)
 
 
+def test_sinusoidal_angles_are_computed_in_float64():
+    """At position 2000 with d_model = 512 a float32 angle is already off by about 1e-4."""
+    pe = sinusoidal_positional_encoding(2001, 512)
+    assert pe.dtype == torch.get_default_dtype()
+    angle = torch.arange(2001, dtype=torch.float64)[:, None] / 10000.0 ** (
+        torch.arange(0, 512, 2, dtype=torch.float64) / 512)
+    assert (pe[:, 0::2].double() - angle.sin()).abs().max() < 1e-6
+    assert (pe[:, 1::2].double() - angle.cos()).abs().max() < 1e-6
+
+
 @settings(max_examples=40, deadline=None)
 @given(batch=st.lists(st.integers(1, 3), max_size=2), t_q=st.integers(1, 9), t_k=st.integers(1, 9),
        d=st.integers(1, 12), causal=st.booleans(), seed=seeds)
@@ -193,6 +203,25 @@ def test_top_p_keeps_the_token_that_crosses_p():
     assert kept == [True, True, False, False]  # 0.5 < 0.7, so the 0.3 token that crosses it stays
     assert top_p_filter(probs.log(), 0.5).isfinite().tolist() == [True, False, False, False]
     assert top_p_filter(probs.log(), 1.0).isfinite().all()
+
+
+def test_top_p_follows_the_book_rule_including_p_equal_to_one():
+    """Keep token j (in order of probability) iff the mass before it is < p: at p = 1, every token.
+
+    A float32 running sum reaches 1.0 before the tail of a wide distribution, so
+    cumsum - probs >= 1 would drop tail tokens whose true probability is tiny but not zero.
+    """
+    g = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(2000, 400, generator=g)
+    assert top_p_filter(logits, 1.0).isfinite().all()
+    for p in (0.1, 0.5, 0.9, 0.99):
+        probs = torch.softmax(logits.double(), dim=-1)
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)  # ties: lower id first
+        before = sorted_probs.cumsum(-1) - sorted_probs  # float64: exact enough for this check
+        expected = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before < p)
+        kept = top_p_filter(logits, p).isfinite()
+        margin = (before - p).abs().gather(-1, order.argsort(-1))  # distance of each token from the cut
+        assert torch.equal(kept[margin > 1e-5], expected[margin > 1e-5])
 
 
 def test_sampling_is_seeded_greedy_and_respects_filters():

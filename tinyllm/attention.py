@@ -1,4 +1,4 @@
-"""Attention: scaled dot-product and multi-head (chapter 6); grouped-query with a KV cache (Part II)."""
+"""Attention: scaled dot-product and multi-head (chapter 5); grouped-query with a KV cache (Part II)."""
 
 from __future__ import annotations
 

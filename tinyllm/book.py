@@ -20,6 +20,18 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
     return value
 
 
+def quote_tokens(tokens) -> str:
+    """Printable tokens as one phrase of prose: ``“␣t”, “e␣” and “in”``.
+
+    The quotes keep a token such as "in" from reading as a word of the sentence
+    when the phrase is glued into the prose as plain text.
+    """
+    quoted = [f"\u201c{token}\u201d" for token in tokens]
+    if len(quoted) < 2:
+        return "".join(quoted)
+    return ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
 def setup_plots() -> None:
     """One look for every figure in the book: readable sizes, no clutter."""
     import matplotlib.pyplot as plt

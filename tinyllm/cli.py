@@ -90,6 +90,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append "(default: X)" to an option's help once: not when the help already
+    states its default, and not for options whose default None means "not given"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default:" in text or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiny-llm",
@@ -106,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with AdamW, warm-up and cosine decay, gradient clipping, validation and early stopping. "
         "The checkpoint is rewritten (atomically) after every validation, so an interrupted run "
         "(Ctrl-C, a crash, --until) continues exactly with --resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _corpus_option(train)
     train.add_argument("--out", type=Path, default=Path("runs/tiny-gpt"), metavar="DIR",
@@ -115,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in MODEL_OPTIONS.items():
         default = _defaults(GPTConfig)[name]
         sizes.add_argument(_flag(name), type=OPTION_TYPES.get(name, type(default)), default=None,
-                           choices=ARCHITECTURES if name == "arch" else None, help=f"{text} (default: {default})")
+                           choices=ARCHITECTURES if name == "arch" else None,
+                           help=text if "(default:" in text else f"{text} (default: {default})")
     training = train.add_argument_group("training")
     for name, text in TRAIN_OPTIONS.items():
         default = CLI_TRAIN_DEFAULTS.get(name, _defaults(TrainConfig)[name])
@@ -137,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a trained model on a held-out split of the corpus it was trained on: mean loss, "
         "perplexity per token and bits per byte (comparable across tokenizers), beside unigram and "
         "bigram models counted on the same training split with the same tokenizer.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     evaluate_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
     _corpus_option(evaluate_cmd)
@@ -151,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a prompt with a trained model",
         description="Continue a prompt. Decoding is greedy with --greedy (or --temperature 0); otherwise "
         "it samples, optionally from the top-k tokens and/or the top-p nucleus (chapter 9).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     generate_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
     generate_cmd.add_argument("--prompt", default="Q: What is", help="text to continue (any Unicode)")
@@ -163,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_argument("--top-p", type=float, default=None,
                               help="sample only from the smallest set of tokens whose probability reaches p")
     generate_cmd.add_argument("--repetition-penalty", type=float, default=1.0,
-                              help="divide the (positive) logits of tokens already in the text by this")
+                              help="divide the positive logits of tokens already in the text by this (multiply the negative ones)")
     generate_cmd.add_argument("--samples", type=int, default=1, help="number of continuations")
     generate_cmd.add_argument("--seed", type=int, default=0, help="seed for sampling: same seed, same text")
     generate_cmd.add_argument("--no-cache", action="store_true",

@@ -39,7 +39,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_ff)
-        self.act = nn.GELU()  # the exact (erf) GELU, as GPT-2 and nn.TransformerEncoderLayer
+        self.act = nn.GELU()  # the exact (erf) GELU, as nn.TransformerEncoderLayer; GPT-2 uses the tanh form
         self.fc2 = nn.Linear(d_ff, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -50,8 +50,9 @@ class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(ln1(x)), then + ffn(ln2(x)).
 
     Normalising the input of each branch (not the sum) leaves the residual path
-    an identity from the first layer to the last, which is why deep pre-norm
-    stacks train without warm-up tricks.
+    an identity from the first layer to the last, which keeps the gradients of
+    deep stacks well scaled at initialisation (Xiong et al., 2020, could then
+    train without learning-rate warm-up; most models still warm up).
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0):

@@ -89,7 +89,8 @@ class TinyGPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        # Small normal weights as in GPT-2: activations start near unit scale.
+        # Small normal weights as in GPT-2: activations start near unit scale. (GPT-2 also scales
+        # its residual layers by 1/sqrt(2 n_layers); the book's model does not, see chapter 8.)
         if isinstance(module, (nn.Linear, Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:

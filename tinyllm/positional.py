@@ -1,4 +1,4 @@
-"""Positional information for a model that would otherwise see a bag of tokens (chapter 5)."""
+"""Positional information for a model that would otherwise see a bag of tokens (chapter 6)."""
 
 from __future__ import annotations
 
@@ -12,32 +12,34 @@ def sinusoidal_positional_encoding(seq_len: int, d_model: int, base: float = 100
     """The fixed encoding of Vaswani et al. (2017), shape (seq_len, d_model).
 
     PE[pos, 2i] = sin(pos / base^(2i/d_model)) and PE[pos, 2i+1] = cos(same angle):
-    each sin/cos pair is a clock turning at its own frequency, so a shift by k
-    positions is a fixed rotation of every pair.
+    each sin/cos pair is a clock turning at its own frequency, so shifting the
+    position by Delta is a fixed rotation of every pair (chapter 6).
     """
     if d_model % 2 != 0:
         raise ValueError(f"d_model must be even (sin/cos pairs), got {d_model}")
     if seq_len < 0:
         raise ValueError(f"seq_len must be >= 0, got {seq_len}")
-    position = torch.arange(seq_len, dtype=torch.float32).unsqueeze(1)  # (T, 1)
+    # Angles in float64, then stored in the default dtype (float32): in float32 the
+    # angle pos * inv_freq would already be off by ~1e-4 at position 2000.
+    position = torch.arange(seq_len, dtype=torch.float64).unsqueeze(1)  # (T, 1)
     # 1 / base^(2i/d_model) for i = 0 .. d_model/2 - 1, computed in log space.
     inv_freq = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(base) / d_model)
+        torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(base) / d_model)
     )  # (d_model/2,)
     angles = position * inv_freq  # (T, d_model/2)
-    pe = torch.zeros(seq_len, d_model)
+    pe = torch.zeros(seq_len, d_model, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(angles)
     pe[:, 1::2] = torch.cos(angles)
-    return pe
+    return pe.to(torch.get_default_dtype())
 
 
 def apply_rope(x: Tensor, base: float = 10000.0, offset: int = 0) -> Tensor:
     """Rotary position embedding (Su et al., 2024) of queries or keys x: (..., T, d), d even.
 
-    Feature pair (2i, 2i+1) of the vector at position m = offset + t is rotated
-    by the angle m * base^(-2i/d), the same clocks as the sinusoidal encoding
+    Feature pair (2i, 2i+1) of the vector at position p = offset + t is rotated
+    by the angle p * base^(-2i/d), the same clocks as the sinusoidal encoding
     (RoFormer's interleaved layout). A rotation preserves lengths, and rotating
-    q by m and k by n leaves a score that depends only on m - n: relative
+    q by p and k by p' leaves a score that depends only on p' - p: relative
     positions, with nothing added to the token vectors. ``offset`` is the
     absolute position of x's first row: with a KV cache, new tokens continue
     where the cached ones stopped. It equals viewing the pairs as complex
@@ -52,7 +54,7 @@ def apply_rope(x: Tensor, base: float = 10000.0, offset: int = 0) -> Tensor:
     # Rows offset .. offset+T-1 of the table: each row depends only on its own
     # position, so a token gets the same angles whether it comes alone or in a sequence.
     pe = sinusoidal_positional_encoding(offset + T, d, base)[offset:].to(x)  # (T, d): sin even, cos odd
-    sin, cos = pe[:, 0::2], pe[:, 1::2]  # (T, d/2) each: sin and cos of m * theta_i
+    sin, cos = pe[:, 0::2], pe[:, 1::2]  # (T, d/2) each: sin and cos of p * theta_i
     x_even, x_odd = x[..., 0::2], x[..., 1::2]  # (..., T, d/2): the two halves of each pair
     rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
     return rotated.flatten(-2)  # (..., T, d/2, 2) -> (..., T, d), pairs interleaved again

@@ -22,24 +22,32 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
 def top_p_filter(logits: Tensor, p: float) -> Tensor:
     """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p.
 
-    The token whose probability carries the running total across p is kept;
-    the most likely token is always kept.
+    Token j (in order of probability) is kept when the mass of the tokens before
+    it is below p, so the token that carries the running total across p is kept,
+    the most likely token always is, and p = 1 keeps every token.
     """
     if not 0.0 < p <= 1.0:
         raise ValueError(f"p must be in (0, 1], got {p}")
+    if p >= 1.0:
+        return logits  # nothing comes before a total of 1 (a float32 running sum may round to it early)
     probs = softmax(logits, dim=-1)
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of strictly more likely tokens
+    running = torch.cumsum(sorted_probs, dim=-1)
+    # Mass of the strictly more likely tokens: the running sum shifted by one (0 for the first token).
+    mass_before = torch.cat([torch.zeros_like(running[..., :1]), running[..., :-1]], dim=-1)
     drop_sorted = mass_before >= p  # p was already reached before this token
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
 
 def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -> Tensor:
-    """Make tokens already in ``previous`` less likely (Keskar et al., 2019).
+    """Make tokens already in ``previous`` less likely: a repetition penalty.
 
     logits (B, V), previous (B, T) ids. A seen token's positive logit is
     divided by ``penalty`` and a negative one multiplied, so both move down.
+    This sign-aware rule is the one of Hugging Face transformers' repetition
+    penalty; CTRL (Keskar et al., 2019), which introduced the penalty, divides
+    the logits of previously generated tokens by it whatever their sign.
     """
     if penalty <= 0:
         raise ValueError(f"repetition penalty must be positive, got {penalty}")

@@ -37,7 +37,7 @@ def gpt_parameters(vocab_size: int, context_length: int, d_model: int, n_layers:
 
 
 def non_embedding_parameters(n_layers: int, d_model: int, d_ff: int, ffn_matrices: int = 2) -> int:
-    """N of Kaplan et al. (2020, Table 1): the weights of the blocks' matrix multiplies.
+    """Kaplan et al.'s N (2020, Table 1; P in the book): the weights of the blocks' matrix multiplies.
 
     Per layer: Q, K, V and output projections, 4 d_model^2, plus the feed-forward
     matrices, ffn_matrices * d_model * d_ff (2 for a GELU MLP; 3 for the SwiGLU of
@@ -60,11 +60,13 @@ def forward_flops_per_token(
     A matrix multiply costs 2 FLOPs (a multiply and an add) per weight per token,
     so the blocks cost 2 * n_params for n_params non-embedding parameters. The
     attention scores q k^T and the weighted sum of values add, per layer and per
-    token, 2 seq_len d_model each; with a causal mask only half of the (T, T)
-    products are needed, and Kaplan's count keeps that half: 2 n_layers seq_len
-    d_model in all. ``dense_attention=True`` counts the full square instead
-    (4 n_layers seq_len d_model), as an implementation that computes every score
-    and then masks (tinyllm's does) really performs. ``vocab_size`` > 0 adds the
+    token, 2 seq_len d_model each for the whole (T, T) square. Kaplan et al.'s
+    Table 1 lists 2 n_layers seq_len d_model for the two together, which is what
+    a causal model needs if it skips the masked half (our reading: the paper does
+    not give the reason), and that is the default here. ``dense_attention=True``
+    counts the full square instead (4 n_layers seq_len d_model), as an
+    implementation that computes every score and then masks (tinyllm's does)
+    really performs. ``vocab_size`` > 0 adds the
     output layer, 2 d_model vocab_size, which Kaplan leaves out of the total.
     """
     attention = (4 if dense_attention else 2) * n_layers * seq_len * d_model

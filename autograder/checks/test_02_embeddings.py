@@ -12,7 +12,7 @@ from autograder.forbidden import GROUPS
 from autograder.registry import check
 
 BOOK_EMBEDDING = "book/03_embeddings.html"
-BOOK_POSITIONS = "book/05_positional_encoding.html"
+BOOK_POSITIONS = "book/06_positional_encoding.html"
 
 
 def lookup(sub):

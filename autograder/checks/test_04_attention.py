@@ -12,7 +12,7 @@ from autograder import expect
 from autograder.forbidden import GROUPS
 from autograder.registry import check
 
-BOOK = "book/06_attention.html"
+BOOK = "book/05_attention.html"
 
 
 def attention(sub):
