@@ -12,11 +12,12 @@ PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}{sys.ver
 CONSTRAINTS := $(wildcard requirements/constraints-py$(PYVER).txt)
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: help book test notebooks solutions exercises gradescope grade preview system-deps clean clean-book
+.PHONY: help book test pin notebooks solutions exercises gradescope grade preview system-deps clean clean-book
 
 help:
 	@echo "make book       build the book into _build/html (installs what it needs)"
 	@echo "make test       run the whole test suite (builds the book first)"
+	@echo "make pin        record the last commit of the student package as what notebooks install"
 	@echo "make notebooks  regenerate the Colab notebooks paired with the chapters"
 	@echo "make solutions  regenerate the nbgrader source notebooks (solutions/) from the library"
 	@echo "make exercises  regenerate the student notebooks (exercises/) with nbgrader"
@@ -49,6 +50,11 @@ book: $(VENV)/.book-installed
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html  (or run: make preview)"
 
 # The notebooks quote the values the build computed: build first (incremental, cached).
+# After a commit that changes the student package (tinyllm/, autograder/, pyproject.toml):
+# record it as what the notebooks install, commit _config.yml, then `make notebooks exercises`.
+pin:
+	$(BIN)/python -m tools.bookconfig pin
+
 notebooks: book
 	$(BIN)/python -m tools.notebooks write
 

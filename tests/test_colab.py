@@ -127,6 +127,21 @@ def test_the_pin_follows_the_config(monkeypatch):
     assert bookconfig.package_install_spec().endswith(f"@v{bookconfig.version()}")
 
 
+def test_the_notebooks_install_the_last_commit_of_the_student_package():
+    """`make pin` after a change to the package: Colab installs exactly the code the checks ran here."""
+    last = bookconfig.last_package_commit()
+    if last is None:
+        pytest.skip("no git history here (a shallow clone or an unpacked archive)")
+    ref = bookconfig.package_ref()
+    if not re.fullmatch(r"[0-9a-f]{40}", ref):  # an instructor's tag: it must hold the package as it is now
+        resolved = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"], cwd=ROOT,
+                                  capture_output=True, text=True).stdout.strip()
+        assert resolved, f"package_ref {ref!r} is not a commit or tag of this repository"
+        ref = resolved
+    assert ref == last, "the student package changed since the pin: run `make pin`, commit _config.yml, " \
+        "then `make notebooks exercises` (and commit them)"
+
+
 def test_regenerating_without_a_build_changes_nothing(monkeypatch, tmp_path):
     """`check` without _build uses the values kept in each notebook: reproducible, and still catches edits."""
     source = ROOT / "book" / "04_softmax.md"

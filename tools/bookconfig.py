@@ -34,15 +34,52 @@ def version() -> str:
     return re.search(r'^version\s*=\s*"([^"]+)"', text, flags=re.M).group(1)
 
 
-def package_ref() -> str:
-    """The git tag (or commit) the notebooks install the student package from.
+# What the student package is built from (pyproject's packages, hidden checks excluded).
+PACKAGE_PATHS = ["pyproject.toml", "tinyllm", "autograder", ":(exclude)autograder/hidden"]
 
-    ``repository.package_ref`` in _config.yml when set (an instructor pins a term
-    to a tag or commit of their own), else the release tag ``v<version>``: the
-    notebooks of a release install that release, never a moving branch, so the
-    checks cannot change under students mid-term.
+
+def package_ref() -> str:
+    """The git commit (or tag) the notebooks install the student package from.
+
+    ``repository.package_ref`` in _config.yml: written by ``make pin`` as the last
+    commit that changed the student package, or set by an instructor to a tag of
+    their own for a term. Never a branch, so the checks cannot change under
+    students mid-term; a commit, so it exists on GitHub as soon as it is pushed.
+    Without a setting, the release tag ``v<version>``.
     """
     return str(config()["repository"].get("package_ref") or f"v{version()}")
+
+
+def last_package_commit() -> str | None:
+    """The newest commit that changed the student package; None without git history (or a shallow clone)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    if git("rev-parse", "--is-shallow-repository") != "false":
+        return None
+    return git("log", "-1", "--format=%H", "--", *PACKAGE_PATHS) or None
+
+
+def pin() -> str:
+    """Write the last package commit into _config.yml as repository.package_ref (``make pin``)."""
+    commit = last_package_commit()
+    if commit is None:
+        raise SystemExit("make pin needs the repository's git history (not a shallow clone)")
+    path = ROOT / "_config.yml"
+    text = path.read_text(encoding="utf-8")
+    line = f"  package_ref: {commit}  # make pin: the last commit that changed the student package\n"
+    if re.search(r"^  package_ref:.*\n", text, flags=re.M):
+        text = re.sub(r"^  package_ref:.*\n", line, text, count=1, flags=re.M)
+    else:
+        text = re.sub(r"^(repository:\n(?:  .*\n)*)", lambda m: m.group(1) + line, text, count=1, flags=re.M)
+    path.write_text(text, encoding="utf-8")
+    return commit
 
 
 def package_install_spec() -> str:
@@ -101,3 +138,12 @@ def generator_main(argv: list[str], doc: str, commands: dict, stale) -> int:
         return 1 if problems else 0
     print(doc, file=sys.stderr)
     return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["pin"]:
+        print(f"repository.package_ref = {pin()}")
+    else:
+        raise SystemExit("usage: python -m tools.bookconfig pin")
