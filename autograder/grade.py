@@ -45,7 +45,6 @@ from pathlib import Path
 
 from autograder.registry import assignments, checks_for, checks_version
 from autograder.report import atomic_write, class_csv, file_sha256, read_report, write_report
-from autograder.runner import empty_report, grade_notebook
 from autograder.submissions import Found, LatePolicy, Submission, UsageError, find_submissions, parse_time
 from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
                                shares_a_zygote, spawner_for, stage_runtime)
@@ -91,12 +90,39 @@ def limits_key(limits: Limits) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The zygote imports torch for 2 s or so; so does this process, for the checks. Start the
+    # zygote first (nothing of it is kept if the arguments turn out bad) and let both import at once.
+    isolation = "rlimits" if args.unsafe_no_sandbox else "bwrap"
+    limits = Limits(call_seconds=max(args.timeout, 0.001), cell_seconds=max(args.cell_timeout, 0.001),
+                    memory_bytes=args.memory * 2**20)
+    runtime = None
+    if isolation == "bwrap" and bwrap_works() and shares_a_zygote(isolation):
+        runtime = stage_runtime()
+        try:
+            spawner_for(runtime, isolation, limits, wait=False)
+        except WorkerError:
+            pass  # tried again, and reported, once it is needed
     try:
         plan = _plan(args)
     except UsageError as error:  # bad input: one line, exit 2, nothing written
+        _stop_sandbox(runtime)
         print(f"autograder: {error}", file=sys.stderr)
         return 2
-    isolation = "rlimits" if args.unsafe_no_sandbox else "bwrap"
+    try:
+        return _grade(args, plan, isolation, limits, runtime)
+    finally:
+        _stop_sandbox(runtime)
+
+
+def _stop_sandbox(runtime: Path | None) -> None:
+    close_spawners()
+    if runtime is not None:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limits, runtime: Path | None) -> int:
+    from autograder.runner import grade_notebook
+
     if isolation == "bwrap" and not bwrap_works():
         print("autograder: bubblewrap (bwrap) is not available, so submissions cannot be sandboxed. Install it "
               "(Debian/Ubuntu: apt-get install bubblewrap) or, for trusted notebooks only, pass "
@@ -119,7 +145,6 @@ def run(args: argparse.Namespace) -> int:
     for warning in plan.found.warnings:  # even with --quiet: a misspelt folder must not pass unnoticed
         print(f"autograder: warning: {warning}", file=sys.stderr)
     remove_stale_folders()
-    limits = Limits(call_seconds=args.timeout, cell_seconds=args.cell_timeout, memory_bytes=args.memory * 2**20)
     version = checks_version()
     todo, rows = [], {}
     for submission in submissions:
@@ -132,8 +157,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             todo.append(submission)
     skipped = sum(1 for s in submissions if s.path is not None) - len(todo)
-    runtime = stage_runtime() if todo else None
-    if runtime is not None:
+    if todo and runtime is None:
+        runtime = stage_runtime()
+    if todo:
+        # What the instructor files need (matplotlib among it), imported while the zygote boots.
+        from autograder import feedback, similarity, summary  # noqa: F401
         try:  # from this thread, which outlives the run: the sandbox dies with the thread that started it
             if shares_a_zygote(isolation):
                 spawner_for(runtime, isolation, limits)
@@ -141,9 +169,10 @@ def run(args: argparse.Namespace) -> int:
                 print("autograder: processes inside bubblewrap may not create namespaces here, so each submission "
                       "gets a sandbox of its own (as isolated, but about 2 s slower each)", file=sys.stderr)
         except WorkerError as error:
-            shutil.rmtree(runtime, ignore_errors=True)
             print(f"autograder: the sandbox could not start: {error.message}", file=sys.stderr)
             return 2
+    elif runtime is not None:
+        close_spawners()  # started on speculation; every report was up to date
     progress = _progress(len(todo), args.quiet)
     if skipped and not args.quiet:
         print(f"autograder: {skipped} submission(s) already graded (unchanged); --force regrades them",
@@ -168,8 +197,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         close_spawners()
-        if runtime is not None:
-            shutil.rmtree(runtime, ignore_errors=True)
     ordered = []
     for submission in submissions:
         if submission.label not in rows:
@@ -238,6 +265,8 @@ def _gradebook_due_dates(target: str, names: set[str]) -> dict[str, datetime]:
 
 
 def unchosen_report(submission: Submission) -> dict:
+    from autograder.runner import empty_report
+
     checks = checks_for(submission.assignment) if submission.assignment else []
     return empty_report(submission.label, submission.assignment,
                         f"No notebook was graded: {submission.problem}.", "invalid_notebook", checks, None)

@@ -53,7 +53,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder import wire
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TMP_PREFIX = "autograder-"
@@ -371,8 +370,8 @@ _spawners: dict[tuple[str, str], Spawner] = {}
 _spawners_lock = threading.Lock()
 
 
-def spawner_for(runtime: Path, isolation: str, limits: Limits) -> Spawner:
-    """The run's zygote, started on first use (and again if it died)."""
+def spawner_for(runtime: Path, isolation: str, limits: Limits, wait: bool = True) -> Spawner:
+    """The run's zygote, started on first use (and again if it died); ``wait=False`` returns while it boots."""
     key = (str(runtime), isolation)
     with _spawners_lock:
         spawner = _spawners.get(key)
@@ -380,7 +379,8 @@ def spawner_for(runtime: Path, isolation: str, limits: Limits) -> Spawner:
             if spawner is not None:
                 spawner.close()
             spawner = _spawners[key] = Spawner(runtime, isolation, limits)
-    spawner.wait_ready(limits.startup_seconds)
+    if wait:
+        spawner.wait_ready(limits.startup_seconds)
     return spawner
 
 
@@ -493,6 +493,8 @@ class Worker:
 
     def request(self, message: dict, timeout: float) -> dict:
         """Send one request and wait at most ``timeout`` seconds for its answer."""
+        from autograder import wire  # here, not at import: the grader starts its zygote before importing torch
+
         deadline = time.monotonic() + timeout
         try:
             self._write(wire.pack(message), deadline)

@@ -249,3 +249,20 @@ def test_instructor_files_come_with_the_run_and_leak_nothing(graded_class):
         count = sum(1 for s in graded if s.assignment == assignment)
         assert f"{count} submission" in summary
         assert (out / f"similarity-{assignment}.html").exists()
+
+
+@pytest.mark.parametrize("text", ["2026-11-02 10:00:00.000000 UTC", "2026-11-02 10:00:00.5 America/New_York",
+                                  "2026-11-01T23:59:00+00:00", "2026-11-01T23:59", "2026-11-01 12:00:00"])
+def test_times_are_read_as_nbgrader_reads_them(text):
+    from nbgrader.utils import parse_utc
+
+    from autograder.submissions import parse_time
+
+    assert parse_time(text, "the time") == parse_utc(text)
+
+
+def test_a_numeric_zone_is_an_offset_in_hours_and_minutes():
+    from autograder.submissions import parse_time
+
+    # nbgrader 0.9 reads "+0200" as 200 seconds; it is two hours.
+    assert parse_time("2026-11-02 10:00:00 +0200", "the time").isoformat() == "2026-11-02T08:00:00"
