@@ -95,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
     isolation = "rlimits" if args.unsafe_no_sandbox else "bwrap"
     limits = Limits(call_seconds=max(args.timeout, 0.001), cell_seconds=max(args.cell_timeout, 0.001),
                     memory_bytes=args.memory * 2**20)
-    runtime = None
-    if isolation == "bwrap" and bwrap_works() and shares_a_zygote(isolation):
-        runtime = stage_runtime()
+    runtime = stage_runtime() if isolation == "rlimits" or bwrap_works() else None  # removed at the end
+    if runtime is not None and isolation == "bwrap" and shares_a_zygote(isolation):
         try:
             spawner_for(runtime, isolation, limits, wait=False)
         except WorkerError:
@@ -157,8 +156,6 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
         else:
             todo.append(submission)
     skipped = sum(1 for s in submissions if s.path is not None) - len(todo)
-    if todo and runtime is None:
-        runtime = stage_runtime()
     if todo:
         # What the instructor files need (matplotlib among it), imported while the zygote boots.
         from autograder import feedback, similarity, summary  # noqa: F401
@@ -171,7 +168,7 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
         except WorkerError as error:
             print(f"autograder: the sandbox could not start: {error.message}", file=sys.stderr)
             return 2
-    elif runtime is not None:
+    else:
         close_spawners()  # started on speculation; every report was up to date
     progress = _progress(len(todo), args.quiet)
     if skipped and not args.quiet:
