@@ -291,7 +291,11 @@ def stale_notebooks() -> list[str]:
             problems.append(f"{rel}: missing (paired with {source.relative_to(ROOT)}); run `make notebooks`")
             continue
         built = build_values(source)
-        if target.read_text(encoding="utf-8") != render(source, committed_values(source) if built is None else built):
+        committed = committed_values(source)
+        if built is not None:  # a wall-clock measurement differs from build to build: not a reason to regenerate
+            built = {name: committed.get(name, value) if measured(source, name) else value
+                     for name, value in built.items()}
+        if target.read_text(encoding="utf-8") != render(source, committed if built is None else built):
             reason = f"{source.relative_to(ROOT)} changed" if built is None else \
                 f"{source.relative_to(ROOT)} or the values its build computed changed"
             problems.append(f"{rel}: stale, {reason} since it was generated; run `make notebooks`")
