@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from autograder.registry import assignments, checks_for, checks_version
+from autograder.registry import assignments, checks_for, checks_version, hidden_available
 from autograder.report import atomic_write, class_csv, file_sha256, read_report, write_report
 from autograder.submissions import Found, LatePolicy, Submission, UsageError, find_submissions, parse_time
 from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
@@ -136,8 +136,6 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
     for leftover in out.glob(".*.tmp"):  # a report being written when a previous run was killed
         leftover.unlink(missing_ok=True)
     submissions = plan.found.submissions
-    from autograder.registry import hidden_available
-
     if not hidden_available():
         print("autograder: warning: the hidden checks are not installed (this is the student package), so only the "
               "public checks count; grade from the course's checkout (pip install -e \".[grade]\")", file=sys.stderr)
@@ -179,7 +177,6 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
         report = grade_notebook(submission.path, runtime, limits, isolation, submission.assignment,
                                 label=submission.label)
         report["extra_data"]["limits"] = limits_key(limits)
-        report["extra_data"]["checks_version"] = version  # the run's, read once: one version per run
         return submission, report
 
     try:
@@ -249,16 +246,12 @@ def _plan(args: argparse.Namespace) -> Plan:
     if due_for_all is not None:
         due = {name: due_for_all for name in names}
     elif args.gradebook:
-        due = _gradebook_due_dates(args.gradebook, names)
+        from autograder.gradebook import due_dates
+
+        due = due_dates(args.gradebook, names)
     else:
         due = {}
     return Plan(found, due, policy)
-
-
-def _gradebook_due_dates(target: str, names: set[str]) -> dict[str, datetime]:
-    from autograder.gradebook import due_dates
-
-    return due_dates(target, names)
 
 
 def unchosen_report(submission: Submission) -> dict:

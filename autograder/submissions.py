@@ -73,14 +73,14 @@ def _notebooks(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.ipynb") if CHECKPOINTS not in p.relative_to(folder).parts)
 
 
-def _student_folders(root: Path, known: dict) -> list[Path]:
+def _student_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def is_tree_root(folder: Path, known: dict) -> bool:
     """An nbgrader submitted/ folder: some <student>/<assignment>/ inside it names a known assignment."""
     try:
-        return any((student / name).is_dir() for student in _student_folders(folder, known) for name in known)
+        return any((student / name).is_dir() for student in _student_folders(folder) for name in known)
     except OSError:
         return False
 
@@ -191,7 +191,7 @@ def find_submissions(paths: list[str], known: dict, assignment: str | None = Non
             continue
         root = path if path.is_dir() and is_tree_root(path, known) else tree_root_of(path, known)
         if root is not None:
-            students = _student_folders(root, known)
+            students = _student_folders(root)
             only_assignment = assignment
             if path.resolve() != root.resolve():
                 relative = path.resolve().relative_to(root.resolve()).parts
@@ -232,7 +232,7 @@ def select_student(root: Path, name: str, known: dict) -> Path:
         name = relative[0]
     folder = root / name
     if name.startswith(".") or not folder.is_dir():
-        students = [p.name for p in _student_folders(root, known)]
+        students = [p.name for p in _student_folders(root)]
         close = difflib.get_close_matches(name, students, n=1)
         hint = f" (did you mean {close[0]}?)" if close else f" ({len(students)} students there)"
         raise UsageError(f"--student {name}: no such student in {root}{hint}")
