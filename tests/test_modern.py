@@ -14,7 +14,7 @@ import tinyllm.attention
 from tinyllm.attention import (GroupedQueryAttention, KVCache, MultiHeadAttention, causal_attention,
                                repeat_kv)
 from tinyllm.layers import LlamaBlock, SwiGLU, rms_norm, swiglu_hidden
-from tinyllm.model import GPTConfig, TinyGPT, TinyLlama, make_model
+from tinyllm.model import GPTConfig, TinyGPT, TinyGPTWithCache, TinyLlama, make_model, with_kv_cache
 from tinyllm.positional import apply_rope
 from tinyllm.sampling import (CallRecorder, beam_search, continuation_logprob, generate, generate_cached)
 from tinyllm.scaling import kv_cache_bytes
@@ -30,6 +30,16 @@ def randn(shape, seed, scale=1.0):
 def llama(seed: int = 0, **sizes) -> TinyLlama:
     torch.manual_seed(seed)
     return make_model(GPTConfig(**{**SMALL, "arch": "llama", **sizes})).eval()
+
+
+def gpt2(seed: int = 0) -> TinyGPT:
+    torch.manual_seed(seed)
+    return make_model(GPTConfig(**SMALL)).eval()
+
+
+# Both model kinds, as generate_cached reads them (a TinyGPT through its wrapper).
+BOTH_KINDS = {"gpt2": lambda seed: with_kv_cache(gpt2(seed)), "llama/4": lambda seed: llama(seed, n_kv_heads=4),
+              "llama/2": lambda seed: llama(seed, n_kv_heads=2), "llama/1": lambda seed: llama(seed, n_kv_heads=1)}
 
 
 # ----------------------------------------------------------------- components against PyTorch
@@ -161,23 +171,42 @@ def test_make_model_builds_either_architecture():
 # ----------------------------------------------------------------- the cache changes nothing but the work
 
 
-@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
-def test_cached_forward_in_chunks_equals_the_whole_sequence(n_kv_heads):
-    model = llama(seed=n_kv_heads, n_kv_heads=n_kv_heads)
+@pytest.mark.parametrize("kind", BOTH_KINDS)
+def test_cached_forward_in_chunks_equals_the_whole_sequence(kind):
+    model = BOTH_KINDS[kind](seed=len(kind))
     idx = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
     whole, _ = model(idx)
-    caches = [KVCache() for _ in model.blocks]
+    caches = [KVCache() for _ in range(model.config.n_layers)]
     pieces = [model(idx[:, a:b], caches=caches)[0] for a, b in ((0, 7), (7, 8), (8, 15), (15, 20))]
     torch.testing.assert_close(torch.cat(pieces, dim=1), whole, atol=1e-5, rtol=1e-4)
     assert [c.length for c in caches] == [20, 20]
-    assert caches[0].k.shape == (2, n_kv_heads, 20, 8)
+    assert caches[0].k.shape == (2, model.config.kv_heads, 20, 8)
 
 
-@pytest.mark.parametrize("n_kv_heads", [4, 1])
+def test_the_gpt2_wrapper_shares_the_weights_and_keeps_the_position_limit():
+    model = gpt2()
+    wrapped = with_kv_cache(model)
+    assert type(wrapped) is TinyGPTWithCache and wrapped.model is model
+    modern = llama()
+    assert with_kv_cache(modern) is modern  # TinyLlama takes caches itself
+    assert wrapped.num_parameters() == model.num_parameters()
+    assert not wrapped.training  # it takes the model's mode
+    idx, targets = torch.randint(0, 300, (2, 9)), torch.randint(0, 300, (2, 9))
+    torch.testing.assert_close(wrapped(idx, targets)[1], model(idx, targets)[1], rtol=0, atol=0)
+    caches = [KVCache() for _ in model.blocks]
+    wrapped(torch.zeros(1, SMALL["context_length"] - 1, dtype=torch.long), caches=caches)
+    wrapped(torch.zeros(1, 1, dtype=torch.long), caches=caches)  # the last position of the table
+    with pytest.raises(ValueError, match="context_length"):
+        wrapped(torch.zeros(1, 1, dtype=torch.long), caches=caches)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama/4", "llama/1"])
 @pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0), dict(temperature=0.8, top_k=20),
                                       dict(temperature=1.2, top_p=0.9), dict(temperature=0, repetition_penalty=2.0)])
-def test_cached_generate_gives_the_same_ids(n_kv_heads, sampling):
-    model = llama(seed=3, n_kv_heads=n_kv_heads)
+def test_cached_generate_gives_the_same_ids(kind, sampling):
+    model = BOTH_KINDS[kind](seed=3)
+    if isinstance(model, TinyGPTWithCache):
+        model = model.model  # generate_cached wraps a TinyGPT itself
     prompt = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(1))
     uncached = generate(model, prompt, 30, generator=torch.Generator().manual_seed(7), **sampling)
     cached = generate_cached(model, prompt, 30, generator=torch.Generator().manual_seed(7), **sampling)
@@ -238,7 +267,8 @@ def test_a_full_width_beam_finds_the_best_two_token_continuation():
 # ----------------------------------------------------------------- the command line
 
 
-def test_cli_trains_the_modern_model_and_generates_the_same_text_with_and_without_the_cache(tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_cli_trains_either_model_and_generates_the_same_text_with_and_without_the_cache(arch, tmp_path, capsys):
     from tinyllm.cli import main
     from tinyllm.data import read_corpus, split_documents
     from tinyllm.train import load_checkpoint
@@ -249,10 +279,11 @@ def test_cli_trains_the_modern_model_and_generates_the_same_text_with_and_withou
             "--context-length", "48", "--batch-size", "4", "--max-steps", "6", "--eval-interval", "3",
             "--no-progress"]
     out = tmp_path / "run"
-    assert main(["train", "--out", str(out), "--corpus", str(corpus), "--arch", "llama", "--n-kv-heads", "2",
-                 *tiny]) == 0
+    kv_heads = ["--n-kv-heads", "2"] if arch == "llama" else []
+    assert main(["train", "--out", str(out), "--corpus", str(corpus), "--arch", arch, *kv_heads, *tiny]) == 0
     model = load_checkpoint(out / "checkpoint.pt").model()
-    assert type(model) is TinyLlama and model.config.kv_heads == 2
+    assert type(model) is {"llama": TinyLlama, "gpt2": TinyGPT}[arch]
+    assert model.config.kv_heads == (2 if arch == "llama" else 4)
     texts = {}
     for flags in ((), ("--no-cache",)):
         capsys.readouterr()

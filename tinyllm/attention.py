@@ -126,6 +126,23 @@ class KVCache:
         return self.k, self.v
 
 
+def multi_head_attention_cached(attn: MultiHeadAttention, x: Tensor, cache: KVCache) -> Tensor:
+    """``attn(x)`` for x (B, T, d_model) continuing the tokens in ``cache``: chapter 5's attention with a KV cache.
+
+    The same projections and head split as :class:`MultiHeadAttention`; the
+    new keys and values are appended to the cache, and the new queries, at
+    positions ``cache.length`` onwards, attend over everything it holds. Used
+    by :class:`tinyllm.model.TinyGPTWithCache`, so that chapter 5's class
+    stays as chapter 5 teaches it.
+    """
+    B, T, C = x.shape
+    start = cache.length  # absolute position of x's first token
+    q = attn.split_heads(attn.q_proj(x))  # (B, n_heads, T, d_k)
+    k, v = cache.update(attn.split_heads(attn.k_proj(x)), attn.split_heads(attn.v_proj(x)))  # (B, n_heads, start + T, d_k)
+    heads = causal_attention(q, k, v, start=start)
+    return attn.out_proj(heads.transpose(1, 2).contiguous().view(B, T, C))
+
+
 class GroupedQueryAttention(nn.Module):
     """Causal attention with n_heads query heads sharing n_kv_heads key/value heads, RoPE on q and k.
 

@@ -180,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_argument("--seed", type=int, default=0, help="seed for sampling: same seed, same text")
     generate_cmd.add_argument("--no-cache", action="store_true",
                               help="recompute the whole sequence for every token instead of using the KV cache "
-                              "(the same text, slower; the cache needs --arch llama and prompt + tokens within "
-                              "the context)")
+                              "(the same text, slower; the cache needs prompt + tokens within the context)")
     _device_options(generate_cmd)
     return parser
 
@@ -482,12 +481,10 @@ def cmd_generate(args) -> int:
     idx = torch.tensor([prompt_ids] * args.samples, dtype=torch.long, device=device)  # (samples, T)
     sampling = {"temperature": 0.0} if greedy else {
         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "generator": generator}
-    cached = (not args.no_cache and model.config.arch == "llama"
-              and idx.shape[1] + args.max_new_tokens <= model.config.context_length)
-    if not args.no_cache and not cached:
-        reason = ("a gpt2 model has no cache" if model.config.arch != "llama" else
-                  f"prompt + tokens exceed the context of {model.config.context_length}")
-        print(f"(without the KV cache: {reason})", file=sys.stderr)
+    cached = not args.no_cache and idx.shape[1] + args.max_new_tokens <= model.config.context_length
+    if not args.no_cache and not cached:  # the uncached generate slides a window; the cache cannot
+        print(f"(without the KV cache: prompt + tokens exceed the context of {model.config.context_length})",
+              file=sys.stderr)
     decode = generate_cached if cached else generate
     out = decode(model, idx, args.max_new_tokens, repetition_penalty=args.repetition_penalty, **sampling)
     for i, row in enumerate(out.tolist()):

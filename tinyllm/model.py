@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from tinyllm.embedding import Embedding
-from tinyllm.attention import KVCache
+from tinyllm.attention import KVCache, multi_head_attention_cached
 from tinyllm.layers import LayerNorm, LlamaBlock, RMSNorm, TransformerBlock
 from tinyllm.softmax import cross_entropy
 
@@ -162,6 +162,55 @@ class TinyLlama(nn.Module):
         if targets is not None:
             loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
         return logits, loss
+
+
+class TinyGPTWithCache(nn.Module):
+    """A TinyGPT read with one :class:`KVCache` per block: ``forward(idx, targets=None, caches=None)`` as TinyLlama's.
+
+    Chapter 8's TinyGPT takes the whole sequence on every call. This wrapper
+    shares its modules (the weights are not copied) and runs the same layers,
+    with two changes when ``caches`` is given: positions continue from
+    ``caches[0].length`` in the position table, and each block's attention
+    appends the new keys and values to its cache and reads all of them
+    (:func:`~tinyllm.attention.multi_head_attention_cached`). The learned
+    position table still ends at context_length.
+    """
+
+    def __init__(self, model: TinyGPT):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.train(model.training)  # a new module is in training mode: take the model's instead
+
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None,
+                caches: list[KVCache] | None = None) -> tuple[Tensor, Tensor | None]:
+        if caches is None:
+            return self.model(idx, targets)
+        gpt = self.model
+        B, T = idx.shape  # batch, new tokens
+        start = caches[0].length  # tokens already cached
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of length {start + T} exceeds context_length {self.config.context_length}"
+            )
+        positions = torch.arange(start, start + T, device=idx.device)
+        x = gpt.drop(gpt.tok_emb(idx) + gpt.pos_emb(positions))  # (B, T, d_model)
+        for block, cache in zip(gpt.blocks, caches):  # TransformerBlock.forward, attention reading the cache
+            x = x + block.drop(multi_head_attention_cached(block.attn, block.ln1(x), cache))
+            x = x + block.drop(block.ffn(block.ln2(x)))
+        logits = gpt.lm_head(gpt.ln_f(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        return logits, loss
+
+
+def with_kv_cache(model: nn.Module) -> nn.Module:
+    """A model whose forward takes ``caches``: a TinyGPT wrapped in :class:`TinyGPTWithCache`, any other as it is."""
+    return TinyGPTWithCache(model) if isinstance(model, TinyGPT) else model
 
 
 def make_model(config: GPTConfig) -> TinyGPT | TinyLlama:

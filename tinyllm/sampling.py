@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from tinyllm.attention import KVCache
+from tinyllm.model import with_kv_cache
 from tinyllm.softmax import log_softmax, softmax
 
 
@@ -122,15 +123,17 @@ def generate_cached(
     The prompt goes through the model once, filling one :class:`KVCache` per
     block; after that each call gets only the token just chosen, and its
     attention reads the earlier keys and values from the caches. Generating T
-    tokens costs O(T) positions of work instead of O(T^2). The model's forward
-    must take ``caches`` (TinyLlama's does). The cache is never cropped, so the
-    prompt and the new tokens must fit in context_length.
+    tokens costs O(T) positions of work instead of O(T^2). TinyLlama's forward
+    takes ``caches``; a TinyGPT is read through :class:`TinyGPTWithCache`. The
+    cache is never cropped, so the prompt and the new tokens must fit in
+    context_length.
     """
     if idx.shape[1] + max_new_tokens > model.config.context_length:
         raise ValueError(
             f"prompt ({idx.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds context_length "
             f"{model.config.context_length}: the cached generate does not slide a window"
         )
+    model = with_kv_cache(model)  # TinyGPT's blocks take no cache: read it through the wrapper
     was_training = model.training
     model.eval()
     caches = [KVCache() for _ in range(model.config.n_layers)]
