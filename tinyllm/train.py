@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tinyllm.embedding import Embedding
 from tinyllm.layers import LayerNorm
 from tinyllm.model import GPTConfig, TinyGPT, make_model
+from tinyllm.optim import AdamW, clip_grad_norm, cosine_lr
 from tinyllm.softmax import cross_entropy
 
 CHECKPOINT_FORMAT = "tinyllm-checkpoint"
@@ -211,20 +212,13 @@ def sequence_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
-    """Learning rate for optimiser step ``step`` (0-based): linear warm-up, then cosine decay.
+    """Learning rate for optimiser step ``step`` (0-based): ``cosine_lr`` with the config's settings.
 
-    Steps 0..W-1 ramp linearly up to ``lr`` (step W-1 uses the full rate);
-    from step W the rate follows half a cosine from ``lr`` down to ``min_lr``,
-    reached at step ``max_steps`` (and kept after it).
+    Step 0 is the first update and uses ``lr / warmup_steps``; step
+    ``warmup_steps - 1`` uses the full rate; the cosine reaches ``min_lr`` at
+    ``max_steps`` (see :func:`tinyllm.optim.cosine_lr`).
     """
-    warmup, total = config.warmup_steps, config.max_steps
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if step >= total:
-        return config.min_lr
-    progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
-    return config.min_lr + (config.lr - config.min_lr) * cosine
+    return cosine_lr(step, config.warmup_steps, config.max_steps, config.lr, config.min_lr)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -251,10 +245,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> AdamW:
     # betas (0.9, 0.95) as in GPT-3: a shorter memory of squared gradients reacts
     # faster to the loss landscape changing, which helps short runs.
-    return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
+    return AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
 
 
 def train_step(
@@ -269,7 +263,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     # Rescale the whole gradient if its norm exceeds grad_clip (Pascanu et al., 2013).
-    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    clip_grad_norm(model.parameters(), grad_clip)
     optimizer.step()
     return loss.item()
 
