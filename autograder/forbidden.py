@@ -69,6 +69,20 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "tinyllm.attention.causal_attention": ("tinyllm.attention", "causal_attention"),
     "tinyllm.sampling.generate_cached": ("tinyllm.sampling", "generate_cached"),
     "tinyllm.sampling.beam_search": ("tinyllm.sampling", "beam_search"),
+    # 09_training: torch.optim.Adam and AdamW both step through torch.optim.adam.adam.
+    "torch.optim.AdamW": ("torch.optim.adam", "adam"),
+    "torch.optim.adamw.adamw": ("torch.optim.adamw", "adamw"),
+    "torch.optim._functional.adam": ("torch.optim._functional", "adam"),
+    "clip_grad_norm_": ("torch.nn.utils", "clip_grad_norm_"),
+    "torch.nn.utils.clip_grad.clip_grad_norm_": ("torch.nn.utils.clip_grad", "clip_grad_norm_"),
+    "torch.nn.utils.get_total_norm": ("torch.nn.utils", "get_total_norm"),
+    "torch.nn.utils.clip_grad.get_total_norm": ("torch.nn.utils.clip_grad", "get_total_norm"),
+    "torch.nn.utils.clip_grads_with_norm_": ("torch.nn.utils", "clip_grads_with_norm_"),
+    "torch.nn.utils.clip_grad.clip_grads_with_norm_": ("torch.nn.utils.clip_grad", "clip_grads_with_norm_"),
+    "tinyllm.optim.AdamW": ("tinyllm.optim.AdamW", "step"),
+    "tinyllm.optim.cosine_lr": ("tinyllm.optim", "cosine_lr"),
+    "tinyllm.train.lr_at": ("tinyllm.train", "lr_at"),
+    "tinyllm.optim.clip_grad_norm": ("tinyllm.optim", "clip_grad_norm"),
 }
 
 # What each exercise may not use: built-in families and the book library's own answer.
@@ -96,6 +110,11 @@ GROUPS: dict[str, list[str]] = {
     "causal_attention": ["F.scaled_dot_product_attention", "nn.MultiheadAttention", "tinyllm.attention.causal_attention",
                          "tinyllm.attention.scaled_dot_product_attention"],
     "decoding": ["tinyllm.sampling.generate", "tinyllm.sampling.generate_cached", "tinyllm.sampling.beam_search"],
+    "adamw": ["torch.optim.AdamW", "torch.optim.adamw.adamw", "torch.optim._functional.adam", "tinyllm.optim.AdamW"],
+    "schedule": ["tinyllm.optim.cosine_lr", "tinyllm.train.lr_at"],
+    "clip": ["clip_grad_norm_", "torch.nn.utils.clip_grad.clip_grad_norm_", "torch.nn.utils.get_total_norm",
+             "torch.nn.utils.clip_grad.get_total_norm", "torch.nn.utils.clip_grads_with_norm_",
+             "torch.nn.utils.clip_grad.clip_grads_with_norm_", "tinyllm.optim.clip_grad_norm"],
 }
 
 # Readable names for messages: nn.Embedding and nn.LayerNorm reach these functions.
@@ -105,6 +124,9 @@ SHOWN_AS = {
     "F.rms_norm": "F.rms_norm / nn.RMSNorm",
     "F.softmax": "F.softmax / nn.Softmax",
     "F.cross_entropy": "F.cross_entropy / nn.CrossEntropyLoss",
+    "torch.optim.AdamW": "torch.optim.AdamW / torch.optim.Adam",
+    "clip_grad_norm_": "torch.nn.utils.clip_grad_norm_",
+    "tinyllm.optim.AdamW": "the book's tinyllm.optim.AdamW",
 }
 
 _state = threading.local()

@@ -241,3 +241,26 @@ def test_every_discovered_name_is_defined_by_the_reference_solution():
                 defined |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
         missing = [name for name in names if name not in defined]
         assert not missing, f"{assignment}: checks test {missing}, which the reference solution does not define"
+
+
+TRAINING = [f for f in FIXTURES if f.assignment == "09_training"]
+
+
+@pytest.mark.parametrize("fixture", TRAINING, ids=lambda f: f.name)
+def test_training_mistakes_cost_exactly_their_checks_in_the_notebook(fixture):
+    """09_training without the sandbox: each mistake fails its checks with its message and loses their points."""
+    import autograder
+    from autograder.api import LocalSubmission
+
+    names = exercises.solution_namespace(fixture.assignment, fixture.cell, fixture.old, fixture.new)
+    score, failed = 0.0, {}
+    for entry in checks_for(fixture.assignment):
+        status, message = autograder.run_one(entry, LocalSubmission(names), names, 10.0)
+        if status == "passed":
+            score += entry.points
+        else:
+            failed[entry.id] = (status, message)
+    assert set(failed) == set(fixture.fails), f"{fixture.name}: failing checks {sorted(failed)}"
+    for check_id, (status, phrase) in fixture.fails.items():
+        assert failed[check_id][0] == status and phrase in failed[check_id][1], failed[check_id]
+    assert score == fixture.score
