@@ -19,6 +19,7 @@ EXERCISES = {
     "06_tiny_gpt": "TinyGPT, top-k / top-p filtering, sampling and generation",
     "07_modern_block": "RMSNorm, rotary positions, SwiGLU, grouped-query attention, the modern block",
     "08_fast_generation": "The KV cache, the causal mask over it, cached generation, beam search",
+    "09_training": "The training loop's parts: AdamW, the warm-up + cosine schedule, gradient clipping",
 }
 
 
