@@ -83,6 +83,11 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "tinyllm.optim.cosine_lr": ("tinyllm.optim", "cosine_lr"),
     "tinyllm.train.lr_at": ("tinyllm.train", "lr_at"),
     "tinyllm.optim.clip_grad_norm": ("tinyllm.optim", "clip_grad_norm"),
+    # 10_post_training.
+    "tinyllm.posttrain.sft_loss": ("tinyllm.posttrain", "sft_loss"),
+    "tinyllm.posttrain.sequence_logprob": ("tinyllm.posttrain", "sequence_logprob"),
+    "tinyllm.posttrain.dpo_loss": ("tinyllm.posttrain", "dpo_loss"),
+    "tinyllm.posttrain.LoRALinear": ("tinyllm.posttrain.LoRALinear", "forward"),
 }
 
 # What each exercise may not use: built-in families and the book library's own answer.
@@ -115,6 +120,10 @@ GROUPS: dict[str, list[str]] = {
     "clip": ["clip_grad_norm_", "torch.nn.utils.clip_grad.clip_grad_norm_", "torch.nn.utils.get_total_norm",
              "torch.nn.utils.clip_grad.get_total_norm", "torch.nn.utils.clip_grads_with_norm_",
              "torch.nn.utils.clip_grad.clip_grads_with_norm_", "tinyllm.optim.clip_grad_norm"],
+    "post_training": ["F.cross_entropy", "F.log_softmax", "torch.log_softmax", "Tensor.log_softmax",
+                      "torch.special.log_softmax", "tinyllm.softmax.cross_entropy", "tinyllm.posttrain.sft_loss",
+                      "tinyllm.posttrain.sequence_logprob", "tinyllm.posttrain.dpo_loss",
+                      "tinyllm.posttrain.LoRALinear"],
 }
 
 # Readable names for messages: nn.Embedding and nn.LayerNorm reach these functions.
@@ -127,6 +136,7 @@ SHOWN_AS = {
     "torch.optim.AdamW": "torch.optim.AdamW / torch.optim.Adam",
     "clip_grad_norm_": "torch.nn.utils.clip_grad_norm_",
     "tinyllm.optim.AdamW": "the book's tinyllm.optim.AdamW",
+    "tinyllm.posttrain.LoRALinear": "the book's tinyllm.posttrain.LoRALinear",
 }
 
 _state = threading.local()

@@ -264,3 +264,66 @@ def test_training_mistakes_cost_exactly_their_checks_in_the_notebook(fixture):
     for check_id, (status, phrase) in fixture.fails.items():
         assert failed[check_id][0] == status and phrase in failed[check_id][1], failed[check_id]
     assert score == fixture.score
+
+
+# ---------------------------------------------------------------- 10_post_training: each mistake costs its points
+
+POST_TRAINING_MISTAKES = {
+    "mask_on_the_prompt": (
+        "sft_loss", "    log_probs = log_softmax(logits, dim=-1)  # (B, T, V)\n    safe",
+        "    loss_mask = ~loss_mask\n    log_probs = log_softmax(logits, dim=-1)  # (B, T, V)\n    safe",
+        {"sft_loss_public": ("failed", "You scored the prompt"), "sft_loss_hidden": ("failed", "wrong values")}, 13),
+    "mean_over_all_positions": (
+        "sft_loss", "return -(picked * mask).sum() / mask.sum()", "return -(picked * mask).mean()",
+        {"sft_loss_public": ("failed", "mean over all B * T positions"),
+         "sft_loss_hidden": ("failed", "wrong values")}, 13),
+    "sft_loss_uses_builtin": (
+        "sft_loss", "    log_probs = log_softmax(logits, dim=-1)  # (B, T, V)\n    safe",
+        "    log_probs = F.log_softmax(logits, dim=-1)\n    safe",
+        {"sft_loss_public": ("forbidden", "uses F.log_softmax"), "sft_loss_hidden": ("forbidden", "F.log_softmax")}, 13),
+    "lora_scaled_by_alpha": (
+        "LoRALinear", "self.scaling = alpha / rank", "self.scaling = alpha",
+        {"LoRALinear_public": ("failed", "You scaled the update by alpha"),
+         "LoRALinear_merged_public": ("failed", "You scaled the update by alpha"),
+         "LoRALinear_hidden": ("failed", "wrong values")}, 12),
+    "lora_b_not_zero": (
+        "LoRALinear", "self.lora_b = nn.Parameter(torch.zeros(", "self.lora_b = nn.Parameter(torch.randn(",
+        {"LoRALinear_init_public": ("failed", "the layer changes before training")}, 15),
+    "dpo_preference_flipped": (
+        "dpo_loss",
+        "margin = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)",
+        "margin = (policy_rejected_logps - ref_rejected_logps) - (policy_chosen_logps - ref_chosen_logps)",
+        {"dpo_loss_public": ("failed", "The preference is flipped"), "dpo_loss_hidden": ("failed", "wrong values")},
+        14),
+    "dpo_without_beta": (
+        "dpo_loss", "F.logsigmoid(beta * margin)", "F.logsigmoid(margin)",
+        {"dpo_loss_public": ("failed", "You left out beta"), "dpo_loss_hidden": ("failed", "wrong values")}, 14),
+}
+
+
+def post_training_results(names: dict) -> dict[str, tuple[str, float, str]]:
+    import autograder
+    from autograder.api import LocalSubmission
+
+    results = {}
+    for entry in checks_for("10_post_training"):
+        status, message = autograder.run_one(entry, LocalSubmission(names), names, 10.0)
+        results[entry.id] = (status, entry.points, message)
+    return results
+
+
+def test_post_training_reference_scores_full_marks():
+    results = post_training_results(exercises.solution_namespace("10_post_training"))
+    assert {status for status, _, _ in results.values()} == {"passed"}, results
+    assert sum(points for _, points, _ in results.values()) == 17
+
+
+@pytest.mark.parametrize("mistake", list(POST_TRAINING_MISTAKES))
+def test_post_training_mistake_loses_exactly_its_points(mistake):
+    cell, old, new, fails, score = POST_TRAINING_MISTAKES[mistake]
+    results = post_training_results(exercises.solution_namespace("10_post_training", cell, old, new))
+    failed = {check_id: (status, message) for check_id, (status, _, message) in results.items() if status != "passed"}
+    assert sorted(failed) == sorted(fails), {k: v[1][:300] for k, v in failed.items()}
+    for check_id, (status, phrase) in fails.items():
+        assert failed[check_id][0] == status and phrase in failed[check_id][1], failed[check_id][1]
+    assert sum(points for status, points, _ in results.values() if status == "passed") == score
