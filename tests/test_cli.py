@@ -233,3 +233,88 @@ def test_errors_come_without_a_traceback_from_the_console_script(bad_files):
     assert "not valid UTF-8" in result.stderr and "Traceback" not in result.stderr
     usage = subprocess.run([*command, "train", "--d-model", "many"], capture_output=True, text=True)
     assert usage.returncode == 2 and "invalid int value" in usage.stderr
+
+
+# --------------------------------------------------------------------------- finetune
+
+QA = "Q: What is a token?\nA: A piece of text.\n\nQ: What is a model?\nA: A function.\n\nQ: Why stop?\nA: To end.\n"
+
+
+@pytest.fixture(scope="module")
+def chat_ready(tmp_path_factory, small_corpus) -> tuple[Path, Path]:
+    """A tiny model trained on documents with a context long enough for a chat turn, and a Q&A file."""
+    out = tmp_path_factory.mktemp("chat")
+    assert train(out, small_corpus, "--context-length", "40", "--max-steps", "4", "--eval-interval", "4") == 0
+    qa = out / "qa.txt"
+    qa.write_text(QA, encoding="utf-8")
+    return out / "checkpoint.pt", qa
+
+
+def finetune(checkpoint: Path, qa: Path, out: Path, *extra: str) -> int:
+    return main(["finetune", str(checkpoint), "--qa", str(qa), "--out", str(out), "--steps", "6",
+                 "--batch-size", "2", "--threads", "1", "--save-every", "2", *extra])
+
+
+def test_help_explains_every_finetune_option(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--qa", "--steps", "--batch-size", "--lr", "--lora-rank", "--lora-alpha", "--unmasked",
+                   "--resume", "--until", "--seed"):
+        assert option in text, option
+
+
+@pytest.mark.parametrize("extra", [[], ["--lora-rank", "2"]], ids=["full", "lora"])
+def test_finetune_resumed_after_until_gives_the_uninterrupted_weights(chat_ready, tmp_path, extra, capsys):
+    from tinyllm.posttrain import load_finetune
+
+    checkpoint, qa = chat_ready
+    assert finetune(checkpoint, qa, tmp_path / "whole", *extra) == 0
+    assert "answers" in capsys.readouterr().err
+    assert finetune(checkpoint, qa, tmp_path / "parts", *extra, "--until", "3") == 0
+    assert load_finetune(tmp_path / "parts/finetune.pt")["step"] == 3
+    assert finetune(checkpoint, qa, tmp_path / "parts", *extra, "--resume") == 0
+    whole, parts = load_finetune(tmp_path / "whole/finetune.pt"), load_finetune(tmp_path / "parts/finetune.pt")
+    assert whole["losses"] == parts["losses"] and whole["model"].keys() == parts["model"].keys()
+    for name in whole["model"]:
+        assert torch.equal(whole["model"][name], parts["model"][name]), name
+    if extra:
+        assert any("lora_b" in name for name in whole["model"])
+
+
+FINETUNE_ERRORS = {
+    "fine-tuning checkpoint as the base": ("{finetuned}", "{qa}", [], "is a fine-tuning checkpoint"),
+    "window-trained base": ("{windows}", "{qa}", [], "trained without an end-of-text token"),
+    "garbage base": ("{garbage}", "{qa}", [], "is not a readable tinyllm checkpoint"),
+    "missing Q&A file": ("{checkpoint}", "{missing}", [], "Q&A file"),
+    "Q&A file without answers": ("{checkpoint}", "{prose}", [], "is not a 'Q: ...' line followed by an 'A: ...'"),
+    "non-UTF-8 Q&A file": ("{checkpoint}", "{latin1}", [], "Q&A file"),
+    "resume without a run": ("{checkpoint}", "{qa}", ["--resume"], "nothing to resume"),
+    "resume with another rank": ("{checkpoint}", "{qa}", ["--out", "{done}", "--resume", "--lora-rank", "3"],
+                                 "these differ from it: --lora-rank"),
+    "overwrite a run": ("{checkpoint}", "{qa}", ["--out", "{done}"], "already exists"),
+}
+
+
+@pytest.mark.parametrize("case", FINETUNE_ERRORS)
+def test_finetune_bad_input_gets_a_clear_message(case, chat_ready, bad_files, small_corpus, tmp_path_factory,
+                                                 capsys):
+    checkpoint, qa = chat_ready
+    folder = tmp_path_factory.getbasetemp() / "finetune-errors"
+    if not (folder / "done/finetune.pt").exists():
+        assert finetune(checkpoint, qa, folder / "done") == 0
+        assert train(folder / "windows", small_corpus, "--samples", "windows", "--max-steps", "2",
+                     "--eval-interval", "2") == 0
+        (folder / "prose.txt").write_text("Just a sentence.\n\nAnother one.\n", encoding="utf-8")
+    capsys.readouterr()
+    names = {"checkpoint": str(checkpoint), "qa": str(qa), "finetuned": str(folder / "done/finetune.pt"),
+             "windows": str(folder / "windows/checkpoint.pt"), "garbage": str(bad_files["garbage"]),
+             "missing": str(folder / "missing.txt"), "prose": str(folder / "prose.txt"),
+             "latin1": str(bad_files["latin1"]), "done": str(folder / "done")}
+    base, qa_file, extra, message = FINETUNE_ERRORS[case]
+    argv = ["finetune", base.format(**names), "--qa", qa_file.format(**names), "--out", str(folder / "new"),
+            *[a.format(**names) for a in extra]]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.startswith("tiny-llm finetune: error: ") and err.count("\n") == 1, err

@@ -30,6 +30,8 @@ from tinyllm.answers import answer_questions, askable
 from tinyllm.data import corpus_path, encode_splits, read_corpus, split_corpus, split_documents, token_stream
 from tinyllm.model import ARCHITECTURES, GPTConfig
 from tinyllm.ngram import NGramLM
+from tinyllm.posttrain import (ChatTokenizer, FineTuneConfig, FineTuner, grow_vocabulary,
+                               load_finetune, parse_qa, save_finetune, score_answers)
 from tinyllm.sampling import generate, generate_cached
 from tinyllm.train import (SAMPLES, Checkpoint, Trainer, TrainConfig, bits_per_byte, build_model, cpu_threads,
                            evaluate, evaluate_documents, load_checkpoint)
@@ -67,6 +69,16 @@ TRAIN_OPTIONS = {
     "seed": "seed for the initial weights, the batch order and dropout: same seed, same run",
 }
 
+
+FINETUNE_OPTIONS = {
+    "steps": "optimiser steps in the whole run",
+    "batch_size": "questions per step, drawn at random with replacement",
+    "lr": "learning rate (AdamW, constant, no weight decay)",
+    "lora_rank": "0: fine-tune every weight; r >= 1: freeze the model and train LoRA matrices of rank r",
+    "lora_alpha": "LoRA's scale: the update is multiplied by alpha / rank",
+    "seed": "seed for the batch order and LoRA's initial matrices",
+}
+FINETUNE_NAME = "finetune.pt"
 
 CHOICES = {"samples": SAMPLES, "keep": ("last", "best")}
 
@@ -182,6 +194,39 @@ def build_parser() -> argparse.ArgumentParser:
                               help="recompute the whole sequence for every token instead of using the KV cache "
                               "(the same text, slower; the cache needs prompt + tokens within the context)")
     _device_options(generate_cmd)
+
+    finetune = commands.add_parser(
+        "finetune",
+        help="supervised fine-tuning on questions and answers, in the chat template; writes DIR/finetune.pt",
+        description="Fine-tune a model written by 'tiny-llm train' to answer in the chat template of chapter 13 "
+        "(end-of-text, <|user|>, the question, <|assistant|>, the answer, end-of-text), with the loss on the "
+        "answer only. The two role markers get new ids after end-of-text, so the model's token table grows by "
+        "two rows. With --lora-rank the model is frozen and only LoRA matrices on its blocks' linear layers "
+        "train. The checkpoint is rewritten (atomically) every --save-every steps, so an interrupted run "
+        "continues exactly with --resume.",
+        formatter_class=_HelpFormatter,
+    )
+    finetune.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train' (on documents)")
+    finetune.add_argument("--qa", type=Path, default=None, metavar="FILE",
+                          help="UTF-8 text of 'Q: ...' / 'A: ...' documents separated by blank lines "
+                          "(default: the training split of the book's corpus)")
+    finetune.add_argument("--out", type=Path, default=Path("runs/finetune"), metavar="DIR",
+                          help="folder for the fine-tuning checkpoint")
+    tuning = finetune.add_argument_group("fine-tuning")
+    for name, text in FINETUNE_OPTIONS.items():
+        default = _defaults(FineTuneConfig)[name]
+        tuning.add_argument(_flag(name), type=type(default), default=None, help=f"{text} (default: {default})")
+    tuning.add_argument("--unmasked", action="store_true",
+                        help="score every token, the question included, not only the answer")
+    ft_run = finetune.add_argument_group("run")
+    ft_run.add_argument("--resume", action="store_true",
+                        help="continue the run saved in DIR/finetune.pt exactly where it stopped")
+    ft_run.add_argument("--force", action="store_true", help="start a new run even if DIR already holds one")
+    ft_run.add_argument("--until", type=int, default=None, metavar="STEP",
+                        help="stop at this step and save (continue later with --resume)")
+    ft_run.add_argument("--save-every", type=int, default=50, metavar="STEPS",
+                        help="steps between checkpoints (and progress lines)")
+    _device_options(ft_run)
     return parser
 
 
@@ -498,10 +543,121 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- finetune
+
+
+def _base_for_finetune(path: Path) -> Checkpoint:
+    """The checkpoint to fine-tune from, or a one-line error saying what kind of file it is instead."""
+    if not path.is_file():
+        raise CliError(f"checkpoint not found: {path}")
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as err:
+        try:
+            load_finetune(path)
+        except ValueError:
+            raise err from None
+        raise CliError(f"{path} is a fine-tuning checkpoint (from 'tiny-llm finetune'); fine-tune from a "
+                       "checkpoint written by 'tiny-llm train', or continue this run with --resume") from None
+    if ckpt.merges is None or not ckpt.end_of_text:
+        raise CliError(f"{path} was trained without an end-of-text token (--samples windows): the chat template "
+                       "needs one; fine-tune a model trained on documents")
+    return ckpt
+
+
+def _qa(path: Path | None) -> tuple[list[tuple[str, str]], str]:
+    if path is None:
+        return parse_qa(split_corpus(read_corpus()).train), "the training split of the book's corpus"
+    if not path.is_file():
+        raise CliError(f"Q&A file {path} {'is a folder, not a text file' if path.is_dir() else 'not found'}")
+    try:
+        text = read_corpus(path)
+    except ValueError as err:
+        raise CliError(str(err).replace("corpus file", "Q&A file")) from None
+    try:
+        return parse_qa(text), str(path)
+    except ValueError as err:
+        raise CliError(f"Q&A file {path}: {err}") from None
+
+
+def cmd_finetune(args) -> int:
+    device = _device(args.device)
+    ckpt = _base_for_finetune(args.checkpoint)
+    pairs, source = _qa(args.qa)
+    out = args.out / FINETUNE_NAME
+    for name in ("until", "save_every"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise CliError(f"{_flag(name)} must be at least 1, got {getattr(args, name)}")
+    given = {name: getattr(args, name) for name in FINETUNE_OPTIONS if getattr(args, name) is not None}
+    if args.unmasked:
+        given["masked"] = False
+    chat = ChatTokenizer(ckpt.tokenizer())
+    examples = [chat.example(q, a) for q, a in pairs]
+    if args.resume:
+        if not out.exists():
+            raise CliError(f"nothing to resume: {out} does not exist")
+        state = load_finetune(out)
+        if [tuple(m) for m in state["merges"]] != list(ckpt.merges) or state["base_config"] != ckpt.model_config.to_dict():
+            raise CliError(f"{out} was fine-tuned from another model than {args.checkpoint}")
+        if state["meta"].get("qa_sha256") != _digest(repr(pairs)):
+            raise CliError(f"{out} was fine-tuned on other questions ({state['meta'].get('qa', '?')}); "
+                           "resume with the same --qa")
+        config = FineTuneConfig(**state["config"])
+        changed = [_flag(n) if n != "masked" else "--unmasked" for n, v in given.items() if getattr(config, n) != v]
+        if changed:
+            raise CliError("--resume continues the saved run with its own settings; these differ from it: "
+                           + ", ".join(changed))
+        model = grow_vocabulary(ckpt.model(device), 2)
+        tuner = FineTuner(model, examples, chat.end_of_text_id, config)
+        tuner.load_state(state)
+        print(f"resuming {out} at step {tuner.step} of {config.steps}", file=sys.stderr)
+    else:
+        if out.exists() and not args.force:
+            raise CliError(f"{out} already exists: continue it with --resume, or replace it with --force")
+        config = FineTuneConfig(**given)
+        model = grow_vocabulary(ckpt.model(device), 2)
+        tuner = FineTuner(model, examples, chat.end_of_text_id, config)
+        trainable = sum(p.numel() for p in tuner.model.parameters() if p.requires_grad)
+        print(f"fine-tuning {trainable:,} of {sum(p.numel() for p in tuner.model.parameters()):,} parameters "
+              f"({'LoRA rank ' + str(config.lora_rank) if config.lora_rank else 'all'}) on {len(examples):,} "
+              f"questions from {source}", file=sys.stderr)
+    meta = {"qa": source, "qa_sha256": _digest(repr(pairs)), "base": str(args.checkpoint)}
+    stop_at = config.steps if args.until is None else min(args.until, config.steps)
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+
+    def callback(step: int, loss: float) -> bool:
+        if step % args.save_every == 0 and step < config.steps:
+            save_finetune(out, tuner, ckpt.model_config.to_dict(), ckpt.merges, meta)
+            print(f"step {step:6d}  loss {loss:.4f}", file=sys.stderr)
+        return interrupted
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        tuner.train(until=stop_at, callback=callback)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    save_finetune(out, tuner, ckpt.model_config.to_dict(), ckpt.merges, meta)
+    if tuner.step < config.steps:
+        print(f"stopped at step {tuner.step}; saved {out}; continue with: tiny-llm finetune {args.checkpoint} "
+              f"--out {args.out} --resume", file=sys.stderr)
+        return 0
+    score = score_answers(tuner.model, chat, pairs)
+    print(f"finished at step {tuner.step}: last loss {tuner.losses[-1]:.4f}; answers {round(score.exact * len(pairs))} "
+          f"of {len(pairs)} questions exactly, ends {round(score.ends * len(pairs))} with end-of-text; saved {out}",
+          file=sys.stderr)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "finetune": cmd_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:
