@@ -293,3 +293,53 @@ def test_cli_trains_either_model_and_generates_the_same_text_with_and_without_th
         texts[flags] = captured.out
         assert ("without the KV cache" in captured.err) is False
     assert texts[()] == texts[("--no-cache",)] and len(texts[()]) > 4
+
+
+# ----------------------------------------------------------------- chapter 11's one-change models
+
+
+def test_gpt2_with_swaps_exactly_one_part():
+    from tinyllm.book import gpt2_with
+    from tinyllm.layers import FeedForward, LayerNorm, RMSNorm
+
+    config = GPTConfig(**SMALL)
+    plain = gpt2_with("none", config)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {
+        k: v.shape for k, v in make_model(config).state_dict().items()}
+    norms = gpt2_with("rmsnorm", config)
+    assert all(type(m) is not LayerNorm for m in norms.modules()) and type(norms.ln_f) is RMSNorm
+    assert type(norms.blocks[0].ffn) is FeedForward
+    swiglu = gpt2_with("swiglu", config)
+    assert all(type(b.ffn) is SwiGLU for b in swiglu.blocks) and type(swiglu.blocks[0].ln1) is LayerNorm
+    rope = gpt2_with("rope", config)
+    assert all(type(b.attn) is GroupedQueryAttention for b in rope.blocks)
+    assert not any("pos_emb" in name for name, _ in rope.named_parameters())
+    assert rope(torch.randint(0, 300, (2, 12)))[0].shape == (2, 12, 300)
+    for change in ("none", "rmsnorm", "swiglu", "rope"):  # seeded: the same model twice
+        a, b = gpt2_with(change, config, seed=3), gpt2_with(change, config, seed=3)
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        assert a.lm_head.weight is a.tok_emb.weight
+    with pytest.raises(ValueError, match="change must be one of"):
+        gpt2_with("layernorm", config)
+
+
+def test_variants_trained_two_at_a_time_equal_those_trained_one_by_one(tmp_path, monkeypatch):
+    from tinyllm.book import trained_variants
+    from tinyllm.train import TrainConfig
+
+    config = GPTConfig(**{**SMALL, "vocab_size": 280})
+    short = TrainConfig(max_steps=4, eval_interval=2, batch_size=4)
+    runs = [(config, short, "none"), (config, short, "rope"),
+            (GPTConfig(**{**SMALL, "vocab_size": 280, "arch": "llama", "n_kv_heads": 1}), short, "none")]
+    monkeypatch.setenv("TINYLLM_CACHE", str(tmp_path / "parallel"))
+    parallel = trained_variants(runs, processes=2)
+    monkeypatch.setenv("TINYLLM_CACHE", str(tmp_path / "serial"))
+    serial = trained_variants(runs, processes=1)
+    assert [h.val_loss for h in parallel] == [h.val_loss for h in serial]
+    assert len({h.val_loss[-1] for h in serial}) == 3  # three different models
+    assert len(list((tmp_path / "serial").glob("variant_*.json"))) == 3
+    import tinyllm.train
+
+    monkeypatch.setattr(tinyllm.train.Trainer, "train", lambda self, **kw: pytest.fail("trained again"))
+    again = trained_variants(runs, processes=1)  # read from the cache
+    assert [h.val_loss for h in again] == [h.val_loss for h in serial]

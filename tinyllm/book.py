@@ -102,7 +102,7 @@ def cache_dir():
     return Path.home() / ".cache" / "tinyllm"
 
 
-def _cache_key(model_config, train_config, corpus: str) -> str:
+def _cache_key(model_config, train_config, corpus: str, change: str = "none") -> str:
     """A hash of everything the trained weights depend on: configs, corpus and the library's source.
 
     The tokenizer is not hashed itself: it is a deterministic function of the
@@ -121,6 +121,8 @@ def _cache_key(model_config, train_config, corpus: str) -> str:
         "corpus": hashlib.sha256(corpus.encode("utf-8")).hexdigest(),
         "version": tinyllm.__version__,
     }
+    if change != "none":  # chapter 11's one-change variants; "none" keeps the keys of existing caches
+        payload["change"] = change
     digest.update(json.dumps(payload, sort_keys=True).encode())
     package = Path(tinyllm.__file__).resolve().parent
     for name in ("attention", "bpe", "data", "embedding", "layers", "model", "softmax", "train"):
@@ -176,3 +178,108 @@ def trained_tiny_gpt(model_config=None, train_config=None, device="cpu", retrain
     history = trainer.train(callback=callback)
     trainer.save(path)  # the model now holds the weights the run keeps (TrainConfig.keep)
     return trainer.model.eval(), tokenizer, history
+
+
+# --------------------------------------------------------------------------- chapter 11 (a modern block)
+
+CHANGES = ("none", "rmsnorm", "swiglu", "rope")
+
+
+def gpt2_with(change: str, model_config=None, seed: int = 0):
+    """Chapter 8's TinyGPT with one part of the modern block swapped in, freshly initialised from ``seed``.
+
+    ``"rmsnorm"``: every LayerNorm (the blocks' and the final one) becomes an
+    RMSNorm. ``"swiglu"``: every GELU feed-forward network becomes a SwiGLU of
+    width ``swiglu_hidden(d_model)``, at about the same parameter count.
+    ``"rope"``: every attention becomes a GroupedQueryAttention with as many
+    key/value heads as query heads (RoPE on queries and keys, no biases), and
+    the position table is gone. ``"none"``: the model as chapter 8 builds it.
+    """
+    import torch
+    from torch import nn
+
+    from tinyllm.attention import GroupedQueryAttention
+    from tinyllm.layers import RMSNorm, SwiGLU, swiglu_hidden
+    from tinyllm.model import GPTConfig, TinyGPT
+
+    class NoPositionTable(nn.Module):
+        """Adds nothing to the token vectors: with RoPE the positions are in the attention."""
+
+        def forward(self, positions):
+            return torch.zeros((), device=positions.device)
+
+    if change not in CHANGES:
+        raise ValueError(f"change must be one of {', '.join(CHANGES)}, got {change!r}")
+    config = model_config or GPTConfig()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TinyGPT(config)
+        for block in model.blocks:
+            if change == "rmsnorm":
+                block.ln1, block.ln2 = RMSNorm(config.d_model), RMSNorm(config.d_model)
+            elif change == "swiglu":
+                block.ffn = SwiGLU(config.d_model, swiglu_hidden(config.d_model))
+            elif change == "rope":
+                block.attn = GroupedQueryAttention(config.d_model, config.n_heads, config.n_heads, config.rope_base)
+        if change == "rmsnorm":
+            model.ln_f = RMSNorm(config.d_model)
+        if change == "rope":
+            model.pos_emb = NoPositionTable()
+        model.apply(TinyGPT._init_weights)  # the new parts get the same initialisation as the old ones
+    return model
+
+
+def trained_variant(model_config=None, train_config=None, change: str = "none", num_threads: int = 1):
+    """The validation history of one training run of :func:`gpt2_with` ``(change, model_config)``.
+
+    For ``change="none"`` the model is ``make_model(model_config)``, so an
+    ``arch="llama"`` config trains the modern model. Only the history is kept
+    (cached under :func:`cache_dir` like :func:`trained_tiny_gpt`'s models):
+    chapter 11 compares short runs by their loss.
+    """
+    import json
+
+    from tinyllm.data import read_corpus, training_data
+    from tinyllm.model import GPTConfig
+    from tinyllm.train import History, Trainer, TrainConfig, build_model
+
+    model_config = model_config or GPTConfig()
+    train_config = train_config or TrainConfig()
+    corpus = read_corpus()
+    path = cache_dir() / f"variant_{_cache_key(model_config, train_config, corpus, change)}.json"
+    if path.exists():
+        try:
+            return History.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError):
+            pass  # a damaged cache entry: train again and overwrite it
+    tokenizer, data = training_data(corpus, model_config.vocab_size, model_config.context_length,
+                                    train_config.samples)
+    model = build_model(model_config, train_config.seed) if change == "none" else gpt2_with(
+        change, model_config, train_config.seed)
+    trainer = Trainer(model, data["train"], data["val"], train_config, device="cpu", merges=tokenizer.merges,
+                      num_threads=num_threads, end_of_text=tokenizer.end_of_text_id is not None)
+    history = trainer.train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(history.to_dict()), encoding="utf-8")
+    return history
+
+
+def trained_variants(runs: list[tuple], processes: int = 2) -> list:
+    """:func:`trained_variant` for each ``(model_config, train_config, change)`` of runs, ``processes`` at a time.
+
+    Each run trains on one thread in a process of its own, so two runs on two
+    cores take the time of one, and give the histories they give one by one
+    (the same single-threaded arithmetic). Cached runs are read, not trained.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if processes <= 1 or len(runs) <= 1:
+        return [trained_variant(*run) for run in runs]
+    # spawn, not fork: a forked copy of a process whose torch threads already ran can hang.
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_trained_variant_args, runs))
+
+
+def _trained_variant_args(run: tuple):
+    return trained_variant(*run)
