@@ -67,9 +67,10 @@ class AdamW(torch.optim.Optimizer):
                 p.mul_(1 - lr * decay)  # decoupled: the decay never passes through m and v
                 m.mul_(beta1).add_(grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                m_hat = m / (1 - beta1**t)  # early on m and v are biased towards their zero start
-                v_hat = v / (1 - beta2**t)
-                p.addcdiv_(m_hat, v_hat.sqrt().add_(eps), value=-lr)
+                # Bias correction: early on m and v are biased towards their zero start.
+                bias1, bias2 = 1 - beta1**t, 1 - beta2**t
+                denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)  # sqrt(v_hat) + eps
+                p.addcdiv_(m, denom, value=-lr / bias1)  # p - lr * m_hat / (sqrt(v_hat) + eps)
         return loss
 
 
