@@ -43,6 +43,7 @@ LIBRARY = {
     "tinyllm.scaling.kv_cache_bytes": 10,  # used by the modern block; chapter 12 derives it for large models
     "tinyllm.model": 8,
     "tinyllm.train": 8,
+    "tinyllm.optim": 8,
     "tinyllm.book.trained_tiny_gpt": 8,
     "tinyllm.book.attention_maps": 8,
     "tinyllm.sampling.generate": 8,  # chapter 8 generates greedily and with a temperature
