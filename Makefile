@@ -44,8 +44,12 @@ $(VENV)/.test-installed: $(VENV)/.book-installed pyproject.toml $(CONSTRAINTS)
 	$(PIP) -e ".[book,grade,test]"
 	@touch $@
 
+# Chapters execute BOOK_JOBS at a time (default: one per core) into MyST-NB's cache, each
+# kernel on one thread; the Sphinx build then reads them. BOOK_JOBS=1: one after the other.
+BOOK_JOBS ?=
 book: $(VENV)/.book-installed
-	$(BIN)/jupyter-book build -n -W --keep-going .
+	$(BIN)/python -m tools.execute_book $(if $(BOOK_JOBS),--jobs $(BOOK_JOBS))
+	OMP_NUM_THREADS=1 $(BIN)/jupyter-book build -n -W --keep-going .
 	@echo
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html  (or run: make preview)"
 

@@ -7,6 +7,7 @@ missing, and then gluing simply does nothing.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -85,6 +86,28 @@ def attention_maps(model, idx):
     return maps
 
 
+@contextmanager
+def _training_lock(path):
+    """Hold an exclusive lock on ``path``'s entry while it is checked and, if missing, trained.
+
+    Chapters executed in parallel may ask for the same model at once: the
+    second waits for the first's training, then loads its result instead of
+    training it again. (POSIX only; elsewhere nothing is locked.)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: chapters run one at a time there
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cache_dir():
     """Where trained models are cached: $TINYLLM_CACHE, else the repo's _build/models, else ~/.cache/tinyllm.
 
@@ -125,9 +148,35 @@ def _cache_key(model_config, train_config, corpus: str, change: str = "none") ->
         payload["change"] = change
     digest.update(json.dumps(payload, sort_keys=True).encode())
     package = Path(tinyllm.__file__).resolve().parent
-    for name in ("attention", "bpe", "data", "embedding", "layers", "model", "softmax", "train"):
+    for name in training_modules(extra=("book",) if change != "none" else ()):
         digest.update((package / f"{name}.py").read_bytes())
     return digest.hexdigest()[:16]
+
+
+def training_modules(extra: tuple[str, ...] = ()) -> list[str]:
+    """The tinyllm modules a trained model depends on: those tinyllm.train and tinyllm.data import, transitively.
+
+    Read from the import statements, so a new module (an optimiser, RoPE's
+    positional module) joins the cache key without anyone listing it.
+    """
+    import ast
+    from pathlib import Path
+
+    import tinyllm
+
+    package = Path(tinyllm.__file__).resolve().parent
+    found, todo = set(), ["train", "data", *extra]
+    while todo:
+        name = todo.pop()
+        if name in found or not (package / f"{name}.py").exists():
+            continue
+        found.add(name)
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tinyllm."):
+                todo.append(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("tinyllm.")]
+    return sorted(found)
 
 
 def trained_tiny_gpt(model_config=None, train_config=None, device="cpu", retrain=False, callback=None,
@@ -147,14 +196,22 @@ def trained_tiny_gpt(model_config=None, train_config=None, device="cpu", retrain
     of floating-point sums can depend on the thread count), and a busy machine
     cannot slow it down the way it slows threads that wait for each other.
     """
-    from tinyllm.data import read_corpus, training_data
+    from tinyllm.data import read_corpus
     from tinyllm.model import GPTConfig
-    from tinyllm.train import Trainer, TrainConfig, build_model, load_checkpoint
+    from tinyllm.train import TrainConfig
 
     model_config = model_config or GPTConfig()
     train_config = train_config or TrainConfig()
     corpus = read_corpus()
     path = cache_dir() / f"tiny_gpt_{_cache_key(model_config, train_config, corpus)}.pt"
+    with _training_lock(path):
+        return _load_or_train(path, model_config, train_config, corpus, device, retrain, callback, num_threads)
+
+
+def _load_or_train(path, model_config, train_config, corpus, device, retrain, callback, num_threads):
+    from tinyllm.data import training_data
+    from tinyllm.train import Trainer, build_model, load_checkpoint
+
     if path.exists() and not retrain:
         try:
             ckpt = load_checkpoint(path)
@@ -237,16 +294,24 @@ def trained_variant(model_config=None, train_config=None, change: str = "none", 
     (cached under :func:`cache_dir` like :func:`trained_tiny_gpt`'s models):
     chapter 11 compares short runs by their loss.
     """
-    import json
-
-    from tinyllm.data import read_corpus, training_data
+    from tinyllm.data import read_corpus
     from tinyllm.model import GPTConfig
-    from tinyllm.train import History, Trainer, TrainConfig, build_model
+    from tinyllm.train import TrainConfig
 
     model_config = model_config or GPTConfig()
     train_config = train_config or TrainConfig()
     corpus = read_corpus()
     path = cache_dir() / f"variant_{_cache_key(model_config, train_config, corpus, change)}.json"
+    with _training_lock(path):
+        return _load_or_train_variant(path, model_config, train_config, corpus, change, num_threads)
+
+
+def _load_or_train_variant(path, model_config, train_config, corpus, change, num_threads):
+    import json
+
+    from tinyllm.data import training_data
+    from tinyllm.train import History, Trainer, build_model
+
     if path.exists():
         try:
             return History.from_dict(json.loads(path.read_text(encoding="utf-8")))

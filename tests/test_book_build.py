@@ -1,0 +1,58 @@
+"""The parallel execution step of the book build (tools/execute_book.py) and the model cache's keys."""
+
+from __future__ import annotations
+
+from tools import execute_book
+from tools.execute_book import chapters, inputs_hash, library_closure, read_notebook
+
+
+def test_every_executed_page_of_the_table_of_contents_is_found_in_book_order():
+    names = [p.stem for p in chapters()]
+    assert names[:3] == ["01_language_modelling", "02_tokenization", "03_embeddings"]
+    assert {"08_tiny_gpt", "11_modern_block", "12_fast_generation", "exercises"} <= set(names)
+    assert "intro" not in names and "notation" not in names  # no code: nothing to execute
+
+
+def test_a_chapter_depends_on_the_modules_it_imports_and_what_they_import():
+    modules = library_closure(["from tinyllm.book import trained_tiny_gpt\nimport torch"])
+    assert "book" in modules and "__init__" in modules
+    closure = library_closure(["from tinyllm.attention import causal_attention"])
+    assert {"attention", "positional", "softmax"} <= set(closure) and "train" not in closure
+    assert library_closure(["%matplotlib inline"]) == ["__init__"]  # not Python: nothing followed
+
+
+def test_a_library_change_reaches_only_the_chapters_that_import_it(tmp_path, monkeypatch):
+    package = tmp_path / "tinyllm"
+    (package / "_data").mkdir(parents=True)
+    for name, source in {"__init__": "", "softmax": "X = 1\n", "bpe": "Y = 1\n",
+                         "attention": "from tinyllm.softmax import X\n"}.items():
+        (package / f"{name}.py").write_text(source)
+    (package / "_data" / "corpus.txt").write_text("text")
+    monkeypatch.setattr(execute_book, "PACKAGE", package)
+
+    class Notebook:
+        def __init__(self, code):
+            self.cells = [type("Cell", (), {"cell_type": "code", "source": code})()]
+
+    attention_chapter, bpe_chapter = Notebook("from tinyllm.attention import X"), Notebook("import tinyllm.bpe")
+    before = inputs_hash(attention_chapter), inputs_hash(bpe_chapter)
+    (package / "softmax.py").write_text("X = 2\n")  # imported by attention, not by bpe
+    after = inputs_hash(attention_chapter), inputs_hash(bpe_chapter)
+    assert after[0] != before[0] and after[1] == before[1]
+    (package / "_data" / "corpus.txt").write_text("other text")  # every chapter reads the corpus
+    assert inputs_hash(bpe_chapter) != after[1]
+
+
+def test_the_chapters_are_read_as_myst_nb_reads_them():
+    notebook = read_notebook(chapters()[0])
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    assert any(c.cell_type == "code" for c in notebook.cells)
+
+
+def test_the_model_cache_key_follows_the_training_code_imports():
+    from tinyllm.book import training_modules
+
+    modules = training_modules()
+    assert {"train", "model", "optim", "positional", "layers", "attention", "data", "bpe"} <= set(modules)
+    assert "sampling" not in modules and "book" not in modules
+    assert "book" in training_modules(extra=("book",))  # chapter 11's variants are built in tinyllm.book

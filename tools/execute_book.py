@@ -1,0 +1,178 @@
+"""Execute the book's chapters in parallel into MyST-NB's cache, before the Sphinx build reads them.
+
+    python -m tools.execute_book              # as many chapters at a time as there are cores
+    python -m tools.execute_book --jobs 1     # one at a time (the serial build)
+
+``jupyter-book build`` executes the chapters one after the other, on one core.
+This step runs ``--jobs`` of them at once, each kernel on one thread (so two
+kernels on two cores do not fight over them, and a busy machine slows them
+down in proportion instead of many times over), and stores the results in the
+jupyter-cache that MyST-NB reads (``execute_notebooks: cache``): the Sphinx
+build then finds every chapter executed. A chapter that fails is left out, and
+the Sphinx build runs it again and reports the error as usual.
+
+MyST-NB's cache is keyed by the chapter's code only. This step also keys each
+chapter on what its code imports: the tinyllm modules it imports (followed
+through their own imports) and the corpus. When one of those changes, that
+chapter's cached result is dropped and it runs again; the others stay cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import yaml
+
+from tools.bookconfig import ROOT, toc_files
+
+CACHE = ROOT / "_build" / ".jupyter_cache"
+STATE = CACHE / "tinyllm-inputs.json"  # per chapter: the hash of its inputs, and its last execution time
+PACKAGE = ROOT / "tinyllm"
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def chapters() -> list[Path]:
+    """The table of contents' pages that MyST-NB executes (those with a kernelspec), in book order."""
+    pages = [ROOT / f"{name}.md" for name in toc_files()]
+    return [p for p in pages if p.exists() and "kernelspec:" in p.read_text(encoding="utf-8")[:1000]]
+
+
+def read_notebook(path: Path):
+    """The chapter as MyST-NB reads it: the same cells, so the same cache key."""
+    from myst_nb.core.read import read_myst_markdown_notebook
+    from myst_parser.config.main import MdParserConfig
+
+    return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), MdParserConfig(), add_source_map=True,
+                                       path=str(path))
+
+
+def _imported_modules(source: str) -> set[str]:
+    names = set()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a cell of shell or magic commands: no imports we can follow
+        return names
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tinyllm":
+            parts = node.module.split(".")
+            names.add(parts[1] if len(parts) > 1 else "__init__")
+            if len(parts) == 1:  # from tinyllm import book
+                names.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("tinyllm."))
+    return names
+
+
+def library_closure(sources: list[str]) -> list[str]:
+    """The tinyllm modules that code imports, followed through the modules' own imports."""
+    found, todo = set(), set().union(*(_imported_modules(s) for s in sources)) if sources else set()
+    while todo:
+        name = todo.pop()
+        path = PACKAGE / f"{name}.py"
+        if name in found or not path.exists():
+            continue
+        found.add(name)
+        todo |= _imported_modules(path.read_text(encoding="utf-8")) - found
+    return sorted(found | {"__init__"})
+
+
+def inputs_hash(notebook) -> str:
+    """A hash of what the chapter's results depend on besides its code: the library it imports, the corpus."""
+    code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    digest = hashlib.sha256()
+    for name in library_closure(code):
+        digest.update(name.encode() + b"\0" + (PACKAGE / f"{name}.py").read_bytes())
+    for data in sorted((PACKAGE / "_data").glob("*")):
+        digest.update(data.name.encode() + b"\0" + data.read_bytes())
+    return digest.hexdigest()
+
+
+def _execute(path: str, notebook, timeout: int):
+    """Run in a worker process: execute one chapter in its own directory, as MyST-NB would."""
+    from jupyter_cache.executors.utils import single_nb_execution
+
+    os.environ.update(ONE_THREAD)  # the kernel inherits this process's environment
+    # The kernels' own start-up chatter goes to a log, not the terminal; errors come back in the result.
+    log = open(CACHE / "kernels.log", "a", encoding="utf-8")
+    os.dup2(log.fileno(), 2)
+    result = single_nb_execution(notebook, cwd=str(Path(path).parent), allow_errors=False, timeout=timeout,
+                                 meta_override=True)
+    error = None if result.err is None else f"{type(result.err).__name__}: {str(result.err)[-2000:]}"
+    return path, notebook, result.time, error
+
+
+def execute(jobs: int, timeout: int = 400, log=print) -> dict[str, float]:
+    """Execute every chapter that the cache lacks, ``jobs`` at a time; returns {chapter: seconds} of those run."""
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(str(CACHE))
+    state = json.loads(STATE.read_text(encoding="utf-8")) if STATE.exists() else {}
+    todo = []
+    for path in chapters():
+        key = str(path.relative_to(ROOT))
+        notebook = read_notebook(path)
+        inputs = inputs_hash(notebook)
+        record = None
+        try:
+            record = cache.match_cache_notebook(notebook)
+        except KeyError:
+            pass
+        if record is not None and state.get(key, {}).get("inputs") != inputs:
+            cache.remove_cache(record.pk)  # its code is unchanged, but what it imports is not
+            record = None
+        if record is None:
+            todo.append((path, notebook, inputs))
+    # Longest first (as last measured; unknown ones count as long), so no long chapter starts last.
+    todo.sort(key=lambda item: -state.get(str(item[0].relative_to(ROOT)), {}).get("seconds", 1e9))
+    log(f"execute_book: {len(todo)} of {len(chapters())} chapters to execute, {jobs} at a time")
+    ran: dict[str, float] = {}
+    if not todo:
+        return ran
+    start = time.perf_counter()
+    # spawn: fresh workers, not copies of this process (which may hold threads and open databases)
+    with ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_execute, str(path), notebook, timeout): inputs for path, notebook, inputs in todo}
+        for n, future in enumerate(as_completed(futures), start=1):
+            path, executed, seconds, error = future.result()
+            key = str(Path(path).relative_to(ROOT))
+            if error is not None:
+                log(f"  [{n}/{len(todo)}] {key} failed after {seconds:.1f} s ({error.splitlines()[0]}); "
+                    "the Sphinx build runs it again and reports it")
+                continue
+            cache.cache_notebook_bundle(CacheBundleIn(executed, path, data={"execution_seconds": seconds}),
+                                        check_validity=False, overwrite=True)
+            state[key] = {"inputs": futures[future], "seconds": round(seconds, 2)}
+            STATE.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+            ran[key] = seconds
+            log(f"  [{n}/{len(todo)}] {key} executed in {seconds:.1f} s "
+                f"({time.perf_counter() - start:.0f} s since the start)")
+    return ran
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.execute_book", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="chapters executed at a time (default: the number of cores)")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    parser.add_argument("--timeout", type=int, default=config.get("execute", {}).get("timeout", 400),
+                        help="seconds a cell may run (default: _config.yml's execute.timeout)")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    execute(args.jobs, args.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
