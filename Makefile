@@ -44,6 +44,11 @@ $(VENV)/.test-installed: $(VENV)/.book-installed pyproject.toml $(CONSTRAINTS)
 	$(PIP) -e ".[book,grade,test]"
 	@touch $@
 
+# The browser tests' axe-core, pinned exactly in package-lock.json (Node and npm, no browser).
+node_modules/.npm-installed: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
 # Chapters execute BOOK_JOBS at a time (default: one per core) into MyST-NB's cache, each
 # kernel on one thread; the Sphinx build then reads them. BOOK_JOBS=1: one after the other.
 BOOK_JOBS ?=
@@ -88,7 +93,7 @@ preview:
 system-deps:
 	@tools/system_deps.sh
 
-test: $(VENV)/.test-installed system-deps book
+test: $(VENV)/.test-installed system-deps node_modules/.npm-installed book
 	$(BIN)/python -m pytest
 
 clean-book:

@@ -7,6 +7,7 @@ needed=()
 command -v bwrap >/dev/null 2>&1 || needed+=(bubblewrap)          # the grader's sandbox
 if [ "${1:-all}" != grade ]; then
   command -v chromium >/dev/null 2>&1 || needed+=(chromium)        # the site's browser tests
+  command -v npm >/dev/null 2>&1 || needed+=(npm)                  # installs axe-core for them (Node)
 fi
 [ ${#needed[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
