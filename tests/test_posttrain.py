@@ -95,11 +95,14 @@ def test_sft_batch_masks_the_answer_and_its_end(chat):
         assert (y[row][~every[row]] == -1).all()
 
 
-def test_preference_pairs_differ_only_after_the_answer(chat):
+def test_preference_pairs_share_the_prompt_and_reject_another_questions_answer(chat):
     pairs = [("What is a token?", "A piece of text."), ("What is a model?", "A function with weights.")]
-    for (chosen, n_c), (rejected, n_r) in preference_pairs(pairs, chat, context_length=64):
-        assert n_c == n_r and rejected[: len(chosen) - 1] == chosen[:-1] and len(rejected) > len(chosen)
-        assert chosen[-1] == rejected[-1] == chat.end_of_text_id
+    made = preference_pairs(pairs, chat, context_length=64)
+    assert len(made) == 2
+    for i, ((chosen, n_c), (rejected, n_r)) in enumerate(made):
+        assert n_c == n_r and chosen[:n_c] == rejected[:n_c] == chat.prompt(pairs[i][0])
+        assert chosen[n_c:] == chat.encode(pairs[i][1]) + [chat.end_of_text_id]
+        assert rejected[n_r:] == chat.encode(pairs[1 - i][1]) + [chat.end_of_text_id]
 
 
 def test_grown_vocabulary_keeps_every_old_prediction_and_lora_merges_on_a_model():

@@ -20,6 +20,7 @@ import math
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -394,14 +395,6 @@ def _train_with_progress(trainer: Trainer, checkpoint: Path, until: int | None, 
     """Run the trainer with a progress bar, saving after every validation; Ctrl-C stops and saves."""
     from tqdm.auto import tqdm
 
-    interrupted = False
-
-    def on_sigint(signum, frame):
-        nonlocal interrupted
-        if interrupted:  # a second Ctrl-C: stop now, the last saved checkpoint stands
-            raise KeyboardInterrupt
-        interrupted = True
-
     bar = tqdm(total=trainer.config.max_steps, initial=trainer.step, unit="step", disable=not show_bar,
                dynamic_ncols=True, file=sys.stderr)
 
@@ -415,17 +408,38 @@ def _train_with_progress(trainer: Trainer, checkpoint: Path, until: int | None, 
             bar.update(1)
             bar.set_postfix(loss=f"{progress.loss:.3f}", lr=f"{progress.lr:.1e}",
                             tok_s=f"{progress.tokens_per_s:,.0f}", refresh=False)
-        return interrupted
+        return sigint.interrupted
+
+    with _first_sigint_stops() as sigint:
+        try:
+            trainer.train(callback=callback, until=until)
+        finally:
+            bar.close()
+    trainer.save(checkpoint)
+    if sigint.interrupted:
+        print("interrupted", file=sys.stderr)
+
+
+class _Interruption:
+    interrupted = False
+
+
+@contextmanager
+def _first_sigint_stops():
+    """While the block runs, a first Ctrl-C only sets ``.interrupted`` (the loop stops and saves at the
+    next step); a second one raises KeyboardInterrupt at once, and the last saved checkpoint stands."""
+    state = _Interruption()
+
+    def on_sigint(signum, frame):
+        if state.interrupted:
+            raise KeyboardInterrupt
+        state.interrupted = True
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        trainer.train(callback=callback, until=until)
+        yield state
     finally:
         signal.signal(signal.SIGINT, previous)
-        bar.close()
-    trainer.save(checkpoint)
-    if interrupted:
-        print("interrupted", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -623,25 +637,15 @@ def cmd_finetune(args) -> int:
               f"questions from {source}", file=sys.stderr)
     meta = {"qa": source, "qa_sha256": _digest(repr(pairs)), "base": str(args.checkpoint)}
     stop_at = config.steps if args.until is None else min(args.until, config.steps)
-    interrupted = False
-
-    def on_sigint(signum, frame):
-        nonlocal interrupted
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted = True
 
     def callback(step: int, loss: float) -> bool:
         if step % args.save_every == 0 and step < config.steps:
             save_finetune(out, tuner, ckpt.model_config.to_dict(), ckpt.merges, meta)
             print(f"step {step:6d}  loss {loss:.4f}", file=sys.stderr)
-        return interrupted
+        return sigint.interrupted
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    with _first_sigint_stops() as sigint:
         tuner.train(until=stop_at, callback=callback)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     save_finetune(out, tuner, ckpt.model_config.to_dict(), ckpt.merges, meta)
     if tuner.step < config.steps:
         print(f"stopped at step {tuner.step}; saved {out}; continue with: tiny-llm finetune {args.checkpoint} "

@@ -20,6 +20,7 @@ EXERCISES = {
     "07_modern_block": "RMSNorm, rotary positions, SwiGLU, grouped-query attention, the modern block",
     "08_fast_generation": "The KV cache, the causal mask over it, cached generation, beam search",
     "09_training": "The training loop's parts: AdamW, the warm-up + cosine schedule, gradient clipping",
+    "10_post_training": "The answer-only fine-tuning loss, an answer's log-probability, LoRA, the DPO loss",
 }
 
 

@@ -21,8 +21,6 @@ The losses use the library's own ``log_softmax`` (chapter 4), not
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyllm.softmax import log_softmax
+from tinyllm.train import save_atomically
 
 USER = "<|user|>"  # how the role markers are written when decoded
 ASSISTANT = "<|assistant|>"
@@ -215,6 +214,23 @@ def grow_vocabulary(model: nn.Module, n_new: int) -> nn.Module:
 
 # --------------------------------------------------------------------------- data
 
+# Twelve facts the corpus does not hold (chapter 13 teaches them with LoRA): questions and answers
+# about this chapter's own subject, in the corpus's style and vocabulary.
+NEW_FACTS = [
+    ("What does the finetune command do?", "It teaches a trained model to answer in the chat template."),
+    ("What is a role marker?", "A special token that says who speaks next."),
+    ("What is LoRA?", "A trainable low-rank update added to a frozen layer."),
+    ("What does DPO learn from?", "Pairs of answers where one is preferred."),
+    ("What is a reference model?", "The frozen copy that the policy is compared with."),
+    ("What is a loss mask?", "A choice of the positions whose predictions are scored."),
+    ("What is supervised fine-tuning?", "Training on answers written for the prompts."),
+    ("What is a preference pair?", "Two answers to one prompt, one chosen and one rejected."),
+    ("What does merging LoRA do?", "It adds the low-rank update into the frozen weight."),
+    ("What is an implicit reward?", "How much more likely the policy makes an answer than the reference does."),
+    ("What is RLHF?", "Reinforcement learning from human feedback with a reward model."),
+    ("What is a chat template?", "The layout of roles and turns that the model reads."),
+]
+
 
 def parse_qa(text: str) -> list[tuple[str, str]]:
     """``(question, answer)`` pairs from documents ``Q: ...`` / ``A: ...`` separated by blank lines.
@@ -262,27 +278,23 @@ def sft_batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[Tenso
 
 
 def preference_pairs(pairs: list[tuple[str, str]], tokenizer: ChatTokenizer, context_length: int,
-                     ramble: int = 8, seed: int = 0) -> list[tuple[tuple[list[int], int], tuple[list[int], int]]]:
-    """A preference set: the concise answer (it stops at end-of-text) over a rambling one.
+                     seed: int = 0) -> list[tuple[tuple[list[int], int], tuple[list[int], int]]]:
+    """A preference set: the answer to the question asked over the answer to another question.
 
-    For each question, *chosen* is the corpus's answer and then end-of-text;
-    *rejected* is the same answer running on into the first ``ramble`` tokens
-    of another question's answer (drawn at random) before it stops. The two
-    share everything up to the end of the answer, so the preference is about
-    one thing only: stopping there. Returns ``(chosen, rejected)`` examples,
-    each ``(ids, n_prompt)``; questions whose rambling would not fit in
+    For each question, *chosen* is the corpus's answer to it and *rejected*
+    the corpus's answer to another question drawn at random: a fluent answer
+    that is off the question's topic. Returns ``(chosen, rejected)`` examples,
+    each ``(ids, n_prompt)`` with the same prompt; pairs that do not fit in
     ``context_length + 1`` ids are left out.
     """
     g = torch.Generator().manual_seed(seed)
-    eot = tokenizer.end_of_text_id
     out = []
     for i, (question, answer) in enumerate(pairs):
         j = (i + 1 + int(torch.randint(len(pairs) - 1, (1,), generator=g))) % len(pairs)
-        chosen, n_prompt = tokenizer.example(question, answer)
-        extra = tokenizer.encode(" " + pairs[j][1])[:ramble]
-        rejected = chosen[:-1] + extra + [eot]
-        if len(rejected) <= context_length + 1:
-            out.append(((chosen, n_prompt), (rejected, n_prompt)))
+        chosen = tokenizer.example(question, answer)
+        rejected = tokenizer.example(question, pairs[j][1])
+        if max(len(chosen[0]), len(rejected[0])) <= context_length + 1:
+            out.append((chosen, rejected))
     return out
 
 
@@ -508,17 +520,7 @@ def save_finetune(path: str | Path, tuner: FineTuner, base_config: dict, merges,
     payload = {"format": FINETUNE_FORMAT, "version": 1, "base_config": dict(base_config),
                "merges": [list(m) for m in merges], "meta": {str(k): str(v) for k, v in (meta or {}).items()},
                **tuner.state()}
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_atomically(path, payload)
 
 
 def load_finetune(path: str | Path) -> dict:

@@ -683,6 +683,11 @@ def save_checkpoint(
         "rng": rng or {},
         "meta": {str(k): str(v) for k, v in (meta or {}).items()},
     }
+    return save_atomically(path, payload)
+
+
+def save_atomically(path: Path, payload: dict) -> Path:
+    """``torch.save`` to a temporary file in ``path``'s folder, fsync, then rename over ``path``."""
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"  # same file system
     try:
         with open(tmp, "xb") as f:  # a fresh file, with the usual permissions

@@ -79,6 +79,15 @@ def new_base(sub, state: dict[str, torch.Tensor]):
     return base
 
 
+def trained_layer(sub, out_features: int, in_features: int, rank: int, alpha: float, seed: int, bias: bool = True):
+    """The student's LoRALinear around a base layer, carrying trained weights: (layer, base state, layer state)."""
+    base_state = linear_state(out_features, in_features, seed=seed, bias=bias)
+    state = lora_state(base_state, rank, seed=seed + 1)
+    layer = lora_class(sub)(new_base(sub, base_state), rank, alpha)
+    layer.load_state_dict(state)
+    return layer, base_state, state
+
+
 def library_function(sub, name: str) -> Proxy:
     """A helper of tinyllm.posttrain run in the submission's process on one of its objects; returns plain data."""
     return Proxy(sub, f"tinyllm.posttrain:{name}", ())
@@ -139,12 +148,8 @@ def test_sequence_logprob_public(sub):
 @check("10_post_training", "LoRALinear", points=2, book=BOOK + "#lora-from-scratch")
 def test_LoRALinear_public(sub):
     """With trained weights loaded, LoRALinear computes base(x) + (alpha / rank) x A^T B^T."""
-    LoRA = lora_class(sub)
-    base_state = linear_state(4, 6, seed=2)
     rank, alpha = 2, 8.0
-    state = lora_state(base_state, rank, seed=3)
-    layer = LoRA(new_base(sub, base_state), rank, alpha)
-    layer.load_state_dict(state)
+    layer, _, state = trained_layer(sub, 4, 6, rank, alpha, seed=2)
     x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
     got = layer(x)
     expected = lora_by_hand(state, x, alpha / rank)
@@ -193,12 +198,8 @@ def test_LoRALinear_init_public(sub):
 @check("10_post_training", "LoRALinear", points=1, book=BOOK + "#lora-from-scratch")
 def test_LoRALinear_merged_public(sub):
     """merged() is one nn.Linear with weight W + (alpha / rank) B A and the base's bias."""
-    LoRA = lora_class(sub)
-    base_state = linear_state(4, 6, seed=7)
     rank, alpha = 3, 6.0
-    state = lora_state(base_state, rank, seed=8)
-    layer = LoRA(new_base(sub, base_state), rank, alpha)
-    layer.load_state_dict(state)
+    layer, base_state, state = trained_layer(sub, 4, 6, rank, alpha, seed=7)
     merged = library_function(sub, "merged_state")(layer)
     expected = base_state["weight"] + alpha / rank * state["lora_b"] @ state["lora_a"]
     expect.equal(sorted(merged), ["bias", "weight"], "the parameters of merged()",

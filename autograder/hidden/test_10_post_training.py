@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from autograder import expect
-from autograder.checks.test_10_post_training import (BOOK, dpo_function, library_function, linear_state, lora_class,
-                                                     lora_state, loss_function, new_base, prompt_and_answer)
+from autograder.checks.test_10_post_training import (BOOK, dpo_function, library_function, loss_function,
+                                                     prompt_and_answer, trained_layer)
 from autograder.registry import check
 from tinyllm.posttrain import LoRALinear as ReferenceLoRA
 from tinyllm.posttrain import dpo_loss as reference_dpo
@@ -54,14 +54,10 @@ def test_sequence_logprob_hidden(sub):
 @check("10_post_training", "LoRALinear", points=2, book=BOOK + "#lora-from-scratch", hidden=True)
 def test_LoRALinear_hidden(sub):
     """LoRALinear and merged() equal the reference at several ranks and alphas, with and without a bias."""
-    LoRA = lora_class(sub)
     g = torch.Generator().manual_seed(test_LoRALinear_hidden.autograder_check.seed)
     for out_features, in_features, rank, alpha, bias in [(3, 5, 1, 1.0, True), (8, 4, 4, 32.0, False),
                                                          (6, 6, 6, 3.0, True)]:
-        base = linear_state(out_features, in_features, seed=rank, bias=bias)
-        state = lora_state(base, rank, seed=rank + 10)
-        layer = LoRA(new_base(sub, base), rank, alpha)
-        layer.load_state_dict(state)
+        layer, _, state = trained_layer(sub, out_features, in_features, rank, alpha, seed=rank + 10, bias=bias)
         reference = reference_layer(state, rank, alpha)
         x = torch.randn(2, 3, in_features, generator=g)
         what = f"LoRALinear(Linear({in_features}, {out_features}, bias={bias}), rank={rank}, alpha={alpha})"
