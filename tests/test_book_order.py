@@ -34,13 +34,13 @@ LIBRARY = {
     "tinyllm.embedding": 3,
     "tinyllm.softmax": 4,
     "tinyllm.attention": 5,
-    "torch.utils.flop_counter.FlopCounterMode": 12,
+    "torch.utils.flop_counter.FlopCounterMode": 13,
     "tinyllm.positional": 6,
     "tinyllm.layers": 7,
     "tinyllm.scaling.block_parameters": 7,
     "tinyllm.scaling.count_parameters": 7,
     "tinyllm.scaling.gpt_parameters": 7,
-    "tinyllm.scaling.kv_cache_bytes": 10,  # used by the modern block; chapter 12 derives it for large models
+    "tinyllm.scaling.kv_cache_bytes": 10,  # used by the modern block; chapter 13 derives it for large models
     "tinyllm.model": 8,
     "tinyllm.train": 8,
     "tinyllm.optim": 8,
@@ -48,7 +48,8 @@ LIBRARY = {
     "tinyllm.book.attention_maps": 8,
     "tinyllm.sampling.generate": 8,  # chapter 8 generates greedily and with a temperature
     "tinyllm.sampling": 9,
-    "tinyllm.scaling": 12,
+    "tinyllm.posttrain": 12,
+    "tinyllm.scaling": 13,
 }
 # The book's machinery, not its subject: usable anywhere.
 INFRASTRUCTURE = ("tinyllm.book.glue", "tinyllm.book.setup_plots", "tinyllm.book.quote_tokens",
@@ -168,8 +169,8 @@ def test_symbols_are_not_used_before_they_are_introduced():
 @pytest.mark.parametrize("symbol, meaning, pattern, chapters", [
     ("m", "the ALiBi slope only", r"(?<![\\\w{])m(?![a-zA-Z}])", {6}),
     ("W", "a generic weight matrix only in the notation page; E is the embedding table", r"(?<![\\\w{])W(?![a-zA-Z_}])", set()),
-    ("N", "the positions a loss averages over (12 names Kaplan's N, once)", r"(?<![\\\w{])N(?![a-zA-Z}])", {3, 4, 12}),
-    ("P", "a number of parameters", r"(?<![\\\w{])P(?![a-zA-Z}])", {7, 12}),
+    ("N", "the positions a loss averages over (13 names Kaplan's N, once)", r"(?<![\\\w{])N(?![a-zA-Z}])", {3, 4, 13}),
+    ("P", "a number of parameters", r"(?<![\\\w{])P(?![a-zA-Z}])", {7, 13}),
 ])
 def test_a_symbol_keeps_one_meaning(symbol, meaning, pattern, chapters):
     """The symbols that once meant three things each (issue 14) appear only where their one meaning lives."""
