@@ -55,3 +55,15 @@ def test_the_training_really_ran():
     values = glued()
     assert number(values, "train_steps") > 0 and number(values, "train_seconds") > 0
     assert number(values, "train_tokens_per_s") > 0
+
+
+def test_the_training_loop_pieces_measure_as_the_prose_says():
+    """Warm-up matters most in the short runs; clipping and decay move the loss by a few hundredths at most."""
+    values = glued()
+    full = number(values, "val_full")
+    assert number(values, "val_no_warmup") > full + 0.1
+    assert number(values, "early_no_warmup") < number(values, "early_full")  # faster at first, then behind
+    assert abs(number(values, "val_no_clip") - full) < 0.05 and abs(number(values, "val_no_decay") - full) < 0.05
+    assert number(values, "first_grad_norm") > 1.0 and 0 < number(values, "clipped_share") < 50
+    assert number(values, "weight_norm_decay") < number(values, "weight_norm_no_decay")
+    assert number(values, "adamw_vs_torch") < 1e-5  # the book's AdamW is torch.optim.AdamW up to rounding
