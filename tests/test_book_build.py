@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tests.conftest import ROOT
 from tools import execute_book
 from tools.execute_book import chapters, inputs_hash, library_closure, read_notebook
 
@@ -56,3 +59,29 @@ def test_the_model_cache_key_follows_the_training_code_imports():
     assert {"train", "model", "optim", "positional", "layers", "attention", "data", "bpe"} <= set(modules)
     assert "sampling" not in modules and "book" not in modules
     assert "book" in training_modules(extra=("book",))  # chapter 11's variants are built in tinyllm.book
+
+
+@pytest.mark.slow
+def test_executing_the_chapters_in_another_order_glues_the_same_values(tmp_path):
+    """The build ran the chapters longest first, two at a time; run them again in reverse book order.
+
+    Every glued value except wall-clock measurements must be identical. The
+    trained models come from the build's model cache (training on one thread
+    gives the same weights whichever process trains: see test_modern's
+    trained_variants test), so this checks that no chapter depends on which
+    chapters ran before or beside it.
+    """
+    from tools.notebooks import measured
+
+    built = execute_book.glued_values()
+    missing = [str(p.relative_to(ROOT)) for p in chapters() if str(p.relative_to(ROOT)) not in built]
+    assert not missing, f"the build's cache lacks {missing}: run `make book` first"
+    ran = execute_book.execute(jobs=2, cache_path=tmp_path / "cache", order="reverse", log=lambda *a: None)
+    assert set(ran) == set(built)
+    again = execute_book.glued_values(tmp_path / "cache")
+    differences = {
+        (chapter, name): (value, again[chapter].get(name))
+        for chapter, values in built.items() for name, value in values.items()
+        if not measured(ROOT / chapter, name) and again[chapter].get(name) != value
+    }
+    assert not differences, differences

@@ -96,13 +96,13 @@ def inputs_hash(notebook) -> str:
     return digest.hexdigest()
 
 
-def _execute(path: str, notebook, timeout: int):
+def _execute(path: str, notebook, timeout: int, cache_path: Path = CACHE):
     """Run in a worker process: execute one chapter in its own directory, as MyST-NB would."""
     from jupyter_cache.executors.utils import single_nb_execution
 
     os.environ.update(ONE_THREAD)  # the kernel inherits this process's environment
     # The kernels' own start-up chatter goes to a log, not the terminal; errors come back in the result.
-    log = open(CACHE / "kernels.log", "a", encoding="utf-8")
+    log = open(cache_path / "kernels.log", "a", encoding="utf-8")
     os.dup2(log.fileno(), 2)
     result = single_nb_execution(notebook, cwd=str(Path(path).parent), allow_errors=False, timeout=timeout,
                                  meta_override=True)
@@ -110,13 +110,20 @@ def _execute(path: str, notebook, timeout: int):
     return path, notebook, result.time, error
 
 
-def execute(jobs: int, timeout: int = 400, log=print) -> dict[str, float]:
-    """Execute every chapter that the cache lacks, ``jobs`` at a time; returns {chapter: seconds} of those run."""
+def execute(jobs: int, timeout: int = 400, log=print, cache_path: Path = CACHE,
+            order: str = "longest") -> dict[str, float]:
+    """Execute every chapter that the cache lacks, ``jobs`` at a time; returns {chapter: seconds} of those run.
+
+    ``order``: "longest" first as last measured (the build's), or "book" / "reverse" (the
+    table of contents' order, or its reverse: a test executes the book both ways).
+    """
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
 
-    cache = get_cache(str(CACHE))
-    state = json.loads(STATE.read_text(encoding="utf-8")) if STATE.exists() else {}
+    cache_path.mkdir(parents=True, exist_ok=True)
+    cache = get_cache(str(cache_path))
+    state_path = cache_path / STATE.name
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
     todo = []
     for path in chapters():
         key = str(path.relative_to(ROOT))
@@ -132,8 +139,10 @@ def execute(jobs: int, timeout: int = 400, log=print) -> dict[str, float]:
             record = None
         if record is None:
             todo.append((path, notebook, inputs))
-    # Longest first (as last measured; unknown ones count as long), so no long chapter starts last.
-    todo.sort(key=lambda item: -state.get(str(item[0].relative_to(ROOT)), {}).get("seconds", 1e9))
+    if order == "longest":  # as last measured (unknown ones count as long): no long chapter starts last
+        todo.sort(key=lambda item: -state.get(str(item[0].relative_to(ROOT)), {}).get("seconds", 1e9))
+    elif order == "reverse":
+        todo.reverse()
     log(f"execute_book: {len(todo)} of {len(chapters())} chapters to execute, {jobs} at a time")
     ran: dict[str, float] = {}
     if not todo:
@@ -141,7 +150,8 @@ def execute(jobs: int, timeout: int = 400, log=print) -> dict[str, float]:
     start = time.perf_counter()
     # spawn: fresh workers, not copies of this process (which may hold threads and open databases)
     with ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_execute, str(path), notebook, timeout): inputs for path, notebook, inputs in todo}
+        futures = {pool.submit(_execute, str(path), notebook, timeout, cache_path): inputs
+                   for path, notebook, inputs in todo}
         for n, future in enumerate(as_completed(futures), start=1):
             path, executed, seconds, error = future.result()
             key = str(Path(path).relative_to(ROOT))
@@ -152,11 +162,32 @@ def execute(jobs: int, timeout: int = 400, log=print) -> dict[str, float]:
             cache.cache_notebook_bundle(CacheBundleIn(executed, path, data={"execution_seconds": seconds}),
                                         check_validity=False, overwrite=True)
             state[key] = {"inputs": futures[future], "seconds": round(seconds, 2)}
-            STATE.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+            state_path.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
             ran[key] = seconds
             log(f"  [{n}/{len(todo)}] {key} executed in {seconds:.1f} s "
                 f"({time.perf_counter() - start:.0f} s since the start)")
     return ran
+
+
+def glued_values(cache_path: Path = CACHE) -> dict[str, dict[str, str]]:
+    """{chapter: {name: text/plain}} of every value the chapters cached under cache_path glued."""
+    from jupyter_cache import get_cache
+
+    cache = get_cache(str(cache_path))
+    values = {}
+    for path in chapters():
+        try:
+            record = cache.match_cache_notebook(read_notebook(path))
+        except KeyError:
+            continue
+        glued = {}
+        for cell in cache.get_cache_bundle(record.pk).nb.cells:
+            for output in cell.get("outputs", []):
+                name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+                if name is not None:
+                    glued[name] = output["data"].get("application/papermill.record/text/plain")
+        values[str(path.relative_to(ROOT))] = glued
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:

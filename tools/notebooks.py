@@ -90,12 +90,17 @@ def _bib_entries() -> dict[str, str]:
 
 
 def _object_source(file: Path, name: str) -> str:
+    """The lines of ``name`` in file, as literalinclude's ``:pyobject:`` takes them ("Class.method" too)."""
     source = file.read_text(encoding="utf-8")
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
-            start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-            return "\n".join(source.splitlines()[start - 1 : node.end_lineno])
-    raise ValueError(f"{file}: no top-level {name!r} for literalinclude")
+    scope: list[ast.stmt] = ast.parse(source).body
+    node = None
+    for part in name.split("."):
+        node = next((n for n in scope if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == part), None)
+        if node is None:
+            raise ValueError(f"{file}: no {name!r} for literalinclude")
+        scope = node.body
+    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    return "\n".join(source.splitlines()[start - 1 : node.end_lineno])
 
 
 class Numbers:
