@@ -97,8 +97,11 @@ def browser():
 class Visit:
     """One page load with everything the browser reported along the way."""
 
-    def __init__(self, browser, server: str, path: str, viewport: dict, javascript: bool = True):
+    def __init__(self, browser, server: str, path: str, viewport: dict, javascript: bool = True,
+                 init_script: str | None = None):
         self.context = browser.new_context(viewport=viewport, java_script_enabled=javascript)
+        if init_script:  # runs in the page before its own scripts (e.g. a reader's saved dark mode)
+            self.context.add_init_script(init_script)
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.failed: list[str] = []
@@ -222,8 +225,89 @@ def test_phone_screenshots_and_no_horizontal_scroll(browser, server, path):
         visit.page.screenshot(path=SCREENSHOTS / (path.replace("/", "__").removesuffix(".html") + "-phone.png"))
         overflow = visit.page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, f"the page scrolls sideways by {overflow}px on a phone"
+        # On a phone most code blocks scroll: each must be reachable by keyboard (axe-core's rule).
+        visit.page.add_script_tag(path=str(AXE))
+        unreachable = visit.page.evaluate("""async () => (await axe.run(document,
+            {runOnly: ["scrollable-region-focusable"], resultTypes: ["violations"]}))
+            .violations.flatMap(v => v.nodes.map(n => n.target.join(" ")))""")
+        assert not unreachable, f"scrolling regions a keyboard cannot reach on a phone: {unreachable[:10]}"
     finally:
         visit.close()
+
+
+# --------------------------------------------------------------------------- accessibility
+
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+# What the theme's own head script reads: a reader who chose dark mode on an earlier visit.
+MODES = {"light": None, "dark": 'localStorage.setItem("mode", "dark"); localStorage.setItem("theme", "dark");'}
+AXE_REPORT = ROOT / "_build" / "axe" / "violations.txt"
+
+
+@pytest.fixture(scope="module")
+def axe_results(browser, server):
+    """{mode: {page: {"violations": [...], "images": [...]}}}: axe-core's WCAG 2.1 A/AA rules on every page.
+
+    The page is loaded as a reader sees it (maths typeset, interactive figures drawn,
+    lazy images loaded) before axe runs, so it checks what is on the screen.
+    """
+    if not AXE.is_file():
+        pytest.fail("axe-core is not installed: run `make node_modules/.npm-installed` (make test does)")
+    results = {}
+    for mode, init_script in MODES.items():
+        results[mode] = {}
+        for path in site_pages():
+            visit = Visit(browser, server, path, DESKTOP, init_script=init_script)
+            try:
+                page = visit.page
+                assert page.evaluate("() => document.documentElement.dataset.theme") == mode, (path, mode)
+                page.wait_for_function("""() => [...document.querySelectorAll('.tinyllm-interactive')]
+                                                .every(f => f.classList.contains('tinyllm-ready'))""", timeout=30_000)
+                page.add_script_tag(path=str(AXE))  # inline: no request leaves the site
+                results[mode][path] = page.evaluate("""async (tags) => {
+                    // "region" (content outside landmarks) is a best-practice rule, run as well.
+                    const run = await axe.run(document, {runOnly: {type: "tag", values: tags},
+                                                         rules: {region: {enabled: true}},
+                                                         resultTypes: ["violations"]});
+                    return {
+                        violations: run.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                            targets: v.nodes.map(n => n.target.join(" "))})),
+                        images: [...document.images].map(img => ({src: img.getAttribute("src") || "",
+                            alt: img.getAttribute("alt"), decorative: img.getAttribute("role") === "presentation"
+                                || img.getAttribute("aria-hidden") === "true"})),
+                    };
+                }""", WCAG_TAGS)
+            finally:
+                visit.close()
+    AXE_REPORT.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for mode, pages in results.items():
+        for path, result in pages.items():
+            for v in result["violations"]:
+                lines.append(f"{mode}\t{path}\t{v['id']}\t{v['impact']}\t{len(v['targets'])}\t{v['targets'][0]}")
+    AXE_REPORT.write_text("".join(line + "\n" for line in lines))
+    return results
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_axe_finds_no_wcag21_aa_violation(axe_results, mode):
+    pages = axe_results[mode]
+    assert len(pages) == len(site_pages()) >= 14
+    found = [(v["id"], v["impact"], path, v["targets"]) for path, result in pages.items()
+             for v in result["violations"]]
+    message = "\n".join(f"{rule} ({impact}) on {path}: {len(targets)} element(s), e.g. {targets[0]}"
+                        for rule, impact, path, targets in found)
+    assert not found, f"axe-core {mode} mode, WCAG 2.1 A/AA: {len(found)} violation(s)\n{message}"
+
+
+def test_axe_every_figure_has_alt_text_that_says_what_it_shows(axe_results):
+    """No image without alt text, with matplotlib's repr ("<Figure size 640x480 with 1 Axes>") or a file name."""
+    placeholder = re.compile(r"^\s*$|<Figure size|\.(png|jpe?g|svg|gif)$", re.IGNORECASE)
+    bad = [(path, img["src"][:60], img["alt"]) for path, result in axe_results["light"].items()
+           for img in result["images"] if not img["decorative"] and placeholder.search(img["alt"] or "")]
+    figures = sum(len(result["images"]) for result in axe_results["light"].values())
+    assert figures >= 20, "the book's figures were not found"
+    assert not bad, "images whose alt text does not say what they show:\n" + "\n".join(map(str, bad))
 
 
 def test_page_weight(desktop_visits):
