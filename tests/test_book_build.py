@@ -79,6 +79,7 @@ def test_executing_the_chapters_in_another_order_glues_the_same_values(tmp_path)
     ran = execute_book.execute(jobs=2, cache_path=tmp_path / "cache", order="reverse", log=lambda *a: None)
     assert set(ran) == set(built)
     again = execute_book.glued_values(tmp_path / "cache")
+    assert set(again) == set(built), "a chapter changed while the test ran"
     differences = {
         (chapter, name): (value, again[chapter].get(name))
         for chapter, values in built.items() for name, value in values.items()
