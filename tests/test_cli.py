@@ -276,7 +276,8 @@ def test_finetune_resumed_after_until_gives_the_uninterrupted_weights(chat_ready
 
 
 FINETUNE_ERRORS = {
-    "fine-tuning checkpoint as the base": ("{finetuned}", "{qa}", [], "is a fine-tuning checkpoint"),
+    "fine-tuning checkpoint as the base": ("{finetuned}", "{qa}", [], "is a fine-tuning checkpoint (from 'tiny-llm "
+                                           "finetune'); this command reads checkpoints written by 'tiny-llm train'"),
     "window-trained base": ("{windows}", "{qa}", [], "trained without an end-of-text token"),
     "garbage base": ("{garbage}", "{qa}", [], "is not a readable tinyllm checkpoint"),
     "missing Q&A file": ("{checkpoint}", "{missing}", [], "Q&A file"),
@@ -311,3 +312,13 @@ def test_finetune_bad_input_gets_a_clear_message(case, chat_ready, bad_files, sm
     err = capsys.readouterr().err
     assert message in err, err
     assert err.startswith("tiny-llm finetune: error: ") and err.count("\n") == 1, err
+
+
+def test_generate_and_evaluate_name_a_fine_tuning_checkpoint(chat_ready, tmp_path, capsys):
+    checkpoint, qa = chat_ready
+    assert finetune(checkpoint, qa, tmp_path / "run") == 0
+    capsys.readouterr()
+    for command in (["generate"], ["evaluate"]):
+        assert main([*command, str(tmp_path / "run/finetune.pt")]) == 1
+        err = capsys.readouterr().err
+        assert "is a fine-tuning checkpoint" in err and err.count("\n") == 1, err

@@ -280,7 +280,15 @@ def _digest(text: str) -> str:
 
 
 def _load(path: Path) -> Checkpoint:
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as err:
+        try:
+            load_finetune(path)
+        except ValueError:
+            raise err from None
+        raise CliError(f"{path} is a fine-tuning checkpoint (from 'tiny-llm finetune'); this command reads "
+                       "checkpoints written by 'tiny-llm train'") from None
     if ckpt.merges is None:
         raise CliError(f"{path} holds no tokenizer merges, so its text cannot be encoded")
     return ckpt
@@ -564,16 +572,8 @@ def _base_for_finetune(path: Path) -> Checkpoint:
     """The checkpoint to fine-tune from, or a one-line error saying what kind of file it is instead."""
     if not path.is_file():
         raise CliError(f"checkpoint not found: {path}")
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError as err:
-        try:
-            load_finetune(path)
-        except ValueError:
-            raise err from None
-        raise CliError(f"{path} is a fine-tuning checkpoint (from 'tiny-llm finetune'); fine-tune from a "
-                       "checkpoint written by 'tiny-llm train', or continue this run with --resume") from None
-    if ckpt.merges is None or not ckpt.end_of_text:
+    ckpt = _load(path)
+    if not ckpt.end_of_text:
         raise CliError(f"{path} was trained without an end-of-text token (--samples windows): the chat template "
                        "needs one; fine-tune a model trained on documents")
     return ckpt
