@@ -76,7 +76,7 @@ def printed(source: Path) -> str:
         pytest.skip(f"{page} is missing: build the book first (make book)")
     text = page.read_text(encoding="utf-8")
     outputs = [chunk.split('class="cell docutils container', 1)[0] for chunk in text.split('class="cell_output')[1:]]
-    blocks = [block for chunk in outputs for block in re.findall(r"<pre>(.*?)</pre>", chunk, flags=re.S)]
+    blocks = [block for chunk in outputs for block in re.findall(r"<pre[^>]*>(.*?)</pre>", chunk, flags=re.S)]
     return "\n".join(html.unescape(re.sub(r"<[^>]+>", "", block)) for block in blocks)
 
 
