@@ -310,6 +310,27 @@ def test_axe_every_figure_has_alt_text_that_says_what_it_shows(axe_results):
     assert not bad, "images whose alt text does not say what they show:\n" + "\n".join(map(str, bad))
 
 
+def test_the_extension_gives_figures_alt_text_and_fixes_pages_as_they_render(tmp_path):
+    """tools/sphinx_site.py in a two-image Sphinx project: caption as alt, a warning without one."""
+    import base64
+    import io
+
+    from sphinx.application import Sphinx
+
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+    (tmp_path / "plot.png").write_bytes(png)
+    (tmp_path / "conf.py").write_text('extensions = ["tools.sphinx_site"]\nhtml_theme = "basic"\n')
+    (tmp_path / "index.rst").write_text("Title\n=====\n\n.. figure:: plot.png\n\n   Loss against steps, "
+                                        "falling.\n\n.. image:: plot.png\n\n.. code-block:: python\n\n   x = 1\n")
+    warnings = io.StringIO()
+    Sphinx(str(tmp_path), str(tmp_path), str(tmp_path / "_build"), str(tmp_path / "_doctrees"), "html",
+           status=None, warning=warnings, freshenv=True).build()
+    html = (tmp_path / "_build" / "index.html").read_text()
+    assert '<img alt="Loss against steps, falling." src="_images/plot.png"' in html
+    assert "a figure without a caption has no alt text" in warnings.getvalue()
+    assert '<pre tabindex="0">' in html and "<pre>" not in html
+
+
 def test_page_weight(desktop_visits):
     """No page, with everything a first visit downloads (figures, scripts, fonts), is over 5 MB.
 

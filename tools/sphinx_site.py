@@ -68,9 +68,9 @@ def _figure_alt_text(app, doctree, docname) -> None:
         image["alt"] = " ".join(caption.astext().split())
 
 
-# Fixes to markup written by the theme and other extensions, applied to every written page:
-# (what, the upstream project whose output it is, pattern, replacement). Each is idempotent
-# (its pattern no longer matches once applied), since an incremental build rewrites only some pages.
+# Fixes to markup written by the theme and other extensions, applied to every page as it is
+# rendered: (what, the upstream project whose output it is, pattern, replacement). Each is
+# idempotent (its pattern no longer matches once applied).
 ACCESSIBILITY_FIXES = [
     ("MyST-NB's hide-input toggle labels its <summary> 'Toggle hidden content' while showing "
      "'Show code cell source' (label-content-name-mismatch): let the visible text name it",
@@ -109,21 +109,21 @@ def accessible_html(html: str) -> str:
     return html
 
 
-def _fix_written_pages(app, exception) -> None:
-    if exception is not None or app.builder.format != "html":
+def _render_accessibly(app) -> None:
+    """Every page the HTML builder renders (chapters, search, index) passes through the fixes.
+
+    At render time, not after the build: a page is never on disk without them, and an
+    incremental build fixes exactly the pages it writes.
+    """
+    if app.builder.format != "html":
         return
-    for page in Path(app.outdir).rglob("*.html"):
-        if "_static" in page.relative_to(app.outdir).parts:
-            continue
-        html = page.read_text(encoding="utf-8")
-        fixed = accessible_html(html)
-        if fixed != html:
-            page.write_text(fixed, encoding="utf-8")
+    render = app.builder.templates.render
+    app.builder.templates.render = lambda template, context: accessible_html(render(template, context))
 
 
 def setup(app):
     app.connect("builder-inited", _add_vendor_path)
     app.connect("doctree-resolved", _figure_alt_text)
-    app.connect("build-finished", _fix_written_pages)
+    app.connect("builder-inited", _render_accessibly)
     app.connect("html-page-context", _page_assets, priority=900)  # after the theme and extensions
     return {"parallel_read_safe": True, "parallel_write_safe": True}
