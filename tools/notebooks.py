@@ -164,6 +164,9 @@ def myst_to_markdown(text: str, chapter_dir: Path, values: dict[str, str] | None
         name, arg, body = match.group(2), match.group(3).strip(), match.group(4)
         options = dict(re.findall(r"^:(\w+):\s*(.*)$", body, flags=re.M))
         body = re.sub(r"^:\w+:.*\n?", "", body, flags=re.M).strip("\n")
+        if name == "quiz":  # self-check questions, each answer in a <details> block
+            from tools.quiz import to_markdown
+            return to_markdown(body)
         if name == "literalinclude":
             file = Path(os.path.normpath(chapter_dir / arg))
             code = _object_source(file, options["pyobject"]) if "pyobject" in options else file.read_text()
