@@ -86,3 +86,14 @@ def test_executing_the_chapters_in_another_order_glues_the_same_values(tmp_path)
         if not measured(ROOT / chapter, name) and again[chapter].get(name) != value
     }
     assert not differences, differences
+
+
+def test_a_fresh_clone_starts_with_the_chapters_that_train_models():
+    from tools.execute_book import expected_seconds
+
+    guesses = {p.stem: expected_seconds(p, read_notebook(p), {}) for p in chapters()}
+    first_two = sorted(guesses, key=guesses.get, reverse=True)[:2]
+    assert set(first_two) <= {"08_tiny_gpt", "11_modern_block", "13_post_training"}, first_two
+    measured = {"book/04_softmax.md": {"seconds": 5000.0}}  # once measured, the measurement decides
+    softmax = next(p for p in chapters() if p.stem == "04_softmax")
+    assert expected_seconds(softmax, read_notebook(softmax), measured) == 5000.0

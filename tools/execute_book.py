@@ -25,6 +25,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -96,6 +97,20 @@ def inputs_hash(notebook) -> str:
     return digest.hexdigest()
 
 
+def expected_seconds(path: Path, notebook, state: dict) -> float:
+    """How long the chapter ran last time; never run (a fresh clone): a guess from its code.
+
+    The guess only orders the chapters: those that train models (the longest
+    by far) first, then by the length of their code.
+    """
+    last = state.get(str(path.relative_to(ROOT)), {}).get("seconds")
+    if last is not None:
+        return last
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    trains = len(re.findall(r"trained_tiny_gpt|trained_variants|Trainer\(|\.train\(", code))
+    return 1000.0 * trains + len(code) / 100
+
+
 def _execute(path: str, notebook, timeout: int, cache_path: Path = CACHE):
     """Run in a worker process: execute one chapter in its own directory, as MyST-NB would."""
     from jupyter_cache.executors.utils import single_nb_execution
@@ -139,8 +154,8 @@ def execute(jobs: int, timeout: int = 400, log=print, cache_path: Path = CACHE,
             record = None
         if record is None:
             todo.append((path, notebook, inputs))
-    if order == "longest":  # as last measured (unknown ones count as long): no long chapter starts last
-        todo.sort(key=lambda item: -state.get(str(item[0].relative_to(ROOT)), {}).get("seconds", 1e9))
+    if order == "longest":  # no long chapter should start last
+        todo.sort(key=lambda item: expected_seconds(item[0], item[1], state), reverse=True)
     elif order == "reverse":
         todo.reverse()
     log(f"execute_book: {len(todo)} of {len(chapters())} chapters to execute, {jobs} at a time")
