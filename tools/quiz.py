@@ -404,7 +404,9 @@ QUIZ_CSS = """/* Self-check questions (tools/quiz.py); the theme's variables, so
 .tinyllm-quiz .quiz-question { margin: 0 0 1.25rem; }
 .tinyllm-quiz fieldset { border: 1px solid var(--pst-color-border); border-radius: .4rem;
   padding: .75rem 1rem 1rem; margin: 0; color: var(--pst-color-text-base); background: var(--pst-color-surface); }
-.tinyllm-quiz legend { padding: 0 .35rem; font-size: 1rem; float: none; width: auto; color: var(--pst-color-text-base); }
+.tinyllm-quiz legend { float: left; width: 100%; padding: 0; margin: 0 0 .4rem; font-size: 1rem;
+  color: var(--pst-color-text-base); }  /* floated: a long question wraps inside the box, not across its border */
+.tinyllm-quiz legend + * { clear: both; }
 .tinyllm-quiz .quiz-option { display: flex; gap: .5rem; align-items: baseline; margin: .3rem 0; }
 .tinyllm-quiz .quiz-option input { flex: none; }
 .tinyllm-quiz .quiz-number input { border: 1px solid var(--pst-color-border); border-radius: .25rem;
