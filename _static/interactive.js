@@ -10,6 +10,44 @@
 
   const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 
+  /* ------------------------------------------------------------------ colour mode */
+
+  // Plotly draws in its own colours (a white paper, grey text). The page's theme has a light
+  // and a dark mode (<html data-theme>), so every layout takes the page's own colours: the
+  // paper is transparent (the page shows through), text is the page's text colour, grid lines
+  // its border colour. The browser tests check the text's contrast in both modes.
+  function themeColours() {
+    const style = getComputedStyle(document.documentElement);
+    const css = (name, fallback) => style.getPropertyValue(name).trim() || fallback;
+    const text = css("--pst-color-text-base", "#222832");
+    const grid = css("--pst-color-border", "#d1d5da");
+    return {
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", "font.color": text,
+      "xaxis.gridcolor": grid, "yaxis.gridcolor": grid, "xaxis.zerolinecolor": grid, "yaxis.zerolinecolor": grid,
+      "modebar.bgcolor": "rgba(0,0,0,0)", "modebar.color": text, "modebar.activecolor": css("--pst-color-primary", text),
+    };
+  }
+
+  // The same colours written into a nested layout (as Plotly.react takes it).
+  function themed(layout) {
+    Object.entries(themeColours()).forEach(([path, value]) => {
+      const keys = path.split(".");
+      let node = layout;
+      keys.slice(0, -1).forEach((key) => { node = node[key] = node[key] || {}; });
+      node[keys[keys.length - 1]] = value;
+    });
+    return layout;
+  }
+
+  // When the reader switches the mode, every drawn figure takes the new colours.
+  function followColourMode() {
+    new MutationObserver(() => {
+      document.querySelectorAll(".tinyllm-interactive .js-plotly-plot").forEach((plot) => {
+        Plotly.relayout(plot, themeColours());
+      });
+    }).observe(document.documentElement, { attributes: true, attributeFilter: ["data-theme"] });
+  }
+
   function element(tag, attributes, text) {
     const node = document.createElement(tag);
     Object.entries(attributes || {}).forEach(([key, value]) => node.setAttribute(key, value));
@@ -63,7 +101,7 @@
         xaxis: Object.assign({ title: { text: data.xTitle }, tickangle: -60 }, ticks(data.x)),
         yaxis: Object.assign({ title: { text: data.yTitle }, autorange: "reversed" }, ticks(data.y)),
       };
-      return Plotly.react(plot, [trace], layout, PLOT_CONFIG);
+      return Plotly.react(plot, [trace], themed(layout), PLOT_CONFIG);
     }
     if (select) select.addEventListener("change", () => draw(Number(select.value)));
     return draw(0);
@@ -140,7 +178,7 @@
         xaxis: { type: "category", tickvals: shown, ticktext: shown.map((i) => data.tokens[i]), tickangle: -60 },
         yaxis: { title: { text: "probability" }, range: [0, 1] },
       };
-      return Plotly.react(plot, [trace], layout, PLOT_CONFIG);
+      return Plotly.react(plot, [trace], themed(layout), PLOT_CONFIG);
     }
     [temperature, k, p].forEach((input) => input.addEventListener("input", update));
     return update();
@@ -198,6 +236,7 @@
   const NEEDS_PLOTLY = new Set(["heatmap", "sampling"]);
 
   function start() {
+    if (typeof window.Plotly !== "undefined") followColourMode();
     document.querySelectorAll(".tinyllm-interactive").forEach((root) => {
       const kind = root.dataset.kind;
       if (NEEDS_PLOTLY.has(kind) && typeof window.Plotly === "undefined") {
