@@ -154,7 +154,8 @@ def test_broken_inputs_fail_the_build_naming_the_file(tmp_path):
     (book / "references.bib").write_text((ROOT / "references.bib").read_text())
     (book / "_config.yml").write_text((ROOT / "_config.yml").read_text())
     (book / "tools").mkdir()  # the config's local Sphinx extension, and the assets it serves
-    shutil.copy(ROOT / "tools" / "sphinx_site.py", book / "tools")
+    for extension in ("sphinx_site.py", "quiz.py"):  # the config's local_extensions
+        shutil.copy(ROOT / "tools" / extension, book / "tools")
     shutil.copytree(ROOT / "book" / "_vendor", book / "book" / "_vendor")
     (book / "_toc.yml").write_text(
         "format: jb-book\nroot: book/index\nchapters:\n  - file: book/broken_cell\n  - file: book/bad_cite\n"
