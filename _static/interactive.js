@@ -15,12 +15,12 @@
   // Plotly draws in its own colours (a white paper, grey text). The page's theme has a light
   // and a dark mode (<html data-theme>), so every layout takes the page's own colours: the
   // paper is transparent (the page shows through), text is the page's text colour, grid lines
-  // its border colour. The browser tests check the text's contrast in both modes.
+  // a faint grey. The browser tests check the text's contrast in both modes.
   function themeColours() {
     const style = getComputedStyle(document.documentElement);
     const css = (name, fallback) => style.getPropertyValue(name).trim() || fallback;
     const text = css("--pst-color-text-base", "#222832");
-    const grid = css("--pst-color-border", "#d1d5da");
+    const grid = "rgba(128, 128, 128, 0.25)";  // faint on either background, as Plotly's own #eee on white
     return {
       paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", "font.color": text,
       "xaxis.gridcolor": grid, "yaxis.gridcolor": grid, "xaxis.zerolinecolor": grid, "yaxis.zerolinecolor": grid,
