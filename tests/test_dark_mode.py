@@ -170,6 +170,9 @@ def figure_contrast(browser, server):
     Screenshots of every page in both modes are saved along the way.
     """
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for mode in MODES:  # no screenshot of a page the site no longer has
+        for old in SCREENSHOTS.glob(f"*-{mode}.png"):
+            old.unlink()
     results = {}
     for path in site_pages():
         visits = {mode: Visit(browser, server, path, DESKTOP, init_script=script) for mode, script in MODES.items()}
