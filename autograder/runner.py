@@ -26,6 +26,16 @@ def wall_backstop(cpu_seconds: float) -> float:
     return 3 * cpu_seconds + 5
 
 
+def time_limit(cpu_seconds: float) -> str:
+    """The limit as a report states it, whichever of the two stopped the code.
+
+    On a machine loaded far beyond two busy loops, a runaway loop can reach the
+    wall-clock backstop before its CPU limit; the report must read the same
+    either way, so it never says which one fired.
+    """
+    return f"{cpu_seconds:g} s of CPU time, {wall_backstop(cpu_seconds):g} s in all"
+
+
 class WorkerSession:
     """One submission's worker, restarted after a crash or timeout.
 
@@ -95,7 +105,7 @@ class WorkerSession:
             except WorkerError as error:
                 worker.close()
                 if error.kind == "timeout":
-                    why = f"did not finish within {wall_backstop(self.limits.cell_seconds):g} s"
+                    why = f"did not finish within its time limit ({time_limit(self.limits.cell_seconds)})"
                 else:
                     why = f"stopped the worker ({error.message})"
                 self.left_out[cell.index] = why
@@ -104,7 +114,7 @@ class WorkerSession:
                 failure = response.get("error") or {}
                 worker.close()
                 if failure.get("kind") == "timeout":
-                    why = f"did not finish within {self.limits.cell_seconds:g} s of CPU time"
+                    why = f"did not finish within its time limit ({time_limit(self.limits.cell_seconds)})"
                 else:
                     why = f"stopped the worker ({failure.get('message', '')[:200]})"
                 self.left_out[cell.index] = why
@@ -118,12 +128,14 @@ class WorkerSession:
         try:
             response = worker.request({**message, "cpu_seconds": self.limits.call_seconds},
                                       wall_backstop(self.limits.call_seconds))
-        except WorkerError:
+        except WorkerError as error:
             self.close()
+            if error.kind == "timeout":  # the backstop: stated as the CPU limit is, see time_limit
+                raise WorkerError("timeout", time_limit(self.limits.call_seconds)) from None
             raise
         if not response.get("ok") and (response.get("error") or {}).get("kind") == "timeout":
             self.close()  # interrupted mid-way: the next check gets a fresh worker
-            raise WorkerError("timeout", f"{self.limits.call_seconds:g} s of CPU time")
+            raise WorkerError("timeout", time_limit(self.limits.call_seconds))
         return response
 
     def close(self) -> None:

@@ -310,3 +310,42 @@ def test_checks_depend_only_on_the_oracle_modules():
             "used = {m for m in sys.modules if m.startswith('tinyllm.')}\nprint(sorted(used - set(ORACLE_MODULES)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("fired", ["cpu limit", "wall-clock backstop"])
+def test_a_timeout_reads_the_same_whichever_guard_stopped_the_code(fired, tmp_path, monkeypatch):
+    """On a machine loaded far beyond two busy loops a runaway loop can meet the backstop first: same report."""
+    import autograder.runner as runner
+    from autograder.sandbox import Limits, WorkerError
+
+    class Worker:  # answers every cell and every request with a timeout of the kind under test
+        def __init__(self, *args):
+            pass
+
+        def start(self):
+            pass
+
+        def request(self, message, wall_seconds):
+            if fired == "cpu limit":
+                return {"ok": False, "error": {"kind": "timeout"}}
+            raise WorkerError("timeout", f"{wall_seconds:g} s")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(runner, "Worker", Worker)
+    notebook_path = tmp_path / "n.ipynb"
+    notebook_path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "while True: pass",
+                                                    "metadata": {}, "outputs": [], "execution_count": None}],
+                                         "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    session = runner.WorkerSession(read_notebook(notebook_path), tmp_path, Limits(call_seconds=5, cell_seconds=10),
+                                   "none")
+    try:
+        assert session._load() == (None, [])
+        assert session.left_out == {0: "did not finish within its time limit (10 s of CPU time, 35 s in all)"}
+        session.left_out = {0: "left out"}  # now every cell is left out: the worker starts, requests time out
+        with pytest.raises(WorkerError) as raised:
+            session.request({"op": "call"})
+        assert (raised.value.kind, raised.value.message) == ("timeout", "5 s of CPU time, 20 s in all")
+    finally:
+        session.cleanup()
