@@ -153,30 +153,51 @@ def _cache_key(model_config, train_config, corpus: str, change: str = "none") ->
     return digest.hexdigest()[:16]
 
 
-def training_modules(extra: tuple[str, ...] = ()) -> list[str]:
-    """The tinyllm modules a trained model depends on: those tinyllm.train and tinyllm.data import, transitively.
+def library_closure(sources: list[str], package=None) -> list[str]:
+    """The tinyllm modules that some code imports, followed through the modules' own imports.
 
     Read from the import statements, so a new module (an optimiser, RoPE's
-    positional module) joins the cache key without anyone listing it.
+    positional module) joins a cache key without anyone listing it. Used for
+    the trained models' keys here and for each chapter's key in the book build.
+    ``package``: the folder to read the modules from (default: tinyllm's own).
     """
     import ast
     from pathlib import Path
 
     import tinyllm
 
-    package = Path(tinyllm.__file__).resolve().parent
-    found, todo = set(), ["train", "data", *extra]
+    package = Path(package or Path(tinyllm.__file__).resolve().parent)
+
+    def imported(source: str) -> set[str]:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:  # a cell of shell or magic commands: no imports to follow
+            return set()
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tinyllm":
+                parts = node.module.split(".")
+                names.add(parts[1] if len(parts) > 1 else "__init__")
+                if len(parts) == 1:  # from tinyllm import book
+                    names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("tinyllm."))
+        return names
+
+    found, todo = set(), set().union(*map(imported, sources))
     while todo:
         name = todo.pop()
-        if name in found or not (package / f"{name}.py").exists():
+        path = package / f"{name}.py"
+        if name in found or not path.exists():
             continue
         found.add(name)
-        for node in ast.walk(ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tinyllm."):
-                todo.append(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("tinyllm.")]
-    return sorted(found)
+        todo |= imported(path.read_text(encoding="utf-8")) - found
+    return sorted(found | {"__init__"})
+
+
+def training_modules(extra: tuple[str, ...] = ()) -> list[str]:
+    """The tinyllm modules a trained model depends on: tinyllm.train, tinyllm.data and what they import."""
+    return library_closure([f"import tinyllm.{name}" for name in ("train", "data", *extra)])
 
 
 def trained_tiny_gpt(model_config=None, train_config=None, device="cpu", retrain=False, callback=None,

@@ -20,7 +20,6 @@ chapter's cached result is dropped and it runs again; the others stay cached.
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import multiprocessing
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from tinyllm.book import library_closure
 from tools.bookconfig import ROOT, toc_files
 
 CACHE = ROOT / "_build" / ".jupyter_cache"
@@ -56,41 +56,11 @@ def read_notebook(path: Path):
                                        path=str(path))
 
 
-def _imported_modules(source: str) -> set[str]:
-    names = set()
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:  # a cell of shell or magic commands: no imports we can follow
-        return names
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tinyllm":
-            parts = node.module.split(".")
-            names.add(parts[1] if len(parts) > 1 else "__init__")
-            if len(parts) == 1:  # from tinyllm import book
-                names.update(a.name for a in node.names)
-        elif isinstance(node, ast.Import):
-            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("tinyllm."))
-    return names
-
-
-def library_closure(sources: list[str]) -> list[str]:
-    """The tinyllm modules that code imports, followed through the modules' own imports."""
-    found, todo = set(), set().union(*(_imported_modules(s) for s in sources)) if sources else set()
-    while todo:
-        name = todo.pop()
-        path = PACKAGE / f"{name}.py"
-        if name in found or not path.exists():
-            continue
-        found.add(name)
-        todo |= _imported_modules(path.read_text(encoding="utf-8")) - found
-    return sorted(found | {"__init__"})
-
-
 def inputs_hash(notebook) -> str:
     """A hash of what the chapter's results depend on besides its code: the library it imports, the corpus."""
     code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
     digest = hashlib.sha256()
-    for name in library_closure(code):
+    for name in library_closure(code, PACKAGE):
         digest.update(name.encode() + b"\0" + (PACKAGE / f"{name}.py").read_bytes())
     for data in sorted((PACKAGE / "_data").glob("*")):
         digest.update(data.name.encode() + b"\0" + data.read_bytes())
