@@ -12,10 +12,11 @@ PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}{sys.ver
 CONSTRAINTS := $(wildcard requirements/constraints-py$(PYVER).txt)
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: help book test pin notebooks solutions exercises gradescope grade preview system-deps clean clean-book
+.PHONY: help book pdf test pin notebooks solutions exercises gradescope grade preview system-deps clean clean-book
 
 help:
 	@echo "make book       build the book into _build/html (installs what it needs)"
+	@echo "make pdf        build the whole book as one PDF, _build/pdf/book.pdf (XeLaTeX; installs TeX as root)"
 	@echo "make test       run the whole test suite (builds the book first)"
 	@echo "make pin        record the last commit of the student package as what notebooks install"
 	@echo "make notebooks  regenerate the Colab notebooks paired with the chapters"
@@ -57,6 +58,18 @@ book: $(VENV)/.book-installed
 	OMP_NUM_THREADS=1 $(BIN)/jupyter-book build -n -W --keep-going .
 	@echo
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html  (or run: make preview)"
+
+# The whole book as one PDF: the chapters executed as for `make book` (the same cache; the LaTeX
+# build refuses to execute one itself, tools/sphinx_print.py), Sphinx's LaTeX builder, then XeLaTeX.
+PDF := _build/pdf/book.pdf
+pdf: $(VENV)/.book-installed
+	@tools/system_deps.sh pdf
+	$(BIN)/python -m tools.execute_book $(if $(BOOK_JOBS),--jobs $(BOOK_JOBS))
+	OMP_NUM_THREADS=1 $(BIN)/python -m tools.sphinx_print --builder latex -n -W --keep-going .
+	$(MAKE) -C _build/latex all-pdf LATEXMKOPTS="-silent -halt-on-error"
+	@mkdir -p $(dir $(PDF)) && cp _build/latex/book.pdf $(PDF)
+	@echo
+	@echo "The PDF is at $(CURDIR)/$(PDF)"
 
 # The notebooks quote the values the build computed: build first (incremental, cached).
 # After a commit that changes the student package (tinyllm/, autograder/, pyproject.toml):
