@@ -27,6 +27,10 @@ site's ``_static`` and added to the pages that have a quiz; nothing is fetched
 from elsewhere. In the Colab notebook (``to_markdown``, called by
 ``tools/notebooks.py``) the questions are Markdown with each answer in a
 ``<details>`` block that the reader opens.
+
+On paper (``make pdf``, the LaTeX builder) each question prints with its options
+lettered, and the chapter's answers follow under "Answers", every option with
+its explanation (``PrintedQuiz``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util.docutils import SphinxDirective
 
 GLUE = re.compile(r"\{glue:text\}`([\w-]+)(?::([^`]*))?`")
@@ -345,8 +350,47 @@ def _skip(self, node):
     raise nodes.SkipNode
 
 
-# Other builders (LaTeX, text) leave the quiz out: it needs a browser to be answered.
+# Builders other than HTML and LaTeX leave the quiz out (it needs a browser to be answered);
+# LaTeX (make pdf) gets it as plain text by PrintedQuiz below.
 OTHER = (_skip, None)
+
+
+class PrintedQuiz(SphinxPostTransform):
+    """On paper (``make pdf``): each question with its options lettered A, B, ..., then the answers
+    and every option's explanation under "Answers", as the Colab notebook folds them."""
+
+    builders = ("latex",)
+    default_priority = 5
+
+    def run(self, **kwargs) -> None:
+        for quiz in list(self.document.findall(quiz_node)):
+            questions, answers = [], [nodes.rubric(text="Answers")]
+            for question in quiz.findall(quiz_question):
+                legend = next(iter(question.findall(quiz_legend)))
+                number = legend[0].astext().strip().rstrip(".")  # "Question 3"
+                questions.append(nodes.paragraph("", "", *[child.deepcopy() for child in legend.children]))
+                explanations = list(question.findall(quiz_explanation))
+                if question["kind"] == "number":
+                    questions.append(nodes.paragraph("", "", nodes.emphasis(text="Answer with a number.")))
+                    working = explanations[0].children[0].deepcopy()
+                    working.insert(0, nodes.strong(text=f"{number}: "))
+                    answers.append(working)
+                    continue
+                options = list(question.findall(quiz_option))
+                choices = nodes.enumerated_list(enumtype="upperalpha", prefix="", suffix=".")
+                for option in options:
+                    choices += nodes.list_item("", nodes.paragraph("", "", *[c.deepcopy() for c in option.children]))
+                questions.append(choices)
+                right = next(i for i, option in enumerate(options) if option["correct"])
+                answers.append(nodes.paragraph("", "", nodes.strong(text=f"{number}: {letter(right)}.")))
+                why = nodes.bullet_list()
+                for i, (option, explanation) in enumerate(zip(options, explanations)):
+                    verdict = "Correct" if option["correct"] else "Not quite"
+                    blocks = [block.deepcopy() for block in explanation.children]
+                    blocks[0].insert(0, nodes.Text(f"{letter(i)}. {verdict}: "))
+                    why += nodes.list_item("", *blocks)
+                answers.append(why)
+            quiz.replace_self(questions + answers)
 
 QUIZ_JS = r"""// Self-check questions (tools/quiz.py): answered in the page, no server.
 (function () {
@@ -447,6 +491,7 @@ def setup(app):
     app.add_node(quiz_number, html=(visit_number_html, depart_number_html), latex=OTHER, text=OTHER)
     app.add_node(quiz_feedback, html=(visit_feedback_html, depart_feedback_html), latex=OTHER, text=OTHER)
     app.add_node(quiz_explanation, html=(visit_explanation_html, depart_explanation_html), latex=OTHER, text=OTHER)
+    app.add_post_transform(PrintedQuiz)
     app.connect("html-page-context", _page_assets)
     app.connect("build-finished", _write_assets)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
