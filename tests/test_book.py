@@ -42,6 +42,27 @@ def test_chapter_has_executed_outputs_and_no_errors(built_html, source):
         assert marker not in text, f"{source.name}: the page shows an error or stderr output ({marker})"
 
 
+@pytest.mark.parametrize("source", CHAPTERS, ids=chapter_id)
+def test_no_cell_echoes_a_glued_value(source):
+    """``glue`` returns its value, so a cell ending in a bare ``glue(...)`` prints a raw float under the code."""
+    import ast
+
+    from tools.execute_book import read_notebook
+
+    for cell in read_notebook(source).cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            body = ast.parse(cell.source).body
+        except SyntaxError:  # shell or magic lines
+            continue
+        last = body[-1] if body else None
+        if (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+                and getattr(last.value.func, "id", None) == "glue" and len(last.value.args) >= 2):
+            line = cell.source.splitlines()[last.end_lineno - 1].split("  #")[0].rstrip()
+            assert line.endswith(";"), f"{source.name}: end `{line.strip()}` with ';' or the page shows its value"
+
+
 NUMBERED_CHAPTERS = [s for s in CHAPTERS if re.match(r"\d\d_", s.name)]
 
 
