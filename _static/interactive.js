@@ -4,6 +4,11 @@
  * and a static picture. If the figure draws, the picture is hidden; if anything
  * is missing (no Plotly, an error), the picture stays, and the error goes to the
  * console, where the browser tests see it.
+ *
+ * Plotly (1.5 MB) is not in the page's <head>: the reader sees the text and the
+ * static pictures first, and Plotly is fetched once the page has loaded and the
+ * browser is idle (its URL is window.tinyllmPlotly, written by tools/sphinx_site.py
+ * on pages with a Plotly figure).
  */
 (function () {
   "use strict";
@@ -235,23 +240,66 @@
   const RENDERERS = { heatmap: heatmap, sampling: sampling, tokenizer: tokenizer };
   const NEEDS_PLOTLY = new Set(["heatmap", "sampling"]);
 
+  // The figure's data and the renderer of its kind; resolves once it is drawn.
+  function render(root) {
+    const kind = root.dataset.kind;
+    try {
+      const data = JSON.parse(root.querySelector("script.tinyllm-data").textContent);
+      return Promise.resolve(RENDERERS[kind](root, data)).then(
+        () => root.classList.add("tinyllm-ready"),
+        (err) => console.error(`interactive ${kind} figure failed:`, err));
+    } catch (err) {
+      console.error(`interactive ${kind} figure failed:`, err);
+      return Promise.resolve();
+    }
+  }
+
+  // One <script> for Plotly, added when first needed; rejects if it cannot be loaded.
+  let plotlyLoading = null;
+  function loadPlotly() {
+    if (typeof window.Plotly !== "undefined") return Promise.resolve();
+    if (!plotlyLoading) {
+      plotlyLoading = new Promise((resolve, reject) => {
+        if (!window.tinyllmPlotly) {
+          reject(new Error("the page names no Plotly script (window.tinyllmPlotly)"));
+          return;
+        }
+        const script = element("script", { src: window.tinyllmPlotly });
+        script.addEventListener("load", () => resolve());
+        script.addEventListener("error", () => reject(new Error(`${window.tinyllmPlotly} did not load`)));
+        document.head.append(script);
+      });
+    }
+    return plotlyLoading;
+  }
+
+  // After the load event, when the browser has nothing more urgent to do (a timeout where
+  // requestIdleCallback is missing): the text and pictures are on the screen before Plotly.
+  function whenIdleAfterLoad(callback) {
+    const idle = () => (window.requestIdleCallback ? requestIdleCallback(callback, { timeout: 2000 })
+                                                   : setTimeout(callback, 200));
+    if (document.readyState === "complete") idle();
+    else window.addEventListener("load", idle, { once: true });
+  }
+
   function start() {
-    if (typeof window.Plotly !== "undefined") followColourMode();
-    document.querySelectorAll(".tinyllm-interactive").forEach((root) => {
-      const kind = root.dataset.kind;
-      if (NEEDS_PLOTLY.has(kind) && typeof window.Plotly === "undefined") {
-        console.error(`interactive ${kind} figure: Plotly is not loaded; showing the static picture`);
-        return;
+    const roots = [...document.querySelectorAll(".tinyllm-interactive")];
+    roots.filter((root) => !NEEDS_PLOTLY.has(root.dataset.kind)).forEach(render);
+    const plotted = roots.filter((root) => NEEDS_PLOTLY.has(root.dataset.kind));
+    if (!plotted.length) return;
+    // Each figure is drawn in a task of its own, not in the one that ran Plotly's 1.5 MB: no long
+    // stretch in which the page cannot answer the reader.
+    const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
+    whenIdleAfterLoad(() => loadPlotly().then(async () => {
+      followColourMode();
+      for (const root of plotted) {
+        await nextTask();
+        await render(root);
       }
-      try {
-        const data = JSON.parse(root.querySelector("script.tinyllm-data").textContent);
-        Promise.resolve(RENDERERS[kind](root, data)).then(
-          () => root.classList.add("tinyllm-ready"),
-          (err) => console.error(`interactive ${kind} figure failed:`, err));
-      } catch (err) {
-        console.error(`interactive ${kind} figure failed:`, err);
-      }
-    });
+    }, (err) => {
+      plotted.forEach((root) => console.error(
+        `interactive ${root.dataset.kind} figure: Plotly is not loaded (${err.message}); showing the static picture`));
+    }));
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

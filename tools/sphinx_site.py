@@ -1,9 +1,14 @@
 """Sphinx extension for the book's site: offline assets, loaded only where a page needs them.
 
-- Plotly (vendored in ``book/_vendor``) is copied into ``_static`` and added to
-  the pages that contain a Plotly figure (heatmap, sampling), before ``interactive.js``;
-  other pages do not pay its 1.5 MB.
+- Plotly (vendored in ``book/_vendor``) is copied into ``_static``; the pages that contain
+  a Plotly figure (heatmap, sampling) name it for ``interactive.js``, which loads it after
+  the page (other pages do not pay its 1.5 MB, and none waits for it).
 - Duplicate script tags (sphinx-thebe's, see ``_page_assets``) are dropped.
+- Speed and search engines (Lighthouse, ``tests/test_lighthouse.py``): no script blocks
+  the first paint (``_page_assets`` defers them; ``PERFORMANCE_FIXES`` drops the search
+  index that every page loaded for nothing); each page has a meta description (its first
+  paragraph, ``_meta_description``); the favicon is also at the site's root, where browsers
+  ask for it on pages without a link to it (``_favicon_at_root``).
 - Accessibility (WCAG 2.1 A/AA, checked by axe-core in ``tests/test_site.py``):
   every figure's image gets its caption as alt text (``_figure_alt_text``), and the
   markup that upstream projects write with an accessibility fault is corrected in
@@ -12,7 +17,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+from html import escape
 from pathlib import Path
 
 from docutils import nodes
@@ -31,7 +39,8 @@ def _add_vendor_path(app) -> None:
 def _page_assets(app, pagename, templatename, context, doctree) -> None:
     body = context.get("body", "")
     if 'data-kind="heatmap"' in body or 'data-kind="sampling"' in body:  # the tokenizer needs no Plotly
-        app.add_js_file(PLOTLY, priority=400)  # before interactive.js (priority 500)
+        url = context["pathto"](f"_static/{PLOTLY}", 1)
+        app.add_js_file(None, body=f"window.tinyllmPlotly = {json.dumps(url)};")
     # sphinx-thebe registers its inline configuration script twice on some builds, and the
     # second `const THEBE_JS_URL` is a console error; keep the first copy of each script.
     seen, unique = set(), []
@@ -39,8 +48,85 @@ def _page_assets(app, pagename, templatename, context, doctree) -> None:
         key = (getattr(script, "filename", script) or "", getattr(script, "attributes", {}).get("body", ""))
         if key not in seen:
             seen.add(key)
-            unique.append(script)
+            unique.append(_deferred(script) if _may_defer(context, pagename) else script)
     context["script_files"] = unique
+    _meta_description(app, context, doctree)
+
+
+def _may_defer(context, pagename) -> bool:
+    """Whether the page's scripts can wait for the document to be parsed.
+
+    Not where the theme writes searchtools.js into the page, undeferred, after them (the
+    search page; every page when search-as-you-type is on): it calls doctools.js at once.
+    """
+    return pagename != "search" and str(context.get("theme_search_as_you_type", "")).lower() != "true"
+
+
+def _deferred(script):
+    """A script file loaded with ``defer``: fetched alongside the page, run in order after it is parsed.
+
+    Inline scripts run where they stand, and the theme's read DOCUMENTATION_OPTIONS
+    (``DOCUMENTATION_OPTIONS.pagename = ...``), so documentation_options.js stays as it is.
+    """
+    filename = getattr(script, "filename", None)
+    attributes = getattr(script, "attributes", None)
+    if (not filename or attributes is None or "async" in attributes or "defer" in attributes
+            or filename.endswith("documentation_options.js")):
+        return script
+    return type(script)(filename, priority=script.priority, **attributes, defer="defer")
+
+
+def _first_paragraph(doctree) -> str:
+    """The page's first paragraph of running text (not a learning-objectives box or a caption)."""
+    for paragraph in doctree.findall(nodes.paragraph):
+        if not isinstance(paragraph.parent, (nodes.section, nodes.document)):
+            continue
+        text = " ".join("".join(_plain(child) for child in paragraph.children).split())
+        if len(text) >= 40:
+            return text
+    return ""
+
+
+def _plain(node) -> str:
+    """A node's text as a search result shows it: TeX reduced to its letters ($d_{\\text{model}}$: d_model)."""
+    if isinstance(node, nodes.math):
+        tex = re.sub(r"\\(?:text|mathrm|mathbf|mathit|operatorname|boldsymbol)\b", "", node.astext())
+        return re.sub(r"[\\{}]", "", tex)
+    if isinstance(node, nodes.Text):
+        return node.astext()
+    if isinstance(node, nodes.raw):
+        return ""
+    return "".join(_plain(child) for child in node.children)
+
+
+def _meta_description(app, context, doctree, limit: int = 160) -> None:
+    """<meta name="description">: what a search engine shows under the page's title.
+
+    The page's first paragraph, cut after its last sentence within ``limit`` characters
+    (or at a word); on pages without one (the general index, search), the config's
+    ``site_description``. A description the page sets itself (MyST's ``html_meta``) is kept.
+    """
+    if 'name="description"' in context.get("metatags", ""):
+        return
+    text = _first_paragraph(doctree) if doctree is not None else ""
+    if len(text) > limit:  # whole sentences if they say enough, else cut at a word
+        sentences = text[:limit].rsplit(". ", 1)[0] + "." if ". " in text[:limit] else ""
+        text = sentences if len(sentences) >= limit // 2 else text[:limit - 1].rsplit(" ", 1)[0].rstrip(",;:") + "\u2026"
+    text = text or app.config.site_description
+    if text:
+        context["metatags"] = (context.get("metatags", "")
+                               + f'\n<meta name="description" content="{escape(text, quote=True)}" />')
+
+
+def _favicon_at_root(app, exception) -> None:
+    """A copy of html_favicon at /favicon.ico: a browser asks for it there on pages that link none
+    (Jupyter Book's root index.html, a redirect), and its 404 is a console error."""
+    favicon = app.config.html_favicon
+    if exception is not None or app.builder.format != "html" or not favicon or "://" in favicon:
+        return
+    source = Path(app.confdir) / favicon
+    if source.suffix == ".ico" and source.is_file():
+        shutil.copyfile(source, Path(app.outdir) / "favicon.ico")
 
 
 # An alt text that says nothing: none, the image's own path (what Sphinx writes when alt is
@@ -103,8 +189,31 @@ ACCESSIBILITY_FIXES = [
 ]
 
 
+# Scripts the theme writes into every page that the page does not need: (what, whose, pattern,
+# replacement), applied where the page may defer its scripts (``_may_defer``; search.html keeps all).
+PERFORMANCE_FIXES = [
+    ("Sphinx's search tools and the whole search index (searchindex.js), loaded undeferred on every "
+     "page for search-as-you-type, which is off here (the search button opens search.html, which "
+     "loads them itself)",
+     "pydata-sphinx-theme (layout.html, block extrahead)",
+     re.compile(r'\s*<script src="[^"]*(?:_static/searchtools\.js|_static/language_data\.js|searchindex\.js)">'
+                r'</script>'), ""),
+    ("Font Awesome's script (1.5 MB) that redraws every icon as SVG: the theme's CSS already draws "
+     "each icon the book uses from Font Awesome's web fonts, and the script is there for custom "
+     "icons, which the book has none of",
+     "pydata-sphinx-theme (static/webpack-macros.html, head_js_preload)",
+     re.compile(r'\s*<script defer src="[^"]*_static/scripts/fontawesome\.js[^"]*"></script>'), ""),
+]
+
+
 def accessible_html(html: str) -> str:
     for _what, _upstream, pattern, replacement in ACCESSIBILITY_FIXES:
+        html = pattern.sub(replacement, html)
+    return html
+
+
+def fast_html(html: str) -> str:
+    for _what, _upstream, pattern, replacement in PERFORMANCE_FIXES:
         html = pattern.sub(replacement, html)
     return html
 
@@ -118,7 +227,12 @@ def _render_accessibly(app) -> None:
     if app.builder.format != "html":
         return
     render = app.builder.templates.render
-    app.builder.templates.render = lambda template, context: accessible_html(render(template, context))
+
+    def fixed(template, context):
+        page = accessible_html(render(template, context))
+        return fast_html(page) if _may_defer(context, context.get("pagename")) else page
+
+    app.builder.templates.render = fixed
 
 
 def setup(app):
@@ -126,4 +240,6 @@ def setup(app):
     app.connect("doctree-resolved", _figure_alt_text)
     app.connect("builder-inited", _render_accessibly)
     app.connect("html-page-context", _page_assets, priority=900)  # after the theme and extensions
+    app.connect("build-finished", _favicon_at_root)
+    app.add_config_value("site_description", "", "html", types=[str])
     return {"parallel_read_safe": True, "parallel_write_safe": True}
