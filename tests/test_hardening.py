@@ -60,7 +60,8 @@ def hidden_source_lines() -> set[str]:
 
 def leaked_lines(text: str, lines: set[str]) -> list[str]:
     """Hidden lines that occur in text as whole statements (`x = f()` must not match inside `max = f()`)."""
-    return [line for line in lines if re.search(r"(?<![\w.])" + re.escape(line), text)]
+    # The substring test first: it rules out nearly every line at once (the site is 40 MB of text).
+    return [line for line in lines if line in text and re.search(r"(?<![\w.])" + re.escape(line), text)]
 
 
 def normal_fixtures():
