@@ -199,7 +199,11 @@ def test_chapter_notebook_runs_top_to_bottom_with_only_the_student_package(stude
     kernel = KernelManager(kernel_name="student", kernel_spec_manager=manager)
     client = NotebookClient(notebook, km=kernel, timeout=600, allow_errors=False,
                             resources={"metadata": {"path": str(tmp_path)}})
-    with mock.patch.dict(os.environ, env):
-        client.execute()
+    try:
+        with mock.patch.dict(os.environ, env):
+            client.execute()
+    finally:  # nbclient leaves a kernel it was handed running: each chapter's would stay, holding its memory
+        if kernel.has_kernel:
+            kernel.shutdown_kernel(now=True)
     first = "".join(o.get("text", "") for o in notebook.cells[0].get("outputs", []))
     assert first == "", "the set-up cell installed something although the package was there"
