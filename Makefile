@@ -86,7 +86,8 @@ solutions: $(VENV)/.test-installed
 exercises: solutions
 	$(BIN)/python -m tools.exercises release
 
-gradescope: $(VENV)/.test-installed system-deps
+gradescope: $(VENV)/.test-installed
+	@tools/system_deps.sh grade
 	$(BIN)/python -m autograder.gradescope build _build/gradescope
 
 # Everything an instructor needs from one command: reports, grades.csv, feedback/, the class
@@ -106,8 +107,13 @@ preview:
 system-deps:
 	@tools/system_deps.sh
 
+# TEST_JOBS test processes (pytest-xdist; default one per core), each test file in one of them so
+# that a file's shared fixtures (a graded class, a browser) are built once; torch on one thread in
+# each, so the processes do not fight over the cores. TEST_JOBS=0: one process. The slowest tests
+# are listed at the end.
+TEST_JOBS ?= auto
 test: $(VENV)/.test-installed system-deps node_modules/.npm-installed book
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile --durations=15
 
 clean-book:
 	rm -rf _build
