@@ -174,9 +174,9 @@ def test_broken_inputs_fail_the_build_naming_the_file(tmp_path):
     (book / "book").mkdir(parents=True)
     (book / "references.bib").write_text((ROOT / "references.bib").read_text())
     (book / "_config.yml").write_text((ROOT / "_config.yml").read_text())
-    (book / "tools").mkdir()  # the config's local Sphinx extension, and the assets it serves
-    for extension in ("sphinx_site.py", "quiz.py"):  # the config's local_extensions
-        shutil.copy(ROOT / "tools" / extension, book / "tools")
+    # The config's local Sphinx extensions (tools/), the files it names (_static/, tools/latex/).
+    shutil.copytree(ROOT / "tools", book / "tools", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "_static", book / "_static")
     shutil.copytree(ROOT / "book" / "_vendor", book / "book" / "_vendor")
     (book / "_toc.yml").write_text(
         "format: jb-book\nroot: book/index\nchapters:\n  - file: book/broken_cell\n  - file: book/bad_cite\n"
