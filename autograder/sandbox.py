@@ -72,7 +72,6 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 TMP_PREFIX = "autograder-"
 SANDBOX_USER = "autograder-sandbox"  # the "user" level's account; AUTOGRADER_SANDBOX_USER names another
-ISOLATIONS = ("bwrap", "user", "rlimits")  # strongest first; the grader uses exactly the one it is told
 # What a worker may read besides the Python installation and the public code (as bubblewrap shows it).
 SYSTEM_PATHS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/alternatives",
                 "/sys/devices/system/cpu")
@@ -180,16 +179,19 @@ def landlock_abi() -> int:
 
 
 # Run as the sandbox user, without Landlock: what do file permissions alone let it reach?
+# Arguments: "private:PATH" (neither read nor write) or "readonly:PATH" (no write).
 _REACH_PROBE = r"""
 import json, os, sys
 reached = []
-for path in sys.argv[1:]:
+for argument in sys.argv[1:]:
+    kind, path = argument.split(":", 1)
     try:
-        if os.path.isdir(path):
-            os.listdir(path)
-        else:
-            open(path, "rb").close()
-        reached.append(["read", path])
+        if kind == "private":
+            if os.path.isdir(path):
+                os.listdir(path)
+            else:
+                open(path, "rb").close()
+            reached.append(["read", path])
     except OSError:
         pass
     try:
@@ -213,9 +215,10 @@ def user_problem(protected: list[Path]) -> str | None:
     """Why the "user" level cannot grade safely here, or None when it can.
 
     It needs Linux, root (to start workers as another user), the sandbox user, a
-    Python installation that user can run, and file permissions that keep the
-    ``protected`` paths (the grader, the hidden checks, the reports) out of that
-    user's reach, tried as that user; Landlock is not counted on for them.
+    Python installation that user can run but not change (the grader imports
+    from it), and file permissions that keep the ``protected`` paths (the grader,
+    the hidden checks, the reports) out of that user's reach, tried as that
+    user; Landlock is not counted on for them.
     """
     if not sys.platform.startswith("linux"):
         return "it needs Linux"
@@ -228,7 +231,11 @@ def user_problem(protected: list[Path]) -> str | None:
                 f"--shell /usr/sbin/nologin {name})")
     if user.uid == 0 or user.gid == 0:
         return f"the sandbox user {user.name!r} is root"
-    paths = [str(p) for p in protected if os.path.lexists(p)]
+    import sysconfig
+
+    installation = {*python_prefixes(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    paths = [f"private:{p}" for p in protected if os.path.lexists(p)]
+    paths += [f"readonly:{p}" for p in sorted(installation) if os.path.isdir(p)]
     try:
         probe = as_user(user, [sys.executable, "-S", "-c", _REACH_PROBE, *paths])
     except (OSError, subprocess.SubprocessError) as error:
@@ -239,7 +246,8 @@ def user_problem(protected: list[Path]) -> str | None:
     reached = json.loads(probe.stdout)
     if reached:
         how, path = reached[0]
-        return f"the sandbox user {user.name!r} can {how} {path} (make it root's alone: chmod go-rwx)"
+        fix = "chmod go-rwx" if how == "read" else "chmod -R go-w"
+        return f"the sandbox user {user.name!r} can {how} {path} ({fix} it)"
     return None
 
 
