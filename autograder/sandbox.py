@@ -271,8 +271,8 @@ def describe(isolation: str) -> dict:
         info.update(user=user.name if user else None, landlock_abi=abi, pids_cgroup=cgroups_work())
         confined = (f"Landlock (ABI {abi}): reads only the public code and the system's libraries, writes only "
                     "its scratch folder" + (", no TCP" if abi >= 4 else "")) if abi else \
-            "no Landlock on this kernel: file permissions alone keep the grader, the checks and the results " \
-            "out of its reach"
+            "no Landlock here (the kernel or a seccomp filter lacks it): file permissions alone keep the grader, " \
+            "the checks and the results out of its reach"
         info["summary"] = f"an unprivileged user ({info['user']}), no capabilities; {confined}"
     else:
         info["summary"] = "resource limits only, as the grading user: for trusted code"
