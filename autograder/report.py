@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import tempfile
@@ -66,20 +64,62 @@ def read_report(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def class_csv(rows: list[tuple[str, str | None, str | None, dict]]) -> bytes:
-    """One row per submission: who, which assignment, the total and each check's points."""
-    check_names: list[str] = []
-    for _, _, _, report in rows:
-        for test in report.get("tests", []):
-            if test["name"] not in check_names:
-                check_names.append(test["name"])
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["submission", "student", "assignment", "score", "max_score", "notes"] + check_names)
-    for submission, student, assignment, report in rows:
-        scores = {t["name"]: t["score"] for t in report.get("tests", [])}
-        statuses = sorted({t["status"] for t in report.get("tests", []) if t["status"] != "passed"})
-        writer.writerow([submission, student or "", assignment or report.get("extra_data", {}).get("assignment") or "",
-                         f"{report.get('score', 0):g}", f"{report.get('max_score', 0):g}", " ".join(statuses)]
-                        + [f"{scores[name]:g}" if name in scores else "" for name in check_names])
-    return out.getvalue().encode("utf-8")
+class OutputCache:
+    """What each derived file of an output folder was made from, so a run rewrites only what changed.
+
+    ``fresh(path, key)`` is true when ``path`` exists and was last written from inputs whose
+    digest is ``key``; ``record(path, key)`` notes a write. Kept in ``OUT/.cache/outputs.json``;
+    a missing or damaged record only means files are written again.
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.path = self.out / ".cache" / "outputs.json"
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        self.keys: dict[str, str] = data if isinstance(data, dict) else {}
+        self.changed = False
+
+    def _name(self, path: Path) -> str:
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self.out.resolve()).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    def fresh(self, path: Path, key: str) -> bool:
+        return self.keys.get(self._name(path)) == key and Path(path).exists()
+
+    def record(self, path: Path, key: str) -> None:
+        name = self._name(path)
+        if self.keys.get(name) != key:
+            self.keys[name] = key
+            self.changed = True
+
+    def forget(self, path: Path) -> None:
+        if self.keys.pop(self._name(path), None) is not None:
+            self.changed = True
+
+    def save(self) -> None:
+        if self.changed:
+            atomic_write(self.path, json.dumps(self.keys, sort_keys=True).encode("utf-8"))
+            self.changed = False
+
+
+def digest(*parts) -> str:
+    """A short key for ``OutputCache``: the SHA-256 of the parts, JSON-encoded."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
+
+
+def module_digest(*modules) -> str:
+    """The bytes of the modules that write a file: editing one of them rewrites its files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
