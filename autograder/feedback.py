@@ -334,8 +334,11 @@ def table(caption: str, columns: list[str], rows: list[list[str]], numeric: set[
 
 
 def write_text(path: Path, text: str) -> None:
-    """Atomically, and readable by others: feedback and summaries are meant to be handed out."""
-    atomic_write(path, text.encode("utf-8"))
+    """Atomically, and readable by others: feedback and summaries are meant to be handed out.
+
+    Without fsync: these pages are derived from the reports, and a rerun writes them again.
+    """
+    atomic_write(path, text.encode("utf-8"), durable=False)
     os.chmod(path, 0o644)
 
 
@@ -466,26 +469,27 @@ def write_feedback(folder: Path, reports: list[dict], hide_hidden: bool = True, 
     has not changed is not written again; ``prune`` removes files in ``folder``
     that no report produces (a student's feedback never outlives their report).
     """
-    from autograder.report import digest, module_digest
+    from autograder.report import digest, module_digest, report_key
 
     folder = Path(folder)
     written: list[Path] = []
     taken: set[Path] = set()
     version = module_digest(sys.modules[__name__])
     for report in reports:
-        fb = read_feedback(report, hide_hidden)
-        owner = safe_name(fb.student or PurePosixPath(fb.submission).stem, "submission")
-        base = folder / owner / safe_name(fb.assignment, "unknown_assignment")
+        extra = report.get("extra_data") or {}
+        owner = safe_name(extra.get("student") or PurePosixPath(submission_label(report)).stem, "submission")
+        base = folder / owner / safe_name(str(extra.get("assignment") or "unknown_assignment"), "unknown_assignment")
         candidate, n = base, 1
         while candidate in taken:
             n += 1
             candidate = base.with_name(f"{base.name}-{n}")
         taken.add(candidate)
-        key = digest(version, hide_hidden, {k: v for k, v in report.items() if k != "extra_data"},
-                     {k: v for k, v in (report.get("extra_data") or {}).items() if k != "notebook"})
+        key = digest(version, hide_hidden, report_key(report))
+        fb = None
         for suffix, render in ((".html", feedback_html), (".md", feedback_markdown)):
             path = candidate.with_name(candidate.name + suffix)
             if cache is None or not cache.fresh(path, key):
+                fb = fb or read_feedback(report, hide_hidden)
                 write_text(path, render(fb))
                 if cache is not None:
                     cache.record(path, key)

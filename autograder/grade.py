@@ -222,16 +222,18 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
         if report != before:  # lateness and ignored files are re-derived every run (the due date may change)
             write_report(out / submission.report_name, report)
         ordered.append((submission, report))
+    loaded: dict[Path, dict | None] = {}
     if plan.rederive_all:  # a course file: every report in the folder follows it, not only this run's
         this_run = {s.report_name for s in submissions}
         for path in sorted(out.glob("*.json")):
-            report = read_report(path)
+            report = loaded[path] = read_report(path)
             if path.name in this_run or not report or not isinstance(report.get("extra_data"), dict):
                 continue
             updated = rederive(report, plan.schedule)
             if updated != report:
                 write_report(path, updated)
-    everything = class_reports(out)
+                loaded[path] = updated
+    everything = class_reports(out, loaded)
     written = write_outputs(out, [with_notebook(r, plan.found) for _, r in everything], plan, args)
     if args.gradebook:
         from autograder.gradebook import write_scores
@@ -339,13 +341,14 @@ def finish(submission: Submission, report: dict, plan: Plan) -> dict:
 
 def rederive(report: dict, schedule: Schedule) -> dict:
     """A report of an earlier run, its lateness judged again by ``schedule`` (from its stored timestamp)."""
-    report = json.loads(json.dumps(report))
     return apply_lateness(report, schedule)
 
 
 def apply_lateness(report: dict, schedule: Schedule) -> dict:
-    """Set ``extra_data.late``, the score and the "Late:" line from the stored timestamp and ``schedule``."""
-    extra = report.setdefault("extra_data", {})
+    """The report with ``extra_data.late``, the score and the "Late:" line set from its stored timestamp
+    and ``schedule`` (a new dict; ``report`` is not changed)."""
+    report = {**report, "extra_data": dict(report.get("extra_data") or {})}
+    extra = report["extra_data"]
     raw = sum(t["score"] for t in report.get("tests", []))
     max_score = report.get("max_score", 0.0)
     late, stored = None, extra.get("late")
@@ -357,7 +360,7 @@ def apply_lateness(report: dict, schedule: Schedule) -> dict:
                 "extension": due.extended_from is not None, "class_due": utc_text(due.extended_from),
                 "policy": policy.describe(), "raw_score": raw, "marked_late": bool(stored.get("marked_late"))}
         if stored.get("timestamp"):
-            stamp = parse_time(stored["timestamp"], "timestamp")
+            stamp = stored_time(stored["timestamp"])
             seconds = max(0.0, (stamp - due.at).total_seconds()) if due.at is not None else None
             late.update(seconds_late=seconds, late=policy.is_late(seconds),
                         penalty=policy.penalty(raw, max_score, seconds or 0.0))
@@ -377,6 +380,15 @@ def apply_lateness(report: dict, schedule: Schedule) -> dict:
     return report
 
 
+def stored_time(text: str) -> datetime:
+    """A timestamp as reports store it (ISO 8601, UTC offset) as naive UTC; other forms as nbgrader's."""
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        return parse_time(text, "timestamp")
+    return (stamp - stamp.utcoffset()).replace(tzinfo=None) if stamp.utcoffset() is not None else stamp
+
+
 def format_duration(seconds: float) -> str:
     minutes = int(seconds // 60)
     days, minutes = divmod(minutes, 24 * 60)
@@ -385,11 +397,15 @@ def format_duration(seconds: float) -> str:
     return " ".join(p for p in parts if p)
 
 
-def class_reports(out: Path) -> list[tuple[str, dict]]:
-    """Every report in the output folder (this run's and earlier ones'), in a stable order."""
+def class_reports(out: Path, loaded: dict[Path, dict | None] | None = None) -> list[tuple[str, dict]]:
+    """Every report in the output folder (this run's and earlier ones'), in a stable order.
+
+    ``loaded``: reports already read from the folder this run (path -> report), not read again.
+    """
     found = []
+    loaded = loaded or {}
     for path in sorted(out.glob("*.json")):
-        report = read_report(path)
+        report = loaded[path] if path in loaded else read_report(path)
         if report and isinstance(report.get("tests"), list) and isinstance(report.get("extra_data"), dict):
             found.append((path.stem, report))
     key = lambda item: (item[1]["extra_data"].get("assignment") or "", item[1]["extra_data"].get("student") or "",  # noqa: E731
@@ -400,8 +416,11 @@ def class_reports(out: Path) -> list[tuple[str, dict]]:
 def with_notebook(report: dict, found: Found) -> dict:
     """The report, with where its notebook lies for the similarity report (in memory only: a report
     itself names no path on the grader's disk, so it reads the same from any folder)."""
+    from autograder.report import report_key
+
     notebook = found.notebook_of(report["extra_data"].get("submission") or "")
-    return {**report, "extra_data": {**report["extra_data"], "notebook": str(notebook) if notebook else None}}
+    return {**report, "extra_data": {**report["extra_data"], "notebook": str(notebook) if notebook else None},
+            "__key": report_key(report)}
 
 
 def write_outputs(out: Path, reports: list[dict], plan: Plan, args: argparse.Namespace) -> str:

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from autograder.feedback import STATUS_TEXT, parse_test, points, safe_name
-from autograder.report import atomic_write, digest, module_digest
+from autograder.report import atomic_write, digest, module_digest, report_key
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("timestamp.txt", "submission_secret.txt")  # what release_feedback reads beside the notebook
@@ -142,13 +142,12 @@ def write_autograded(folder: Path, reports: list[dict], hide_hidden: bool = True
             continue
         target = folder / safe_name(student, "student") / safe_name(assignment, "assignment") / f"{assignment}.ipynb"
         source = extra.get("notebook")
-        key = digest(version, hide_hidden, extra.get("sha256"), {k: v for k, v in report.items() if k != "extra_data"},
-                     {k: v for k, v in extra.items() if k != "notebook"},
-                     [Path(source).with_name(n).stat().st_mtime_ns if source and Path(source).with_name(n).exists()
+        key = digest(version, hide_hidden, report_key(report), [Path(source).with_name(n).stat().st_mtime_ns if source and Path(source).with_name(n).exists()
                       else None for n in COPIED])
         if cache is None or not cache.fresh(target, key):
             notebook = autograded_notebook(_read(source), release, report, hide_hidden)
-            atomic_write(target, (json.dumps(notebook, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+            atomic_write(target, (json.dumps(notebook, indent=1, ensure_ascii=False) + "\n").encode("utf-8"),
+                         durable=False)
             for name in COPIED:
                 beside = Path(source).with_name(name) if source else None
                 if beside is not None and beside.is_file():

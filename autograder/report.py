@@ -8,8 +8,13 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``.
+
+    ``durable=False`` skips the two fsyncs: for files derived from the reports (feedback, pages,
+    caches), which a rerun rewrites, where a thousand fsyncs would cost more than the grading.
+    A reader still never sees a half-written file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -17,7 +22,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -25,6 +31,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+    if not durable:
+        return
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # the rename itself survives a crash
@@ -74,6 +82,7 @@ class OutputCache:
 
     def __init__(self, out: Path):
         self.out = Path(out)
+        self.root = os.path.abspath(self.out)
         self.path = self.out / ".cache" / "outputs.json"
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
@@ -83,14 +92,16 @@ class OutputCache:
         self.changed = False
 
     def _name(self, path: Path) -> str:
-        path = Path(path).resolve()
-        try:
-            return path.relative_to(self.out.resolve()).as_posix()
-        except ValueError:
-            return path.as_posix()
+        path = os.path.abspath(path)  # no resolve(): a thousand files, no symlinks to follow
+        return path[len(self.root) + 1:] if path.startswith(self.root + os.sep) else path
 
     def fresh(self, path: Path, key: str) -> bool:
-        return self.keys.get(self._name(path)) == key and Path(path).exists()
+        if self.keys.get(self._name(path)) != key:
+            return False
+        try:  # derived files are written without fsync: after a crash one may be empty
+            return os.stat(path).st_size > 0
+        except OSError:
+            return False
 
     def record(self, path: Path, key: str) -> None:
         name = self._name(path)
@@ -104,8 +115,21 @@ class OutputCache:
 
     def save(self) -> None:
         if self.changed:
-            atomic_write(self.path, json.dumps(self.keys, sort_keys=True).encode("utf-8"))
+            atomic_write(self.path, json.dumps(self.keys, sort_keys=True).encode("utf-8"), durable=False)
             self.changed = False
+
+
+def report_key(report: dict) -> str:
+    """A digest of what a report says (its notebook's whereabouts aside).
+
+    The writers of a run's derived files all key on it. A run computes it once per report and
+    keeps it on its in-memory copy as ``__key`` (see ``grade.with_notebook``); a dict without one
+    is digested here.
+    """
+    if "__key" in report:
+        return report["__key"]
+    extra = {k: v for k, v in (report.get("extra_data") or {}).items() if k != "notebook"}
+    return digest({k: v for k, v in report.items() if k != "extra_data"}, extra)
 
 
 def digest(*parts) -> str:

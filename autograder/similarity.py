@@ -373,7 +373,7 @@ def _store(cache_dir: Path | None, fp: Fingerprint) -> None:
     np.savez(buffer, hashes=fp.hashes, own=fp.own, fingerprints=np.array(sorted(fp.fingerprints), dtype=np.uint64))
     from autograder.report import atomic_write
 
-    atomic_write(cache_dir / f"{fp.key}.npz", buffer.getvalue())
+    atomic_write(cache_dir / f"{fp.key}.npz", buffer.getvalue(), durable=False)
 
 
 def fingerprints(entries: list[tuple[str, Path, str | None]], starter: set[int], starter_key: str,
@@ -632,7 +632,8 @@ class _PairStore:
         if self.path is not None and self.changed:
             from autograder.report import atomic_write
 
-            atomic_write(self.path, json.dumps({"algorithm": ALGORITHM, "pairs": self.data}).encode("utf-8"))
+            atomic_write(self.path, json.dumps({"algorithm": ALGORITHM, "pairs": self.data}).encode("utf-8"),
+                         durable=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -776,7 +777,7 @@ def write_similarity(folder: Path, reports: list[dict], threshold: float = THRES
         write_text(path, similarity_html(result))
         from autograder.report import atomic_write
 
-        atomic_write(path.with_suffix(".csv"), pairs_csv(result))
+        atomic_write(path.with_suffix(".csv"), pairs_csv(result), durable=False)
         if cache is not None:
             cache.record(path, key)
         written.append(path)

@@ -268,7 +268,7 @@ def write_summary(folder: Path, reports: list[dict], cache=None) -> list[Path]:
     With ``cache`` (an :class:`autograder.report.OutputCache`), a page whose reports have not
     changed is not drawn again.
     """
-    from autograder.report import digest, module_digest
+    from autograder.report import digest, module_digest, report_key
 
     groups: dict[str, list[dict]] = defaultdict(list)
     for report in reports:
@@ -277,8 +277,7 @@ def write_summary(folder: Path, reports: list[dict], cache=None) -> list[Path]:
     written = []
     for assignment, group in sorted(groups.items()):
         path = Path(folder) / f"summary-{safe_name(assignment, 'unknown_assignment')}.html"
-        key = digest(version, [{k: v for k, v in r.items() if k != "extra_data"} for r in group],
-                     [{k: v for k, v in (r.get("extra_data") or {}).items() if k != "notebook"} for r in group])
+        key = digest(version, [report_key(r) for r in group])
         if cache is None or not cache.fresh(path, key):
             write_text(path, summary_html(summarise(group)[assignment]))
             if cache is not None:

@@ -18,7 +18,9 @@ Measured, each in its own process as an instructor runs it:
 1. the whole class graded from nothing (`python -m autograder grade ... --course`);
 2. a rerun with nothing changed;
 3. one student resubmits (their 03_softmax notebook edited) and is regraded with
-   `--student NAME`: the time of the whole command, three students in turn;
+   `--student NAME`: the time of the whole command, three students in turn, each
+   beside the time a bare `python -c` takes to import the checks (and torch), the
+   floor of any grading command on this machine at that moment;
 4. the similarity reports: size on disk, and the time Chromium takes to load
    and lay out each (when Debian's chromium and Playwright are installed);
 5. the peak resident memory of any process of each run (getrusage of children).
@@ -153,7 +155,7 @@ def main() -> None:
         full, full_rss, _ = timed(base)
         load_after = load_average()
         rerun, _, _ = timed(base)
-        regrades = []
+        regrades, floors = [], []  # floors: starting Python and importing the checks (torch), side by side
         for name in (names[len(names) // 2], names[len(names) // 3], names[-1]):
             notebook = next((scratch / "submitted" / name / "03_softmax").glob("*.ipynb"), None)
             try:  # the student resubmits: one more cell in their notebook (a truncated upload stays so)
@@ -163,8 +165,10 @@ def main() -> None:
             if data is not None:
                 data["cells"].append(classroom.code_cell(f"# {name} resubmitted"))
                 notebook.write_text(json.dumps(data, indent=1))
+            floor, _, _ = timed([sys.executable, "-c", "from autograder.registry import assignments; assignments()"])
             seconds, _, stderr = timed(base[:-1] + ["--student", name, "--quiet"])
             regrades.append(seconds)
+            floors.append(floor)
         out = scratch / "grades"
         pages = sorted(out.glob("similarity-*.html"))
         sizes = {p.name: p.stat().st_size for p in pages}
@@ -182,6 +186,7 @@ def main() -> None:
         "rerun_nothing_changed_seconds": round(rerun, 1),
         "regrade_one_student_seconds": [round(s, 2) for s in regrades],
         "regrade_one_student_median_seconds": round(statistics.median(regrades), 2),
+        "import_checks_and_torch_seconds_before_each_regrade": [round(s, 2) for s in floors],
         "similarity_report_bytes": sizes,
         "similarity_report_chromium_load_seconds": {k: round(v, 3) for k, v in chromium.items()} if chromium else None,
     }
@@ -190,7 +195,8 @@ def main() -> None:
           f"{load_before} before, {load_after} after)")
     print(f"  rerun, nothing changed:       {rerun:7.1f} s")
     print(f"  one student regraded:         {', '.join(f'{s:.2f}' for s in regrades)} s "
-          f"(median {statistics.median(regrades):.2f} s)")
+          f"(median {statistics.median(regrades):.2f} s; just starting Python and importing the checks and torch, "
+          f"measured before each: {', '.join(f'{s:.2f}' for s in floors)} s)")
     print("  similarity reports:           " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()))
     if chromium:
         print("  opened in chromium:           " + ", ".join(f"{k} {v:.2f} s" for k, v in chromium.items()))

@@ -32,7 +32,6 @@ from pathlib import Path
 import pytest
 
 from autograder import feedback, similarity, summary
-from autograder.course import LatePolicy, load_course, parse_instant
 from autograder.submissions import UsageError
 from tests import canvas_gradebook
 from tests.conftest import ROOT
@@ -104,16 +103,19 @@ def test_due_on_a_tree_of_several_assignments_is_an_error(term, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "--due gives one assignment's due date" in result.stderr and "--course" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
-    # One assignment of the tree is fine.
-    ok = grade(str(term["submitted"]), "--assignment", "03_softmax", "--student", "ada", "--due", classroom.DUE,
-               "--out", str(tmp_path / "one"), "--quiet", *LIMITS)
-    assert ok.returncode == 0 and report(tmp_path / "one", "ada", "03_softmax")["score"] == 14
+    # One assignment of the tree is fine (the reports are up to date: nothing is regraded).
+    shutil.copytree(term["out"], tmp_path / "one")
+    ok = grade(str(term["submitted"]), "--assignment", "03_softmax", "--student", "quinn", "--due", classroom.DUE,
+               "--late-penalty", "zero", "--out", str(tmp_path / "one"), "--quiet", *LIMITS)
+    assert ok.returncode == 0 and report(tmp_path / "one", "quinn", "03_softmax")["score"] == 0  # late, no extension
 
 
 @pytest.mark.parametrize("text", ["01/11/2026", "2026-11-01T23:59", "2026-11-01 23:59 PST", "friday", "23:59",
                                   "2026-11-01", "2026-13-01T23:59:00Z", "next tuesday-ish"])
 def test_a_date_without_an_iso_zone_is_refused(text):
     """Finding 3: 01/11/2026 became 11 January, PST was ignored, friday and 23:59 meant this week."""
+    from autograder.course import parse_instant
+
     with pytest.raises(UsageError) as error:
         parse_instant(text, "--due")
     assert "--due" in str(error.value) and "\n" not in str(error.value)
@@ -123,6 +125,8 @@ def test_a_date_without_an_iso_zone_is_refused(text):
                                        ("2026-11-01T23:59Z", "2026-11-01T23:59:00"),
                                        ("2026-11-01 23:59:30.5+0100", "2026-11-01T22:59:30.500000")])
 def test_iso_dates_with_a_zone_are_read_in_utc(text, utc):
+    from autograder.course import parse_instant
+
     assert parse_instant(text, "--due").isoformat() == utc
 
 
@@ -140,6 +144,8 @@ def test_bad_dates_on_the_command_line_and_in_the_course_file_are_one_line_exit_
 
 
 def test_the_course_file_rejects_typos_and_mixing_with_due(tmp_path):
+    from autograder.course import load_course
+
     known = {"03_softmax": [], "04_attention": []}
     cases = {'[assignments.03_sofmax]\ndue = "2026-11-01T23:59:00Z"\n': "unknown key '03_sofmax' (did you mean 03_softmax?)",
              '[assignments.03_softmax]\ndue_date = "2026-11-01T23:59:00Z"\n': "unknown key 'due_date' (known: canvas, due, late)",
@@ -160,6 +166,8 @@ def test_the_course_file_rejects_typos_and_mixing_with_due(tmp_path):
 
 
 def test_late_policy_grace_and_cap():
+    from autograder.course import LatePolicy
+
     policy = LatePolicy("percent", 10.0, grace_seconds=15 * 60, cap_percent=25.0)
     assert policy.penalty(10, 10, 10 * 60) == 0 and not policy.is_late(10 * 60)  # within the grace period
     assert policy.penalty(10, 10, 20 * 60) == 1.0  # one day or part of one, counted from the due date
@@ -216,6 +224,7 @@ def test_an_extension_for_an_unknown_student_is_warned_about(term):
     assert "extension" not in term["stderr"]  # quinn exists
     path = term["base"] / "typo.toml"
     path.write_text(classroom.course_file({"qiunn": {"03_softmax": EXTENSION}}))
+    shutil.copytree(term["out"], term["base"] / "typo")  # up to date: nothing is regraded
     result = grade(str(term["submitted"]), "--course", str(path), "--out", str(term["base"] / "typo"), "--quiet",
                    *LIMITS)
     assert "the extension for 'qiunn' (03_softmax) matches no student in the submissions (did you mean quinn?)" \
