@@ -156,7 +156,7 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
         print(f"autograder: another grading run (pid {lock.holder()}) is writing to {out}; wait for it to "
               "finish or choose another --out folder.", file=sys.stderr)
         return 3
-    for leftover in out.glob(".*.tmp"):  # a report being written when a previous run was killed
+    for leftover in out.rglob(".*.tmp"):  # a file being written when a previous run was killed
         leftover.unlink(missing_ok=True)
     submissions = plan.found.submissions
     if not hidden_available():

@@ -97,17 +97,20 @@ def rows(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------- 2 and 3: dates
 
 
-def test_due_on_a_tree_of_several_assignments_is_an_error(term, tmp_path):
+def test_due_on_a_tree_of_several_assignments_is_an_error(tmp_path):
     """Finding 2: one --due over 03_softmax and 04_attention made the later assignment 0, exit 0."""
-    result = grade(str(term["submitted"]), "--due", classroom.DUE, "--out", str(tmp_path / "out"), check=False)
+    submitted = tmp_path / "submitted"
+    for assignment in ("03_softmax", "04_attention"):
+        classroom.Student("quinn", assignment, timestamp=classroom.LATE).write(submitted)
+    result = grade(str(submitted), "--due", classroom.DUE, "--out", str(tmp_path / "out"), check=False)
     assert result.returncode == 2, result.stderr
     assert "--due gives one assignment's due date" in result.stderr and "--course" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
-    # One assignment of the tree is fine (the reports are up to date: nothing is regraded).
-    shutil.copytree(term["out"], tmp_path / "one")
-    ok = grade(str(term["submitted"]), "--assignment", "03_softmax", "--student", "quinn", "--due", classroom.DUE,
-               "--late-penalty", "zero", "--out", str(tmp_path / "one"), "--quiet", *LIMITS)
-    assert ok.returncode == 0 and report(tmp_path / "one", "quinn", "03_softmax")["score"] == 0  # late, no extension
+    # One assignment of the tree is fine.
+    ok = grade(str(submitted), "--assignment", "03_softmax", "--due", classroom.DUE, "--late-penalty", "zero",
+               "--out", str(tmp_path / "one"), "--quiet", *LIMITS)
+    assert ok.returncode == 0 and report(tmp_path / "one", "quinn", "03_softmax")["score"] == 0  # late
+    assert not (tmp_path / "one" / "quinn__04_attention.json").exists()
 
 
 @pytest.mark.parametrize("text", ["01/11/2026", "2026-11-01T23:59", "2026-11-01 23:59 PST", "friday", "23:59",
