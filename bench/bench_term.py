@@ -1,6 +1,7 @@
 """A 300-student term: grade the class, open its similarity report, regrade one student.
 
     python bench/bench_term.py [--students 300] [--jobs 2] [--seed 0] [--keep DIR]
+    python bench/bench_term.py --reuse DIR      # a class graded earlier with --keep DIR: regrades only
 
 The class is generated (seeded) from the realistic class of
 tests/fixtures/classroom.py: every student submits 03_softmax and 04_attention,
@@ -139,20 +140,24 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", metavar="DIR", help="build and grade in DIR and keep it (default: a temporary folder)")
+    parser.add_argument("--reuse", metavar="DIR", help="a class built and graded by an earlier --keep DIR: measure the "
+                        "rerun and the regrades only")
     args = parser.parse_args()
-    scratch = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-term-"))
+    scratch = Path(args.reuse or args.keep or tempfile.mkdtemp(prefix="bench-term-"))
     if args.keep and scratch.exists():
         shutil.rmtree(scratch)
-    scratch.mkdir(parents=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     try:
-        names, extensions = build_class(scratch, args.students, args.seed)
-        (scratch / "course.toml").write_text(course_file(extensions))
+        if not args.reuse:
+            names, extensions = build_class(scratch, args.students, args.seed)
+            (scratch / "course.toml").write_text(course_file(extensions))
+        names = sorted(p.name for p in (scratch / "submitted").iterdir() if p.is_dir())
         notebooks = sum(1 for _ in (scratch / "submitted").rglob("*.ipynb"))
         base = [sys.executable, "-m", "autograder", "grade", str(scratch / "submitted"), "--course",
                 str(scratch / "course.toml"), "--out", str(scratch / "grades"), "--jobs", str(args.jobs), *LIMITS,
                 "--quiet"]
         load_before = load_average()
-        full, full_rss, _ = timed(base)
+        full, full_rss = (None, None) if args.reuse else timed(base)[:2]
         load_after = load_average()
         rerun, _, _ = timed(base)
         regrades, floors = [], []  # floors: starting Python and importing the checks (torch), side by side
@@ -175,13 +180,13 @@ def main() -> None:
         chromium = load_in_chromium(pages)
         reports = len(list(out.glob("*.json")))
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(scratch, ignore_errors=True)
     results = {
-        "students": args.students, "notebooks": notebooks, "reports": reports, "jobs": args.jobs,
+        "students": len(names), "notebooks": notebooks, "reports": reports, "jobs": args.jobs,
         "cpus": os.cpu_count(), "limits": " ".join(LIMITS),
         "load_average_before_full_run": load_before, "load_average_after_full_run": load_after,
-        "full_run_seconds": round(full, 1), "per_notebook_seconds": round(full / notebooks, 3),
+        "full_run_seconds": full and round(full, 1), "per_notebook_seconds": full and round(full / notebooks, 3),
         "peak_rss_mb_any_process": full_rss,
         "rerun_nothing_changed_seconds": round(rerun, 1),
         "regrade_one_student_seconds": [round(s, 2) for s in regrades],
@@ -190,9 +195,12 @@ def main() -> None:
         "similarity_report_bytes": sizes,
         "similarity_report_chromium_load_seconds": {k: round(v, 3) for k, v in chromium.items()} if chromium else None,
     }
-    print(f"{args.students} students, {notebooks} notebooks, {os.cpu_count()} CPUs, --jobs {args.jobs}, {' '.join(LIMITS)}")
-    print(f"  whole class graded:           {full:7.1f} s ({full / notebooks:.2f} s per notebook; load average "
-          f"{load_before} before, {load_after} after)")
+    print(f"{len(names)} students, {notebooks} notebooks, {os.cpu_count()} CPUs, --jobs {args.jobs}, {' '.join(LIMITS)}")
+    if full is not None:
+        print(f"  whole class graded:           {full:7.1f} s ({full / notebooks:.2f} s per notebook; load average "
+              f"{load_before} before, {load_after} after)")
+    else:
+        print(f"  (class graded earlier; load average {load_before} at the start)")
     print(f"  rerun, nothing changed:       {rerun:7.1f} s")
     print(f"  one student regraded:         {', '.join(f'{s:.2f}' for s in regrades)} s "
           f"(median {statistics.median(regrades):.2f} s; just starting Python and importing the checks and torch, "
@@ -200,8 +208,9 @@ def main() -> None:
     print("  similarity reports:           " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()))
     if chromium:
         print("  opened in chromium:           " + ", ".join(f"{k} {v:.2f} s" for k, v in chromium.items()))
-    print(f"  peak memory of any process:   {full_rss} MB")
-    write_results("term", results)
+    if full_rss is not None:
+        print(f"  peak memory of any process:   {full_rss} MB")
+    write_results("term-regrade" if args.reuse else "term", results)
 
 
 if __name__ == "__main__":
