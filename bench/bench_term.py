@@ -96,14 +96,24 @@ def course_file(extensions: dict[str, dict[str, str]]) -> str:
     return text
 
 
+CPU_SECONDS: list[float] = []  # CPU time (user + system) of each timed command and every process it started
+
+
 def timed(command: list[str]) -> tuple[float, int, str]:
-    """(seconds, peak RSS of any child process in MB so far, stderr)."""
+    """(seconds, peak RSS of any child process in MB so far, stderr); the CPU time goes to CPU_SECONDS.
+
+    CPU time does not stretch with the machine's load; on a quiet machine with enough cores the
+    wall-clock time of a command is about its CPU time on the longest chain of processes.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, result.stderr
+    return seconds, after.ru_maxrss // 1024, result.stderr
 
 
 def load_in_chromium(pages: list[Path]) -> dict[str, float] | None:
@@ -160,7 +170,7 @@ def main() -> None:
         full, full_rss = (None, None) if args.reuse else timed(base)[:2]
         load_after = load_average()
         rerun, _, _ = timed(base)
-        regrades, floors = [], []  # floors: starting Python and importing the checks (torch), side by side
+        regrades, floors, regrade_cpu, floors_cpu = [], [], [], []  # floors: a bare import of the checks (torch)
         for name in (names[len(names) // 2], names[len(names) // 3], names[-1]):
             notebook = next((scratch / "submitted" / name / "03_softmax").glob("*.ipynb"), None)
             try:  # the student resubmits: one more cell in their notebook (a truncated upload stays so)
@@ -171,9 +181,12 @@ def main() -> None:
                 data["cells"].append(classroom.code_cell(f"# {name} resubmitted"))
                 notebook.write_text(json.dumps(data, indent=1))
             floor, _, _ = timed([sys.executable, "-c", "from autograder.registry import assignments; assignments()"])
+            floor_cpu = CPU_SECONDS[-1]
             seconds, _, stderr = timed(base[:-1] + ["--student", name, "--quiet"])
             regrades.append(seconds)
+            regrade_cpu.append(CPU_SECONDS[-1])
             floors.append(floor)
+            floors_cpu.append(floor_cpu)
         out = scratch / "grades"
         pages = sorted(out.glob("similarity-*.html"))
         sizes = {p.name: p.stat().st_size for p in pages}
@@ -191,7 +204,9 @@ def main() -> None:
         "rerun_nothing_changed_seconds": round(rerun, 1),
         "regrade_one_student_seconds": [round(s, 2) for s in regrades],
         "regrade_one_student_median_seconds": round(statistics.median(regrades), 2),
+        "regrade_one_student_cpu_seconds_all_processes": [round(s, 2) for s in regrade_cpu],
         "import_checks_and_torch_seconds_before_each_regrade": [round(s, 2) for s in floors],
+        "import_checks_and_torch_cpu_seconds": [round(s, 2) for s in floors_cpu],
         "similarity_report_bytes": sizes,
         "similarity_report_chromium_load_seconds": {k: round(v, 3) for k, v in chromium.items()} if chromium else None,
     }
@@ -205,6 +220,8 @@ def main() -> None:
     print(f"  one student regraded:         {', '.join(f'{s:.2f}' for s in regrades)} s "
           f"(median {statistics.median(regrades):.2f} s; just starting Python and importing the checks and torch, "
           f"measured before each: {', '.join(f'{s:.2f}' for s in floors)} s)")
+    print(f"  ... in CPU time, all processes: {', '.join(f'{s:.2f}' for s in regrade_cpu)} s (the bare import: "
+          f"{', '.join(f'{s:.2f}' for s in floors_cpu)} s)")
     print("  similarity reports:           " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()))
     if chromium:
         print("  opened in chromium:           " + ", ".join(f"{k} {v:.2f} s" for k, v in chromium.items()))
