@@ -469,7 +469,8 @@ def _progress(total: int, quiet: bool):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="a notebook, a folder of notebooks, or an nbgrader submitted/ folder")
+                        help="a notebook, a folder of notebooks, an nbgrader submitted/ folder, or a folder of "
+                             "Canvas's Download Submissions (<name>[_late]_<user id>_<file id>_<file>.ipynb)")
     parser.add_argument("--out", default="grades", help="folder for the reports and grades.csv (default: grades)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="submissions graded in parallel (default: the number of CPUs)")
@@ -484,8 +485,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", type=int, default=Limits.memory_bytes // 2**20,
                         help="address-space limit per worker in MB (default: %(default)s)")
     parser.add_argument("--assignment", help="the assignment, when file names do not say (e.g. 03_softmax)")
-    parser.add_argument("--student", metavar="NAME", help="in an nbgrader submitted/ folder, grade only this student "
-                        "(a name, or a path inside the folder); the class table keeps everyone else's row")
+    parser.add_argument("--student", metavar="NAME", help="in an nbgrader submitted/ folder or a Canvas download, grade "
+                        "only this student (a name, a path inside the folder, or a Canvas user id); the class "
+                        "tables keep everyone else's row")
     parser.add_argument("--one-submission", action="store_true",
                         help="each folder is one student's upload (Gradescope): grade the one notebook the "
                              "README's rule chooses, list the others as ignored")
