@@ -2,6 +2,7 @@
 
     python bench/bench_term.py [--students 300] [--jobs 2] [--seed 0] [--keep DIR]
     python bench/bench_term.py --reuse DIR      # a class graded earlier with --keep DIR: regrades only
+    python bench/bench_term.py --smoke          # four students: checks that it still runs
 
 The class is generated (seeded) from the realistic class of
 tests/fixtures/classroom.py: every student submits 03_softmax and 04_attention,
@@ -48,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.results_file import write_results  # noqa: E402
+from bench.results_file import add_smoke_flag, write_results  # noqa: E402
 from tests.fixtures import classroom  # noqa: E402
 
 LIMITS = ["--timeout", "2", "--cell-timeout", "5"]
@@ -152,7 +153,10 @@ def main() -> None:
     parser.add_argument("--keep", metavar="DIR", help="build and grade in DIR and keep it (default: a temporary folder)")
     parser.add_argument("--reuse", metavar="DIR", help="a class built and graded by an earlier --keep DIR: measure the "
                         "rerun and the regrades only")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.students = 4
     scratch = Path(args.reuse or args.keep or tempfile.mkdtemp(prefix="bench-term-"))
     if args.keep and scratch.exists():
         shutil.rmtree(scratch)
@@ -227,7 +231,21 @@ def main() -> None:
         print("  opened in chromium:           " + ", ".join(f"{k} {v:.2f} s" for k, v in chromium.items()))
     if full_rss is not None:
         print(f"  peak memory of any process:   {full_rss} MB")
-    write_results("term-regrade" if args.reuse else "term", results)
+    write_results("term-regrade" if args.reuse else "term", results, smoke=args.smoke)
+
+
+def summary(results: dict) -> list[tuple[str, str]]:
+    """The README's rows: (figure, value)."""
+    rows = []
+    if results.get("full_run_seconds"):
+        rows.append((f"a class of {results['students']} ({results['notebooks']} notebooks) graded from nothing, "
+                     f"{results['jobs']} jobs", f"{results['full_run_seconds']:.0f} s "
+                     f"({results['per_notebook_seconds']:.2f} s per notebook)"))
+    rows.append(("one student of that class regraded (`--student`), median of three",
+                 f"{results['regrade_one_student_median_seconds']:.1f} s"))
+    sizes = results["similarity_report_bytes"].values()
+    rows.append(("its similarity reports, the largest", f"{max(sizes) / 1e6:.2f} MB" if sizes else "none"))
+    return rows
 
 
 if __name__ == "__main__":
