@@ -31,7 +31,7 @@ import torch
 from tinyllm.bpe import BPETokenizer
 from tinyllm.answers import answer_questions, askable
 from tinyllm.data import corpus_path, encode_splits, read_corpus, split_corpus, split_documents, token_stream
-from tinyllm.model import ARCHITECTURES, GPTConfig
+from tinyllm.model import ARCHITECTURES, GPTConfig, with_kv_cache
 from tinyllm.ngram import NGramLM
 from tinyllm.posttrain import (ChatTokenizer, FineTuneConfig, FineTuner, grow_vocabulary,
                                load_finetune, parse_qa, save_finetune, score_answers)
@@ -638,7 +638,7 @@ def _speculative(model, draft, idx: torch.Tensor, args, sampling: dict) -> torch
     if idx.shape[1] + args.max_new_tokens > context:
         raise CliUsageError(f"prompt ({idx.shape[1]} tokens) + --max-new-tokens {args.max_new_tokens} exceed the "
                             f"context of {context} tokens: speculative decoding keeps KV caches, which cannot slide")
-    target = CallRecorder(model)
+    target = CallRecorder(with_kv_cache(model))  # a TinyGPT reads caches through its wrapper
     rows = [speculative_generate(target, draft, idx[i : i + 1], args.max_new_tokens, k=args.draft_tokens, **sampling)
             for i in range(idx.shape[0])]
     calls = len(target.lengths())

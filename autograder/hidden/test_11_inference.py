@@ -108,9 +108,10 @@ def test_speculative_accept_hidden(sub):
                  hint="Accepted while the draft's token is the target's; at the first disagreement, the target's token.")
 
 
-@check("11_inference", "speculative_generate", points=2, book=BOOK + "#the-loop", hidden=True)
+@check("11_inference", "speculative_generate", points=3, book=BOOK + "#the-loop", hidden=True)
 def test_speculative_generate_hidden(sub):
-    """Greedy equality for other models, k and lengths (0, 1, k > length); sampled tokens stay in the target's top-k."""
+    """Greedy equality for other models, k and lengths (0, 1, k > length); sampled tokens stay in the target's
+    top-k, and the first one is distributed as the target's."""
     fn = generate_function(sub)
     seed = test_speculative_generate_hidden.autograder_check.seed % 1000
     with expect.blame(sub, "speculative_accept"):
@@ -146,3 +147,29 @@ def test_speculative_generate_hidden(sub):
                             f"{int(new[at])} at new position {at} is not among the target's 2 most likely tokens "
                             "there. Every token must come from p, the target's distribution with the sampling "
                             "settings (the accepted draft tokens, the residual and the token after the draft alike).")
+
+    first_token_distribution(sub, fn, seed)
+
+
+def first_token_distribution(sub, fn, seed: int) -> None:
+    """Sampled with top_k=3, the first new token is distributed as the target's (200 generations)."""
+    sizes = dict(d_model=16, n_heads=2, n_kv_heads=1, n_layers=1)
+    target = reference_model(seed=70, **sizes)
+    model, draft = library_model(sub, target), library_model(sub, reference_model(seed=71, noise_of=target))
+    prompt = torch.tensor([[21, 22]])
+    with torch.no_grad():
+        p = sampling_probs(target(prompt)[0][0, -1], temperature=1.0, top_k=3).double()
+    counts, n = torch.zeros_like(p), 200
+    with expect.blame(sub, "speculative_accept"):
+        for i in range(n):
+            got = expect.tensor(fn(model, draft, prompt, 2, k=1, temperature=1.0, top_k=3,
+                                   generator=torch.Generator().manual_seed(seed + i)), "speculative_generate")
+            counts[int(got[0, 2])] += 1
+        z = (counts - n * p) / torch.sqrt(n * p * (1 - p)).clamp(min=1e-12)
+        worst = int(z.abs().argmax())
+        expect.true(bool(counts[p == 0].sum() == 0) and float(z.abs().max()) <= 5.5,
+                    f"In {n} runs of speculative_generate(target, draft, idx, 2, k=1, temperature=1.0, top_k=3), the "
+                    f"first new token was {worst} {int(counts[worst])} times; the target alone writes it "
+                    f"{n * float(p[worst]):.1f} times on average ({float(z[worst]):+.1f} standard deviations). Draw "
+                    "each draft token from q (torch.multinomial of sampling_probs, with the generator), not its most "
+                    "likely token, and compute p and q with the same sampling settings.")
