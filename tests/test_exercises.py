@@ -375,6 +375,9 @@ INFERENCE_MISTAKES = {  # beside the graded fixtures of tests/fixtures/submissio
         "        raise ValueError(f\"group_size {group_size} does not divide the {in_features} input features\")\n", "",
         {"quantize_int4_public": ("failed", "should raise ValueError"),
          "quantize_int4_hidden": ("failed", "should raise ValueError")}, 19),
+    "uniforms from the global generator": (
+        "speculative_accept", "    u = torch.rand(k, generator=generator)", "    u = torch.rand(k)",
+        {"speculative_accept_public": ("failed", "Draw every random number from `generator`")}, 20),
     "drafts the most likely token while sampling": (
         "speculative_generate", "            token = torch.multinomial(q, 1, generator=generator)",
         "            token = q.argmax(dim=-1, keepdim=True)",

@@ -88,6 +88,8 @@ def test_quantize_int8_public(sub):
                            "codes): 0 / 0 is nan. Give a row of zeros the scale 1, so that its codes are 0.")
     expect.equal(got_codes.dtype, torch.int8, "the dtype of quantize_int8's codes",
                  hint="Store the codes as one byte each: .to(torch.int8) after rounding and clamping.")
+    expect.equal(got_scale.dtype, torch.float32, "the dtype of quantize_int8's scale",
+                 hint="Keep the scales in float32 (.float()).")
     hint = "s_i = max_j |w_ij| / 127 for each row; codes = round(w / s) clamped to [-127, 127]."
     if int(got_codes.min()) == -128 or torch.allclose(got_scale, int8_by_hand(w, 128.0)[1], rtol=1e-5) or \
             torch.allclose(got_scale, int8_by_hand(w, 127.5)[1], rtol=1e-5):
@@ -146,6 +148,8 @@ def test_quantize_int4_public(sub):
                            "inf/nan codes): give a group of zeros the scale 1, so that its codes are 0.")
     expect.equal(got_codes.dtype, torch.int8, "the dtype of quantize_int4's codes",
                  hint="Return the codes as int8, one per weight (they fit: -7..7).")
+    expect.equal(got_scales.dtype, torch.float32, "the dtype of quantize_int4's scales",
+                 hint="Keep the scales in float32 (.float()).")
     if int(got_codes.abs().max()) > 7:
         hint = "Clamp the codes to [-7, 7]: 4 bits, symmetric."
     expect.close(got_scales, scales, "quantize_int4(w, 4)'s scales for w (3, 12) with an outlier and a zero group", w,
@@ -153,6 +157,10 @@ def test_quantize_int4_public(sub):
     expect.equal(got_codes.long(), codes.long(), "quantize_int4(w, 4)'s codes", w, hint=hint)
     expect.raises(lambda: fn(w, 5), ValueError, "quantize_int4(w, 5) for w with 12 input features (5 does not "
                   "divide 12)")
+    wide = torch.randn(2, 64, generator=g)
+    got_scales = pair(sub.function("quantize_int4", ["w"], forbid=GROUPS["quantize"])(wide), "quantize_int4(w)")[1]
+    expect.close(got_scales, int4_by_hand(wide, 32)[1], "quantize_int4(w)'s scales for w (2, 64), group_size left "
+                 "at its default", wide, rtol=1e-5, hint="The default group_size is 32: two groups per row of 64.")
 
 
 @check("11_inference", "dequantize_int4", points=1, book=BOOK + "#four-bits-one-scale-per-group")
@@ -345,6 +353,17 @@ def test_speculative_accept_public(sub):
             hint = "A token the target gives probability 0 was accepted: accept with min(1, p/q), not q/p."
         expect.equal(list(got), [2], f"speculative_accept(p, q, draft=[0]) with p = {p.tolist()} and q = {q.tolist()}",
                      hint=hint)
+    # The same generator state, the same output: every random number comes from `generator`.
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.3, 0.3, 0.4]])
+    q = torch.tensor([[0.2, 0.5, 0.3], [0.4, 0.4, 0.2]])
+    for trial in range(10):
+        draft = torch.tensor([trial % 3, (trial // 3) % 3])
+        first, second = (fn(p, q, draft, generator=torch.Generator().manual_seed(400 + trial)) for _ in range(2))
+        expect.equal(second, expect.tensor(first, "speculative_accept"), f"speculative_accept(p, q, draft="
+                     f"{draft.tolist()}) called twice with generators in the same state",
+                     hint="Draw every random number from `generator` (torch.rand(..., generator=generator), "
+                          "torch.multinomial(..., generator=generator)): the same generator state must give the "
+                          "same tokens, or grading and your results cannot be reproduced.")
     # p(x) > q(x): min(1, p/q) = 1, so the draft token is always accepted.
     p = torch.tensor([[0.8, 0.1, 0.1], [0.0, 1.0, 0.0]])
     q = torch.tensor([[0.4, 0.3, 0.3]])

@@ -135,6 +135,11 @@ def test_speculative_generate_hidden(sub):
             got = fn(library_model(sub, target), draft, prompt, 10, k=3, temperature=1.0, top_k=2,
                      generator=torch.Generator().manual_seed(seed + trial))
             got = expect.tensor(got, "speculative_generate with sampling")
+            again = fn(library_model(sub, target), draft, prompt, 10, k=3, temperature=1.0, top_k=2,
+                       generator=torch.Generator().manual_seed(seed + trial))
+            expect.equal(again, got, "speculative_generate(..., generator=...) run twice with generators in the "
+                         "same state", hint="Draw every random number, the draft's and the accept step's, from the "
+                         "generator in sampling.")
             expect.equal(tuple(got.shape), (1, 13), "the shape of speculative_generate(target, draft, idx (1, 3), 10, "
                          "k=3, temperature=1.0, top_k=2)")
             with torch.no_grad():
