@@ -56,6 +56,18 @@ def pair(got, what: str) -> tuple:
     return tuple(got)
 
 
+def zeros_and_dtypes(codes: torch.Tensor, scales: torch.Tensor, zero_scale: torch.Tensor, name: str, where: str,
+                     unit: str) -> None:
+    """All-zero weights must get the scale 1 (not 0: 0 / 0 is nan); codes int8, scales float32."""
+    if not torch.isfinite(scales).all() or not torch.isfinite(codes.double()).all() or zero_scale == 0:
+        raise CheckFailure(f"{name} of a matrix whose {where} gave a scale of 0 (or inf/nan codes): 0 / 0 is nan. "
+                           f"Give {unit} of zeros the scale 1, so that its codes are 0.")
+    expect.equal(codes.dtype, torch.int8, f"the dtype of {name}'s codes",
+                 hint="Store the codes as one byte each: .to(torch.int8) after rounding and clamping.")
+    expect.equal(scales.dtype, torch.float32, f"the dtype of {name}'s scales",
+                 hint="Keep the scales in float32 (.float()).")
+
+
 def awkward_matrix(seed: int) -> torch.Tensor:
     """(6, 10): ordinary rows, a row of zeros, a row whose largest magnitude is negative, one with an outlier."""
     g = torch.Generator().manual_seed(seed)
@@ -83,13 +95,7 @@ def test_quantize_int8_public(sub):
     expect.equal(tuple(got_scale.shape), (6, 1), "the shape of quantize_int8's scale for w of shape (6, 10)",
                  hint="One scale per output row, kept as a column (out_features, 1), so that q * scale "
                       "broadcasts over each row.")
-    if not torch.isfinite(got_scale).all() or not torch.isfinite(got_codes.double()).all() or got_scale[2, 0] == 0:
-        raise CheckFailure("quantize_int8 of a matrix whose row 2 is all zeros gave a scale of 0 (or inf/nan "
-                           "codes): 0 / 0 is nan. Give a row of zeros the scale 1, so that its codes are 0.")
-    expect.equal(got_codes.dtype, torch.int8, "the dtype of quantize_int8's codes",
-                 hint="Store the codes as one byte each: .to(torch.int8) after rounding and clamping.")
-    expect.equal(got_scale.dtype, torch.float32, "the dtype of quantize_int8's scale",
-                 hint="Keep the scales in float32 (.float()).")
+    zeros_and_dtypes(got_codes, got_scale, got_scale[2, 0], "quantize_int8", "row 2 is all zeros", "a row")
     hint = "s_i = max_j |w_ij| / 127 for each row; codes = round(w / s) clamped to [-127, 127]."
     if int(got_codes.min()) == -128 or torch.allclose(got_scale, int8_by_hand(w, 128.0)[1], rtol=1e-5) or \
             torch.allclose(got_scale, int8_by_hand(w, 127.5)[1], rtol=1e-5):
@@ -143,13 +149,8 @@ def test_quantize_int4_public(sub):
                 "entries of a row, w.reshape(out_features, in_features // group_size, group_size).")
     expect.equal(tuple(got_scales.shape), (3, 3), "the shape of quantize_int4(w, 4)'s scales for w (3, 12)",
                  hint="One scale per group: (out_features, in_features // group_size). " + hint)
-    if not torch.isfinite(got_scales).all() or not torch.isfinite(got_codes.double()).all() or got_scales[2, 2] == 0:
-        raise CheckFailure("quantize_int4 of a matrix whose row 2 ends in a group of zeros gave a scale of 0 (or "
-                           "inf/nan codes): give a group of zeros the scale 1, so that its codes are 0.")
-    expect.equal(got_codes.dtype, torch.int8, "the dtype of quantize_int4's codes",
-                 hint="Return the codes as int8, one per weight (they fit: -7..7).")
-    expect.equal(got_scales.dtype, torch.float32, "the dtype of quantize_int4's scales",
-                 hint="Keep the scales in float32 (.float()).")
+    zeros_and_dtypes(got_codes, got_scales, got_scales[2, 2], "quantize_int4", "row 2 ends in a group of zeros",
+                     "a group")
     if int(got_codes.abs().max()) > 7:
         hint = "Clamp the codes to [-7, 7]: 4 bits, symmetric."
     expect.close(got_scales, scales, "quantize_int4(w, 4)'s scales for w (3, 12) with an outlier and a zero group", w,
