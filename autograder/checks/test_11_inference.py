@@ -385,7 +385,7 @@ def test_speculative_accept_distribution_public(sub):
     fn = accept_function(sub)
     p = torch.tensor([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.5, 0.3]])
     q = torch.tensor([[0.2, 0.3, 0.5], [0.5, 0.4, 0.1]])
-    counts = draws(fn, p, q, 800, seed=4)
+    counts = draws(fn, p, q, 500, seed=4)
     check_distribution(counts, p, q, "speculative_accept(p, q, draft) with V = 3, k = 2, drafts drawn from q")
 
 
