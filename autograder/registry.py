@@ -130,8 +130,8 @@ def assignment_of_target(target: str) -> str:
 # worker imports for submissions. Editing another module (the training loop, the
 # book's helpers) must not invalidate every report.
 ORACLE_MODULES = ["tinyllm.attention", "tinyllm.bpe", "tinyllm.embedding", "tinyllm.layers", "tinyllm.model",
-                  "tinyllm.optim", "tinyllm.positional", "tinyllm.posttrain", "tinyllm.sampling", "tinyllm.softmax",
-                  "tinyllm.train"]
+                  "tinyllm.ngram", "tinyllm.optim", "tinyllm.positional", "tinyllm.posttrain", "tinyllm.quantize",
+                  "tinyllm.sampling", "tinyllm.softmax", "tinyllm.speculative", "tinyllm.train"]
 
 
 # Modules that write the outputs of a run (tables, pages, exports, the command line) but never
