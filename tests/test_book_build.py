@@ -76,8 +76,10 @@ def test_executing_the_chapters_in_another_order_glues_the_same_values(tmp_path)
     built = execute_book.glued_values()
     missing = [str(p.relative_to(ROOT)) for p in chapters() if str(p.relative_to(ROOT)) not in built]
     assert not missing, f"the build's cache lacks {missing}: run `make book` first"
-    ran = execute_book.execute(jobs=2, cache_path=tmp_path / "cache", order="reverse", log=lambda *a: None)
-    assert set(ran) == set(built)
+    lines: list[str] = []
+    ran = execute_book.execute(jobs=2, cache_path=tmp_path / "cache", order="reverse", log=lines.append)
+    failed = [line for line in lines if " failed after " in line]
+    assert set(ran) == set(built), "\n".join(failed) or f"not executed: {set(built) - set(ran)}"
     again = execute_book.glued_values(tmp_path / "cache")
     assert set(again) == set(built), "a chapter changed while the test ran"
     differences = {

@@ -141,7 +141,8 @@ def execute(jobs: int, timeout: int = 400, log=print, cache_path: Path = CACHE,
             path, executed, seconds, error = future.result()
             key = str(Path(path).relative_to(ROOT))
             if error is not None:
-                log(f"  [{n}/{len(todo)}] {key} failed after {seconds:.1f} s ({error.splitlines()[0]}); "
+                last = [line for line in error.splitlines() if line.strip()][-3:]  # the exception itself
+                log(f"  [{n}/{len(todo)}] {key} failed after {seconds:.1f} s ({' / '.join(last)}); "
                     "the Sphinx build runs it again and reports it")
                 continue
             cache.cache_notebook_bundle(CacheBundleIn(executed, path, data={"execution_seconds": seconds}),
