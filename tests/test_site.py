@@ -125,12 +125,23 @@ class Visit:
         if javascript:
             self.page.wait_for_load_state("networkidle")
             self._wait_for_maths()
+            self._reach_figures()
 
     def _wait_for_maths(self) -> None:
-        if self.page.locator(".math").count():
+        """Where the page left maths to MathJax in the browser (the build typesets it where it can)."""
+        if self.page.locator('script[src*="_static/mathjax/"]').count():
             self.page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
                                         timeout=30_000)
             self.page.evaluate("() => MathJax.startup.promise")
+
+    def _reach_figures(self) -> None:
+        """Scroll to each interactive figure, as a reader does, and back: a Plotly figure draws only
+        once it comes near the screen (_static/interactive.js)."""
+        figures = self.page.locator(".tinyllm-interactive")
+        for i in range(figures.count()):
+            figures.nth(i).scroll_into_view_if_needed()
+        if figures.count():
+            self.page.evaluate("() => window.scrollTo(0, 0)")
 
     def close(self) -> None:
         self.context.close()
