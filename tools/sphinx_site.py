@@ -4,11 +4,17 @@
   a Plotly figure (heatmap, sampling) name it for ``interactive.js``, which loads it after
   the page (other pages do not pay its 1.5 MB, and none waits for it).
 - Duplicate script tags (sphinx-thebe's, see ``_page_assets``) are dropped.
-- Speed and search engines (Lighthouse, ``tests/test_lighthouse.py``): no script blocks
-  the first paint (``_page_assets`` defers them; ``PERFORMANCE_FIXES`` drops the search
-  index that every page loaded for nothing); each page has a meta description (its first
-  paragraph, ``_meta_description``); the favicon is also at the site's root, where browsers
-  ask for it on pages without a link to it (``_favicon_at_root``).
+- Speed and search engines (Lighthouse, ``tests/test_lighthouse.py``, desktop and mobile
+  presets): no script blocks the first paint (``_page_assets`` defers them;
+  ``PERFORMANCE_FIXES`` drops the search index that every page loaded for nothing,
+  ``SITE_WIDE_FIXES`` Font Awesome's script; ``_inline_documentation_options``); the
+  page's 13 stylesheets are one file, less the rules nothing on the site can match, with
+  the icon fonts cut to the icons drawn (``one_stylesheet`` as each page renders,
+  ``_write_bundle`` once all are written; ``tools/site_css.py``); the maths is typeset when
+  the book is built (``tools/site_maths.py``), so no page runs MathJax; each page has a
+  meta description (its first paragraph, ``_meta_description``); the favicon is also at
+  the site's root, where browsers ask for it on pages without a link to it
+  (``_favicon_at_root``).
 - Accessibility (WCAG 2.1 A/AA, checked by axe-core in ``tests/test_site.py``):
   every figure's image gets its caption as alt text (``_figure_alt_text``), and the
   markup that upstream projects write with an accessibility fault is corrected in
@@ -339,9 +345,10 @@ def _write_bundle(app, exception) -> None:
     texts = list(pages.values()) + [(outdir / script).read_text(encoding="utf-8") for script in sorted(scripts)
                                     if (outdir / script).is_file()]
     rules, licences = site_css.combine(outdir, members, BUNDLE)
+    (outdir / BUNDLE).parent.mkdir(parents=True, exist_ok=True)
     fonts = site_css.FontSubsetter(outdir, BUNDLE)
     css, counts = site_css.purge(rules, site_css.used_names(texts), fonts)
-    text = "".join(licence + "\n" for licence in licences) + css + "\n"
+    text = '@charset "UTF-8";\n' + "".join(licence + "\n" for licence in licences) + css + "\n"
     (outdir / BUNDLE).write_text(text, encoding="utf-8")
     version = f"{zlib.crc32(text.encode()):08x}"
     for path, page in pages.items():
@@ -378,7 +385,10 @@ def _render_accessibly(app) -> None:
         page = site_maths.typeset_page(render(template, context), typesetter, report)
         page = _inline_documentation_options(fast_html(accessible_html(page), _may_defer(context, pagename)),
                                              Path(app.outdir))
-        return one_stylesheet(page, context["pathto"]("", 1)) if "pathto" in context else page
+        if "pathto" not in context:
+            return page
+        # The path to the site's root ("../" in book/; pathto("") is "#" on a page at the root).
+        return one_stylesheet(page, context["pathto"]("_static/", 1).removesuffix("_static/"))
 
     app.builder.templates.render = fixed
 
