@@ -106,6 +106,11 @@ def typeset_page(page: str, typesetter: Typesetter, report) -> str:
         result, error = typesetter.typeset(tex, display)
         if error:
             report(tex, error)
+        if result and display:
+            # The theme lets a formula wider than the screen scroll (mjx-container{overflow:auto});
+            # a region that scrolls must be reachable by keyboard (axe's scrollable-region-focusable),
+            # as MathJax's menu made every formula in the browser.
+            result = result.replace("<mjx-container ", '<mjx-container tabindex="0" ', 1)
         return opening + result + closing if result else match.group(0)
 
     typesetter.glyphs()  # none left from a page that stopped half-way
