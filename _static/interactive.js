@@ -284,18 +284,16 @@
     else window.addEventListener("load", idle, { once: true });
   }
 
-  // Once the page has loaded and one of `roots` is within a screen of the view (at once where
-  // IntersectionObserver is missing).
+  // Once one of `roots` has come within a screen of the view (watched from the start, so a quick
+  // scroll past it counts) and the page has loaded; after the load where IntersectionObserver is missing.
   function whenNear(roots, callback) {
     if (!window.IntersectionObserver) return whenIdleAfterLoad(callback);
-    whenIdleAfterLoad(() => {
-      const observer = new IntersectionObserver((entries) => {
-        if (!entries.some((entry) => entry.isIntersecting)) return;
-        observer.disconnect();
-        callback();
-      }, { rootMargin: "100% 0px" });
-      roots.forEach((root) => observer.observe(root));
-    });
+    const observer = new IntersectionObserver((entries) => {
+      if (!entries.some((entry) => entry.isIntersecting)) return;
+      observer.disconnect();
+      whenIdleAfterLoad(callback);
+    }, { rootMargin: "100% 0px" });
+    roots.forEach((root) => observer.observe(root));
   }
 
   function start() {

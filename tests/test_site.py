@@ -143,6 +143,8 @@ class Visit:
         figures = self.page.locator(".tinyllm-interactive")
         for i in range(figures.count()):
             figures.nth(i).scroll_into_view_if_needed()
+            # A frame or two on the screen, for the IntersectionObserver to see it.
+            self.page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
         if figures.count():
             self.page.evaluate("() => window.scrollTo(0, 0)")
 
@@ -374,7 +376,8 @@ def test_page_weight(desktop_visits):
     lines = [f"{sent / 1e6:6.2f} MB transferred  {size / 1e6:6.2f} MB uncompressed  {p}"
              for p, (sent, size) in sorted(weights.items(), key=lambda kv: -kv[1][0])]
     (SCREENSHOTS / "page-weight.txt").write_text("\n".join(lines) + "\n")
-    assert all(100_000 < sent < size for sent, size in weights.values()), "page weights look unmeasured"
+    # The lightest page (the general index) is 90 kB since the stylesheets, icon fonts and MathJax shrank.
+    assert all(50_000 < sent < size for sent, size in weights.values()), "page weights look unmeasured"
     heavy = {p: sent for p, (sent, _) in weights.items() if sent > MAX_PAGE_BYTES}
     assert not heavy, f"pages over 5 MB: {heavy}"
 
@@ -517,7 +520,7 @@ def test_no_page_loads_mathjax_and_every_formula_is_typeset_in_the_html(built_ht
     for path in site_pages():
         html = (built_html / path).read_text()
         assert "_static/mathjax/" not in html, f"{path} loads MathJax: was the book built without node on PATH?"
-        maths = re.findall(r'<(?:span|div) class="math notranslate nohighlight"[^>]*>(.{0,400})', html)
+        maths = re.findall(r'<(?:span|div) class="math notranslate nohighlight"[^>]*>(.{0,400})', html, re.DOTALL)
         untypeset = [m[:80] for m in maths if "<mjx-container" not in m]
         assert not untypeset, f"{path}: maths left as TeX: {untypeset[:3]}"
         formulas += len(maths)
