@@ -52,6 +52,8 @@ node_modules/.npm-installed: package.json package-lock.json
 
 # Chapters execute BOOK_JOBS at a time (default: one per core) into MyST-NB's cache, each
 # kernel on one thread; the Sphinx build then reads them. BOOK_JOBS=1: one after the other.
+# With Node on PATH (tools/system_deps.sh installs it for `make test`) the maths is typeset
+# into the pages as they are written (tools/site_maths.py); without it, in the reader's browser.
 BOOK_JOBS ?=
 book: $(VENV)/.book-installed
 	$(BIN)/python -m tools.execute_book $(if $(BOOK_JOBS),--jobs $(BOOK_JOBS))

@@ -6,9 +6,11 @@
  * console, where the browser tests see it.
  *
  * Plotly (1.5 MB) is not in the page's <head>: the reader sees the text and the
- * static pictures first, and Plotly is fetched once the page has loaded and the
- * browser is idle (its URL is window.tinyllmPlotly, written by tools/sphinx_site.py
- * on pages with a Plotly figure).
+ * static pictures first, and Plotly is fetched once the page has loaded and a
+ * Plotly figure comes within a screen of the reader's view (its URL is
+ * window.tinyllmPlotly, written by tools/sphinx_site.py on pages with a Plotly
+ * figure). A reader who never scrolls that far, on a phone's data and CPU, never
+ * pays for it.
  */
 (function () {
   "use strict";
@@ -282,6 +284,18 @@
     else window.addEventListener("load", idle, { once: true });
   }
 
+  // Once one of `roots` has come within a screen of the view (watched from the start, so a quick
+  // scroll past it counts) and the page has loaded; after the load where IntersectionObserver is missing.
+  function whenNear(roots, callback) {
+    if (!window.IntersectionObserver) return whenIdleAfterLoad(callback);
+    const observer = new IntersectionObserver((entries) => {
+      if (!entries.some((entry) => entry.isIntersecting)) return;
+      observer.disconnect();
+      whenIdleAfterLoad(callback);
+    }, { rootMargin: "100% 0px" });
+    roots.forEach((root) => observer.observe(root));
+  }
+
   function start() {
     const roots = [...document.querySelectorAll(".tinyllm-interactive")];
     roots.filter((root) => !NEEDS_PLOTLY.has(root.dataset.kind)).forEach(render);
@@ -290,7 +304,7 @@
     // Each figure is drawn in a task of its own, not in the one that ran Plotly's 1.5 MB: no long
     // stretch in which the page cannot answer the reader.
     const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
-    whenIdleAfterLoad(() => loadPlotly().then(async () => {
+    whenNear(plotted, () => loadPlotly().then(async () => {
       followColourMode();
       for (const root of plotted) {
         await nextTask();

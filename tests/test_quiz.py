@@ -123,8 +123,11 @@ def test_page_renders_each_question_as_a_form(built_html, source):
     forms = re.findall(r'<form class="quiz-question".*?</form>', fragment, flags=re.S)
     assert len(forms) == len(questions)
     text = page_html(built_html, source)
-    assert 'src="../_static/quiz.js' in text and 'href="../_static/quiz.css' in text
+    # quiz.css is one of the page's stylesheets, which the site serves as one bundle (tools/sphinx_site.py).
+    bundled = re.search(r"<!-- the stylesheets of this page, bundled into site\.css: ([^<>]*?) -->", text)
+    assert 'src="../_static/quiz.js' in text and bundled and "_static/quiz.css" in bundled.group(1).split()
     assert (built_html / "_static" / "quiz.js").is_file()
+    assert ".tinyllm-quiz .quiz-check" in (built_html / "_static" / "styles" / "site.css").read_text()
     for form, q in zip(forms, questions):
         assert form.count("<fieldset>") == 1 and form.count("<legend>") == 1
         assert 'aria-live="polite"' in form and '<button type="submit" class="quiz-check">Check</button>' in form

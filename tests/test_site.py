@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import json
 import math
 import re
@@ -22,8 +23,10 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import HTML, ROOT
 from tools import bookconfig, linkcheck
@@ -125,12 +128,25 @@ class Visit:
         if javascript:
             self.page.wait_for_load_state("networkidle")
             self._wait_for_maths()
+            self._reach_figures()
 
     def _wait_for_maths(self) -> None:
-        if self.page.locator(".math").count():
+        """Where the page left maths to MathJax in the browser (the build typesets it where it can)."""
+        if self.page.locator('script[src*="_static/mathjax/"]').count():
             self.page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
                                         timeout=30_000)
             self.page.evaluate("() => MathJax.startup.promise")
+
+    def _reach_figures(self) -> None:
+        """Scroll to each interactive figure, as a reader does, and back: a Plotly figure draws only
+        once it comes near the screen (_static/interactive.js)."""
+        figures = self.page.locator(".tinyllm-interactive")
+        for i in range(figures.count()):
+            figures.nth(i).scroll_into_view_if_needed()
+            # A frame or two on the screen, for the IntersectionObserver to see it.
+            self.page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        if figures.count():
+            self.page.evaluate("() => window.scrollTo(0, 0)")
 
     def close(self) -> None:
         self.context.close()
@@ -319,9 +335,11 @@ def test_the_extension_gives_figures_alt_text_and_fixes_pages_as_they_render(tmp
 
     png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
     (tmp_path / "plot.png").write_bytes(png)
-    (tmp_path / "conf.py").write_text('extensions = ["tools.sphinx_site"]\nhtml_theme = "basic"\n')
+    (tmp_path / "conf.py").write_text('extensions = ["tools.sphinx_site", "sphinx-mathjax-offline"]\n'
+                                      'html_theme = "basic"\n')
     (tmp_path / "index.rst").write_text("Title\n=====\n\n.. figure:: plot.png\n\n   Loss against steps, "
-                                        "falling.\n\n.. image:: plot.png\n\n.. code-block:: python\n\n   x = 1\n")
+                                        "falling.\n\n.. image:: plot.png\n\n.. code-block:: python\n\n   x = 1\n\n"
+                                        "Inline :math:`p_i < 1` and\n\n.. math:: \\frac{a}{b}\n\nand :math:`\\nosuchmacro`.\n")
     warnings = io.StringIO()
     Sphinx(str(tmp_path), str(tmp_path), str(tmp_path / "_build"), str(tmp_path / "_doctrees"), "html",
            status=None, warning=warnings, freshenv=True).build()
@@ -329,6 +347,16 @@ def test_the_extension_gives_figures_alt_text_and_fixes_pages_as_they_render(tmp
     assert '<img alt="Loss against steps, falling." src="_images/plot.png"' in html
     assert "a figure without a caption has no alt text" in warnings.getvalue()
     assert '<pre tabindex="0">' in html and "<pre>" not in html
+    # The maths typeset as the page is written (node is on PATH wherever the site's tests run);
+    # MathJax's error is a build warning, and only that page keeps MathJax for its formula.
+    assert html.count("<mjx-container") == 2 and 'id="MJX-SVG-global-cache"' in html
+    assert "MathJax cannot typeset '\\\\nosuchmacro': Undefined control sequence" in warnings.getvalue()
+    assert "\\(\\nosuchmacro\\)" in html and "_static/mathjax/" in html
+    # One stylesheet, stamped with its checksum, built from the page's own (basic.css, pygments.css).
+    bundle = (tmp_path / "_build" / "_static" / "styles" / "site.css").read_text()
+    assert re.search(r'<link rel="stylesheet" href="_static/styles/site\.css\?v=[0-9a-f]{8}" />', html)
+    assert "_static/basic.css" in html.split("<link")[0] + html  # named in the bundle's comment
+    assert "div.body" in bundle and "mjx-container" in bundle and html.count('rel="stylesheet"') == 1
 
 
 def test_page_weight(desktop_visits):
@@ -348,9 +376,178 @@ def test_page_weight(desktop_visits):
     lines = [f"{sent / 1e6:6.2f} MB transferred  {size / 1e6:6.2f} MB uncompressed  {p}"
              for p, (sent, size) in sorted(weights.items(), key=lambda kv: -kv[1][0])]
     (SCREENSHOTS / "page-weight.txt").write_text("\n".join(lines) + "\n")
-    assert all(100_000 < sent < size for sent, size in weights.values()), "page weights look unmeasured"
+    # The lightest page (the general index) is 90 kB since the stylesheets, icon fonts and MathJax shrank.
+    assert all(50_000 < sent < size for sent, size in weights.values()), "page weights look unmeasured"
     heavy = {p: sent for p, (sent, _) in weights.items() if sent > MAX_PAGE_BYTES}
     assert not heavy, f"pages over 5 MB: {heavy}"
+
+
+# --------------------------------------------------------------------------- one stylesheet, maths typeset at build
+
+BUNDLED = re.compile(r'<!-- the stylesheets of this page, bundled into site\.css: ([^<>]*?) -->\n'
+                     r'<link rel="stylesheet" href="([^"]*)_static/styles/site\.css\?v=[0-9a-f]+" />')
+# Pages whose styles the bundle must reproduce: the front page, prose and maths with a quiz, the
+# Plotly chapter, the bibliography, the search page (its own scripts and results list).
+BUNDLE_PAGES = ["book/intro.html", "book/04_softmax.html", "book/09_decoding.html", "book/bibliography.html",
+                "search.html?q=softmax"]
+# The computed style (its properties sorted: custom properties come in the order of the
+# stylesheets that set them), with ::before and ::after where they draw something, of the first
+# two elements of each kind (tag and classes, and its parent's): all of them would take minutes
+# on a chapter of 6,000 elements, and rules select by kind. One hash per element; the differing
+# properties are asked for only where a hash differs.
+COMPUTED_STYLES = """(index) => {
+    const describe = (style) => { const entries = []; for (let i = 0; i < style.length; i++)
+        entries.push(style[i] + ":" + style.getPropertyValue(style[i]) + ";"); return entries.sort().join(""); };
+    const element = (e) => describe(getComputedStyle(e)) + (e instanceof SVGElement ? "" : ["::before", "::after"].map((pseudo) => {
+        const style = getComputedStyle(e, pseudo);
+        return style.content === "none" || style.content === "normal" ? "" : pseudo + describe(style); }).join(""));
+    const kind = (e) => e ? e.tagName + "." + [...e.classList].sort().join(".") : "";
+    const seen = new Map();
+    const all = [document.documentElement, document.body, ...document.body.querySelectorAll("*")].filter((e) => {
+        const key = kind(e) + "<" + kind(e.parentElement);
+        seen.set(key, (seen.get(key) || 0) + 1);
+        return seen.get(key) <= 2; });
+    if (index !== null) return [all[index].outerHTML.slice(0, 200), element(all[index])];
+    const hash = (text) => { let h = 2166136261; for (let i = 0; i < text.length; i++)
+        h = Math.imul(h ^ text.charCodeAt(i), 16777619); return h >>> 0; };
+    return all.map((e) => kind(e) + ":" + hash(element(e)));
+}"""
+
+
+def unbundled(html: str) -> str:
+    """The page as the theme and extensions wrote it: their stylesheets in place of the bundle."""
+    match = BUNDLED.search(html)
+    assert match, "the page has no bundled stylesheet"
+    links = "".join(f'<link rel="stylesheet" href="{match.group(2)}{member}" />\n' for member in match.group(1).split())
+    return html[:match.start()] + links + html[match.end():]
+
+
+def _open_menus(page, viewport: dict) -> None:
+    """The states the theme's scripts put the page in: menus, dialogs, tooltips, toggles."""
+    if viewport is PHONE:
+        page.locator("button.primary-toggle:visible").first.click()  # the navigation drawer
+    else:
+        page.locator('button.dropdown-toggle[aria-label="Download this page"]').click()
+        page.locator(".theme-switch-button").first.hover()  # its tooltip (bs-tooltip-auto)
+    toggles = page.locator("details.hide summary")
+    if toggles.count():
+        toggles.first.click()  # MyST-NB's hidden cell source, shown
+    page.wait_for_timeout(400)  # transitions (the drawer, the tooltip's fade)
+
+
+def _styles_and_pixels(browser, server: str, path: str, viewport: dict, mode: str, original: bool, menus: bool):
+    context = browser.new_context(viewport=viewport)
+    context.add_init_script(f'localStorage.setItem("mode", "{mode}"); localStorage.setItem("theme", "{mode}");')
+    page = context.new_page()
+    try:
+        if original:
+            target = path.split("?")[0]
+            html = unbundled((HTML / target).read_text())
+            page.route(server + target + "*", lambda route: route.fulfill(body=html, content_type="text/html"))
+        page.goto(server + path, wait_until="networkidle")
+        page.evaluate("() => document.fonts.ready")
+        # No transition caught half-way in one load and not the other (the same rule in both).
+        page.add_style_tag(content="*, ::before, ::after { transition: none !important; animation: none !important; }")
+        if menus:
+            _open_menus(page, viewport)
+        styles = page.evaluate(COMPUTED_STYLES, None)
+        return page, context, styles, page.screenshot(animations="disabled")
+    except Exception:
+        context.close()
+        raise
+
+
+@pytest.mark.parametrize("path, screen, menus", [(path, screen, False) for path in BUNDLE_PAGES
+                                                  for screen in ("phone-light", "desktop-dark")]
+                         + [("book/04_softmax.html", screen, True) for screen in ("phone-light", "desktop-dark")])
+def test_the_bundled_stylesheet_styles_pages_as_the_originals_do(browser, server, path, screen, menus):
+    """tools/site_css.py: every element's computed style (pseudo-elements included) and the first
+    screen's pixels are the same under site.css (purged, icon fonts subset) as under the 13
+    stylesheets it replaces; a rule the purge dropped that a page or script needs fails here."""
+    viewport, mode = (PHONE, "light") if screen == "phone-light" else (DESKTOP, "dark")
+    pages = [_styles_and_pixels(browser, server, path, viewport, mode, original, menus) for original in (False, True)]
+    try:
+        (bundle_page, _, bundle_styles, bundle_shot), (original_page, _, original_styles, original_shot) = pages
+        assert len(bundle_styles) == len(original_styles), "the two loads built different pages"
+        differing = [i for i, (a, b) in enumerate(zip(bundle_styles, original_styles)) if a != b]
+        report = []
+        for i in differing[:5]:
+            markup, bundled_style = bundle_page.evaluate(COMPUTED_STYLES, i)
+            original_style = original_page.evaluate(COMPUTED_STYLES, i)[1]
+            changed = set(bundled_style.split(";")) ^ set(original_style.split(";"))
+            report.append(f"{markup}\n    {sorted(changed)[:8]}")
+        assert not differing, f"{len(differing)} element(s) styled differently under site.css:\n" + "\n".join(report)
+        bundle_pixels = np.asarray(Image.open(io.BytesIO(bundle_shot)).convert("RGB"))
+        original_pixels = np.asarray(Image.open(io.BytesIO(original_shot)).convert("RGB"))
+        changed = int((np.abs(bundle_pixels.astype(int) - original_pixels.astype(int)).max(axis=2) > 8).sum())
+        assert changed == 0, f"{changed} pixels of the first screen differ under site.css"
+    finally:
+        for _, context, _, _ in pages:
+            context.close()
+
+
+def test_the_purge_keeps_what_can_match_and_only_that(tmp_path):
+    """site_css.purge: what a selector needs inside :not()/:is() or an attribute selector is not
+    required; at-rules keep their kept rules; a class a script assembles (bs-) stays by prefix;
+    combine() inlines @import and rebases url()s to the bundle's folder."""
+    from tools import site_css
+
+    (tmp_path / "_static" / "styles").mkdir(parents=True)
+    (tmp_path / "_static" / "base.css").write_text(".base{background:url(images/dot.png)}")
+    (tmp_path / "_static" / "styles" / "theme.css").write_text(
+        '@charset "UTF-8";@import "../base.css";/*! Licence text */'
+        ".used{color:red}.unused{color:blue}.used:not(.never){margin:0}.never,.used>p{padding:0}"
+        'html[data-theme=dark] .used{color:white}#main .unused{x:y}#main{top:0}'
+        "@media print{.unused{a:b}.used{c:d}}@media (min-width:1px){.unused{e:f}}"
+        '.bs-tooltip-auto{z-index:1}@font-face{font-family:X;src:url(f.woff2)}.used::before{content:"\\f0eb"}')
+    rules, licences = site_css.combine(tmp_path, ["_static/styles/theme.css"], "_static/styles/site.css")
+    css, counts = site_css.purge(rules, site_css.used_names(['<html><div id="main" class="used base"><p>x</p></div></html>']))
+    assert licences == ["/*! Licence text */ (in _static/styles/theme.css)"]
+    assert css == (".base{background:url(../images/dot.png)}.used{color:red}.used:not(.never){margin:0}"
+                   ".used>p{padding:0}html[data-theme=dark] .used{color:white}#main{top:0}@media print{.used{c:d}}"
+                   '.bs-tooltip-auto{z-index:1}@font-face{font-family:X;src:url(f.woff2)}.used::before{content:"\uf0eb"}')
+    assert counts["rules dropped"] == 4
+    with pytest.raises(ValueError, match="different orders"):
+        from tools.sphinx_site import _ordered_union
+        _ordered_union([["a.css", "b.css"], ["b.css", "a.css"]])
+
+
+def test_no_page_loads_mathjax_and_every_formula_is_typeset_in_the_html(built_html):
+    """tools/site_maths.py typeset every formula when the book was built (node on PATH): each
+    .math holds MathJax's SVG and assistive MathML, each glyph a formula uses is in the page's
+    glyph cache, and no page loads MathJax (264 kB, seconds of a phone's CPU)."""
+    formulas = 0
+    for path in site_pages():
+        html = (built_html / path).read_text()
+        assert "_static/mathjax/" not in html, f"{path} loads MathJax: was the book built without node on PATH?"
+        maths = re.findall(r'<(?:span|div) class="math notranslate nohighlight"[^>]*>(.{0,400})', html, re.DOTALL)
+        untypeset = [m[:80] for m in maths if "<mjx-container" not in m]
+        assert not untypeset, f"{path}: maths left as TeX: {untypeset[:3]}"
+        formulas += len(maths)
+        glyphs = set(re.findall(r'<path id="(MJX-[^"]+)"', html))
+        used = set(re.findall(r'xlink:href="#(MJX-[^"]+)"', html))
+        assert used <= glyphs, f"{path}: glyphs missing from the page's cache: {sorted(used - glyphs)[:5]}"
+        assert html.count("<mjx-container") == html.count("<mjx-assistive-mml"), f"{path}: a formula without MathML"
+    assert formulas > 500
+
+
+def test_plotly_is_fetched_only_when_its_figure_comes_near(browser, server):
+    """On a phone, the Plotly chapter does not fetch Plotly's 1.5 MB until the reader scrolls
+    near its figure (13 screens down); then the figure draws."""
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    requested = []
+    page.on("request", lambda request: requested.append(request.url) if "plotly" in request.url else None)
+    try:
+        page.goto(server + "book/09_decoding.html", wait_until="networkidle")
+        page.wait_for_timeout(2500)  # past the idle callback that used to fetch it
+        assert not requested, f"Plotly fetched before its figure was near: {requested}"
+        page.locator('.tinyllm-interactive[data-kind="sampling"]').scroll_into_view_if_needed()
+        page.wait_for_function("() => document.querySelector('.tinyllm-interactive.tinyllm-ready .js-plotly-plot')",
+                               timeout=30_000)
+        assert requested
+    finally:
+        context.close()
 
 
 # --------------------------------------------------------------------------- interactive figures

@@ -4,11 +4,17 @@
   a Plotly figure (heatmap, sampling) name it for ``interactive.js``, which loads it after
   the page (other pages do not pay its 1.5 MB, and none waits for it).
 - Duplicate script tags (sphinx-thebe's, see ``_page_assets``) are dropped.
-- Speed and search engines (Lighthouse, ``tests/test_lighthouse.py``): no script blocks
-  the first paint (``_page_assets`` defers them; ``PERFORMANCE_FIXES`` drops the search
-  index that every page loaded for nothing); each page has a meta description (its first
-  paragraph, ``_meta_description``); the favicon is also at the site's root, where browsers
-  ask for it on pages without a link to it (``_favicon_at_root``).
+- Speed and search engines (Lighthouse, ``tests/test_lighthouse.py``, desktop and mobile
+  presets): no script blocks the first paint (``_page_assets`` defers them;
+  ``PERFORMANCE_FIXES`` drops the search index that every page loaded for nothing,
+  ``SITE_WIDE_FIXES`` Font Awesome's script; ``_inline_documentation_options``); the
+  page's 13 stylesheets are one file, less the rules nothing on the site can match, with
+  the icon fonts cut to the icons drawn (``one_stylesheet`` as each page renders,
+  ``_write_bundle`` once all are written; ``tools/site_css.py``); the maths is typeset when
+  the book is built (``tools/site_maths.py``), so no page runs MathJax; each page has a
+  meta description (its first paragraph, ``_meta_description``); the favicon is also at
+  the site's root, where browsers ask for it on pages without a link to it
+  (``_favicon_at_root``).
 - Accessibility (WCAG 2.1 A/AA, checked by axe-core in ``tests/test_site.py``):
   every figure's image gets its caption as alt text (``_figure_alt_text``), and the
   markup that upstream projects write with an accessibility fault is corrected in
@@ -20,11 +26,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zlib
 from html import escape
 from pathlib import Path
 
 from docutils import nodes
 from sphinx.util import logging
+
+if __package__:  # imported as tools.sphinx_site (the tests)
+    from . import site_css, site_maths
+else:  # loaded by Sphinx as a local extension: tools/ itself is on sys.path
+    import site_css
+    import site_maths
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +211,10 @@ PERFORMANCE_FIXES = [
      "pydata-sphinx-theme (layout.html, block extrahead)",
      re.compile(r'\s*<script src="[^"]*(?:_static/searchtools\.js|_static/language_data\.js|searchindex\.js)">'
                 r'</script>'), ""),
+]
+
+# Scripts the theme writes into every page, the search page included, that no page needs.
+SITE_WIDE_FIXES = [
     ("Font Awesome's script (1.5 MB) that redraws every icon as SVG: the theme's CSS already draws "
      "each icon the book uses from Font Awesome's web fonts, and the script is there for custom "
      "icons, which the book has none of",
@@ -212,10 +229,136 @@ def accessible_html(html: str) -> str:
     return html
 
 
-def fast_html(html: str) -> str:
-    for _what, _upstream, pattern, replacement in PERFORMANCE_FIXES:
+def fast_html(html: str, deferrable: bool = True) -> str:
+    for _what, _upstream, pattern, replacement in SITE_WIDE_FIXES + (PERFORMANCE_FIXES if deferrable else []):
         html = pattern.sub(replacement, html)
-    return html
+    return _without_unused_mathjax(html)
+
+
+# MathJax's script and its configuration, which the site's extensions write into every page
+# (MyST-NB asks for its assets on all pages: a notebook's output may hold maths).
+_MATHJAX = re.compile(r'\s*<script(?: defer="defer")? src="[^"]*_static/mathjax/[^"]*"></script>'
+                      r'|\s*<script>window\.MathJax = .*?</script>')
+_SCRIPT = re.compile(r"<script\b.*?</script>", re.DOTALL)
+
+
+def _without_unused_mathjax(html: str) -> str:
+    """A page with no maths for MathJax (none of its delimiters outside scripts) loads no MathJax.
+
+    It is 264 kB of script that runs for 0.1-0.5 s on a phone's CPU before the reader can
+    scroll smoothly, on pages (the introduction, the notation's neighbours) that show none.
+    """
+    text = _SCRIPT.sub("", html)
+    if any(delimiter in text for delimiter in ("\\(", "\\[", "$$", "\\begin{")):
+        return html
+    return _MATHJAX.sub("", html)
+
+
+_DOCUMENTATION_OPTIONS = re.compile(r'<script src="[^"]*_static/documentation_options\.js(?:\?v=[0-9a-f]+)?"></script>')
+
+
+def _inline_documentation_options(html: str, outdir: Path) -> str:
+    """Sphinx's ``documentation_options.js`` (400 bytes, one object) written into the page.
+
+    It is the one script the page cannot defer (the inline scripts after it set its fields),
+    so the browser would wait for a round trip to fetch it before painting anything.
+    """
+    source = outdir / "_static" / "documentation_options.js"
+    if not source.is_file():
+        return html
+    script = source.read_text(encoding="utf-8").strip()
+    return _DOCUMENTATION_OPTIONS.sub(lambda _: f"<script>{script}</script>", html, count=1)
+
+
+# --------------------------------------------------------------------------- one stylesheet
+
+BUNDLE = "_static/styles/site.css"
+_STYLESHEET = re.compile(r'[ \t]*<link\b(?=[^>]*\brel="stylesheet")[^>]*\bhref="([^"]+)"[^>]*>\n?')
+_MEMBERS = re.compile(r"<!-- the stylesheets of this page, bundled into site\.css: ([^<>]*?) -->")
+_BUNDLE_LINK = re.compile(r'(_static/styles/site\.css)(\?v=[0-9a-f]+)?"')
+
+
+def one_stylesheet(html: str, root: str) -> str:
+    """The page's stylesheets (those of the site's ``_static``) replaced by one link to the bundle.
+
+    ``root`` is the page's path to the site's root (``../`` for a chapter). The link stands
+    where the first of them stood; a comment before it lists them, in order, for
+    ``_write_bundle``, which builds the bundle from all pages once they are written.
+    """
+    head, end, rest = html.partition("</head>")
+    members = []
+
+    def replace(match):
+        href = match.group(1).split("?")[0].split("#")[0]
+        if not href.startswith(root + "_static/") or not href.endswith(".css"):
+            return match.group(0)  # another site's stylesheet, or not a plain file: left as it is
+        members.append(href[len(root):])
+        if len(members) > 1:
+            return ""
+        indent = match.group(0)[:len(match.group(0)) - len(match.group(0).lstrip(" \t"))]
+        return f'{indent}<link rel="stylesheet" href="{root}{BUNDLE}" />\n'
+
+    head = _STYLESHEET.sub(replace, head)
+    if not members:
+        return html
+    head = head.replace(f'<link rel="stylesheet" href="{root}{BUNDLE}" />',
+                        f"<!-- the stylesheets of this page, bundled into site.css: {' '.join(members)} -->\n"
+                        f'<link rel="stylesheet" href="{root}{BUNDLE}" />', 1)
+    return head + end + rest
+
+
+def _ordered_union(lists: list[list[str]]) -> list[str]:
+    """One order of every stylesheet that keeps each page's order (its cascade); ValueError if none does."""
+    merged: list[str] = []
+    for members in lists:
+        position = 0
+        for member in members:
+            if member in merged:
+                if merged.index(member) < position:
+                    raise ValueError(f"pages link their stylesheets in different orders: {members} against {merged}")
+                position = merged.index(member) + 1
+            else:
+                merged.insert(position, member)
+                position += 1
+    return merged
+
+
+def _write_bundle(app, exception) -> None:
+    """``_static/styles/site.css`` from the stylesheets the pages list, less what no page or script uses.
+
+    After every page and static file is written (the quiz's stylesheet is written at the end
+    of the build too), from all pages on disk, so an incremental build bundles for every
+    page, not only those it wrote. Each page's link is stamped with the bundle's checksum
+    (``?v=``), as Sphinx stamps the files it links, so a browser never keeps an old bundle.
+    """
+    if exception is not None or app.builder.format != "html":
+        return
+    outdir = Path(app.outdir)
+    pages = {path: path.read_text(encoding="utf-8") for path in sorted(outdir.rglob("*.html"))
+             if not path.relative_to(outdir).parts[0].startswith("_")}
+    lists = [match.group(1).split() for text in pages.values() for match in _MEMBERS.finditer(text)]
+    if not lists:
+        return
+    members = _ordered_union(lists)
+    scripts = {"_static/" + name for text in pages.values()
+               for name in re.findall(r'["\'](?:[^"\'\s]*/)?_static/([^"\'?#\s]+\.js)', text)}
+    texts = list(pages.values()) + [(outdir / script).read_text(encoding="utf-8") for script in sorted(scripts)
+                                    if (outdir / script).is_file()]
+    rules, licences = site_css.combine(outdir, members, BUNDLE)
+    (outdir / BUNDLE).parent.mkdir(parents=True, exist_ok=True)
+    fonts = site_css.FontSubsetter(outdir, BUNDLE)
+    css, counts = site_css.purge(rules, site_css.used_names(texts), fonts)
+    text = '@charset "UTF-8";\n' + "".join(licence + "\n" for licence in licences) + css + "\n"
+    (outdir / BUNDLE).write_text(text, encoding="utf-8")
+    version = f"{zlib.crc32(text.encode()):08x}"
+    for path, page in pages.items():
+        stamped = _BUNDLE_LINK.sub(rf'\1?v={version}"', page)
+        if stamped != page:
+            path.write_text(stamped, encoding="utf-8")
+    before = sum((outdir / member).stat().st_size for member in members)
+    logger.info(f"site.css: {len(members)} stylesheets, {before // 1024} kB, bundled into {len(text) // 1024} kB "
+                f"({counts['rules kept']} rules kept, {counts['rules dropped']} that nothing on the site matches dropped); "
+                + ", ".join(f"{name} {after // 1024} kB (of {full // 1024} kB)" for name, (full, after) in fonts.written.items()))
 
 
 def _render_accessibly(app) -> None:
@@ -227,12 +370,42 @@ def _render_accessibly(app) -> None:
     if app.builder.format != "html":
         return
     render = app.builder.templates.render
+    typesetter = app.site_maths = site_maths.Typesetter()
+    if typesetter.unavailable:
+        logger.info("node is not on PATH: the maths is left for MathJax to typeset in the reader's browser")
+    else:
+        app.add_css_file(MATHS_CSS.removeprefix("_static/"))
 
     def fixed(template, context):
-        page = accessible_html(render(template, context))
-        return fast_html(page) if _may_defer(context, context.get("pagename")) else page
+        pagename = context.get("pagename")
+
+        def report(tex, message):
+            logger.warning(f"MathJax cannot typeset {tex!r}: {message}", location=pagename)
+
+        page = site_maths.typeset_page(render(template, context), typesetter, report)
+        page = _inline_documentation_options(fast_html(accessible_html(page), _may_defer(context, pagename)),
+                                             Path(app.outdir))
+        if "pathto" not in context:
+            return page
+        # The path to the site's root ("../" in book/; pathto("") is "#" on a page at the root).
+        return one_stylesheet(page, context["pathto"]("_static/", 1).removesuffix("_static/"))
 
     app.builder.templates.render = fixed
+
+
+MATHS_CSS = "_static/mathjax-svg.css"
+
+
+def _write_maths_css(app, exception) -> None:
+    """The stylesheet MathJax's SVG output needs (from the same MathJax), for the bundle; Node stops."""
+    typesetter = getattr(app, "site_maths", None)
+    if typesetter is None:
+        return
+    try:
+        if exception is None and not typesetter.unavailable:
+            (Path(app.outdir) / MATHS_CSS).write_text(typesetter.stylesheet(), encoding="utf-8")
+    finally:
+        typesetter.close()
 
 
 def setup(app):
@@ -241,5 +414,7 @@ def setup(app):
     app.connect("builder-inited", _render_accessibly)
     app.connect("html-page-context", _page_assets, priority=900)  # after the theme and extensions
     app.connect("build-finished", _favicon_at_root)
+    app.connect("build-finished", _write_maths_css, priority=800)
+    app.connect("build-finished", _write_bundle, priority=900)  # after the quiz and MathJax write theirs
     app.add_config_value("site_description", "", "html", types=[str])
     return {"parallel_read_safe": True, "parallel_write_safe": True}
