@@ -44,7 +44,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.test_site import CHROMIUM, server  # noqa: F401 (server is a fixture used here)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 LIGHTHOUSE = ROOT / "node_modules" / "lighthouse"
 REPORTS = ROOT / "_build" / "lighthouse"
