@@ -116,10 +116,11 @@ system-deps:
 # each, so the processes do not fight over the cores. TEST_JOBS=0: one process. The slowest tests
 # are listed at the end.
 TEST_JOBS ?= auto
+TEST_DURATIONS ?= 15
 # Tests marked `alone` (Lighthouse's timings) run afterwards with the machine to themselves: a
 # score read from a trace's task times would otherwise measure the test running beside it.
 test: $(VENV)/.test-installed system-deps node_modules/.npm-installed book
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile --durations=15 -m "not alone"; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile --durations=$(TEST_DURATIONS) -m "not alone"; \
 	parallel=$$?; OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m alone -p no:xdist; alone=$$?; \
 	test $$parallel -eq 0 -a $$alone -eq 0
 
