@@ -38,6 +38,13 @@ TOML (``python -m autograder grade submitted --course course.toml``)::
     [canvas]
     roster = "canvas-gradebook.csv"          # optional: Canvas's own gradebook export, to match students
 
+    [[overrides]]                            # one check's score for one student, set by hand
+    student = "alice"
+    assignment = "07_modern_block"
+    check = "GroupedQueryAttention_hidden"   # a check's id, as in grades.csv's columns
+    points = 3                               # 0 to the check's points
+    reason = "rope in the rotate_half layout; the attention itself is right (reviewed 2026-11-05)"
+
 Rules:
 
 * A date without a time zone, a date alone, a date in another notation
@@ -57,6 +64,13 @@ Rules:
 * Every run re-derives the lateness of every report in the output folder from
   the course file, so editing the file (a new extension) needs no regrading,
   only a rerun.
+* An override replaces one check's score in one student's report, in every run
+  (a regrade keeps it; deleting it from the file restores the grader's score).
+  The report keeps the grader's score and the reason beside it, the student's
+  feedback says the score was set by the instructor and why, and the late
+  penalty applies to the score with its overrides. A reason is required; an
+  unknown check or assignment, or points outside 0 to the check's points, is
+  an error.
 
 Canvas
 ------
@@ -229,6 +243,14 @@ class Due:
     extended_from: datetime | None = None  # the class's due date, when this student has an extension
 
 
+@dataclass(frozen=True)
+class Override:
+    """An instructor's score for one check of one student's submission, with the reason."""
+
+    points: float
+    reason: str
+
+
 @dataclass
 class Schedule:
     """Due dates, extensions and late policies for a run (from a course file, ``--due`` or the gradebook)."""
@@ -240,6 +262,8 @@ class Schedule:
     canvas_columns: dict[str, str] = field(default_factory=dict)  # assignment -> Canvas column header
     roster: Path | None = None
     source: str = ""  # where the dates came from, for messages
+    # (student, assignment) -> {check id: Override}
+    overrides: dict[tuple[str, str], dict[str, "Override"]] = field(default_factory=dict)
 
     def due_for(self, student: str | None, assignment: str | None) -> Due:
         base = self.due.get(assignment or "")
@@ -269,7 +293,7 @@ def load_course(path: str | Path, known: dict) -> Schedule:
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"{path.name}: not valid TOML ({error})") from None
     name = path.name
-    _known_keys(data, {"late", "assignments", "extensions", "canvas"}, name)
+    _known_keys(data, {"late", "assignments", "extensions", "canvas", "overrides"}, name)
     default = _policy(data.get("late", {}), f"{name}: [late]")
     schedule = Schedule(default_policy=default, source=name)
     assignments = data.get("assignments", {})
@@ -306,7 +330,44 @@ def load_course(path: str | Path, known: dict) -> Schedule:
         if not roster.is_file():
             raise UsageError(f"{name}: canvas.roster {canvas['roster']!r}: no such file")
         schedule.roster = roster
+    schedule.overrides = _overrides(data.get("overrides", []), known, name)
     return schedule
+
+
+def _overrides(entries, known: dict, name: str) -> dict[tuple[str, str], dict[str, Override]]:
+    """The [[overrides]] tables, each checked against the assignment's checks."""
+    from autograder.registry import checks_for
+
+    if not isinstance(entries, list):
+        raise UsageError(f"{name}: overrides must be a list of tables: write each as [[overrides]]")
+    result: dict[tuple[str, str], dict[str, Override]] = {}
+    for n, entry in enumerate(entries, start=1):
+        what = f"{name}: overrides #{n}"
+        _known_keys(entry, {"student", "assignment", "check", "points", "reason"}, what)
+        missing = [key for key in ("student", "assignment", "check", "points", "reason") if key not in entry]
+        if missing:
+            raise UsageError(f"{what} lacks {', '.join(missing)} (an override needs student, assignment, check, "
+                             "points and reason)")
+        student, assignment, check = str(entry["student"]), str(entry["assignment"]), str(entry["check"])
+        _known_keys({assignment: None}, set(known), what)
+        checks = {c.id: c for c in checks_for(assignment)}
+        if check not in checks:
+            close = difflib.get_close_matches(check, sorted(checks), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (its checks: {', '.join(sorted(checks))})"
+            raise UsageError(f"{what}: {assignment} has no check {check!r}{hint}")
+        points = entry["points"]
+        if isinstance(points, bool) or not isinstance(points, (int, float)) \
+                or not 0 <= points <= checks[check].points:
+            raise UsageError(f"{what}: points {points!r} for {check} must be a number from 0 to "
+                             f"{checks[check].points:g}")
+        reason = str(entry["reason"]).strip()
+        if not reason:
+            raise UsageError(f"{what}: the reason is empty (it is shown to the student and kept in the report)")
+        given = result.setdefault((student, assignment), {})
+        if check in given:
+            raise UsageError(f"{what}: a second override of {check} for {student} ({assignment})")
+        given[check] = Override(float(points), reason)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

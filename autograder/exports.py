@@ -74,6 +74,10 @@ def notes(report: dict) -> list[str]:
     if ignored:
         out.append(f"{len(ignored)} other notebook(s) not graded: "
                    + ", ".join(str(i.get("path", "?")) for i in ignored if isinstance(i, dict)))
+    for test in report.get("tests") or []:
+        if isinstance(test.get("override"), dict):
+            out.append(f"override: {test.get('name')} {test['override'].get('grader_score', 0):g} -> "
+                       f"{test.get('score', 0):g} ({test['override'].get('reason', '')})")
     late = _late(report)
     if late.get("extension"):
         out.append(f"extension to {late.get('due')}")

@@ -301,12 +301,13 @@ def _plan(args: argparse.Namespace) -> Plan:
     elif args.course:
         students = {s.student for s in found.submissions if s.student}
         if args.student is None:
-            for student, assignment in sorted(schedule.extensions):
-                if student not in students:
-                    close = difflib.get_close_matches(student, sorted(students), n=1)
-                    hint = f" (did you mean {close[0]}?)" if close else ""
-                    found.warnings.append(f"{schedule.source}: the extension for {student!r} ({assignment}) "
-                                          f"matches no student in the submissions{hint}")
+            for kind, given in (("extension", schedule.extensions), ("override", schedule.overrides)):
+                for student, assignment in sorted(given):
+                    if student not in students:
+                        close = difflib.get_close_matches(student, sorted(students), n=1)
+                        hint = f" (did you mean {close[0]}?)" if close else ""
+                        found.warnings.append(f"{schedule.source}: the {kind} for {student!r} ({assignment}) "
+                                              f"matches no student in the submissions{hint}")
     elif args.gradebook:
         from autograder.gradebook import due_dates
 
@@ -359,7 +360,7 @@ def rederive(report: dict, schedule: Schedule) -> dict:
 def apply_lateness(report: dict, schedule: Schedule) -> dict:
     """The report with ``extra_data.late``, the score and the "Late:" line set from its stored timestamp
     and ``schedule`` (a new dict; ``report`` is not changed)."""
-    report = {**report, "extra_data": dict(report.get("extra_data") or {})}
+    report = apply_overrides({**report, "extra_data": dict(report.get("extra_data") or {})}, schedule)
     extra = report["extra_data"]
     raw = sum(t["score"] for t in report.get("tests", []))
     max_score = report.get("max_score", 0.0)
@@ -390,6 +391,31 @@ def apply_lateness(report: dict, schedule: Schedule) -> dict:
                      "submitted, so no penalty was taken here (Canvas's late policy applies in Canvas)")
     report["output"] = "\n".join(lines)
     return report
+
+
+def apply_overrides(report: dict, schedule: Schedule) -> dict:
+    """The report with the course file's overrides for its student and assignment, and only those.
+
+    An overridden test keeps the grader's score under ``override.grader_score``, so that a
+    later run (with the override changed or gone) starts from what the grader gave.
+    """
+    extra = report["extra_data"]
+    wanted = schedule.overrides.get((extra.get("student") or "", extra.get("assignment") or ""), {})
+    tests, lines = [], []
+    for test in report.get("tests", []):
+        test = dict(test)
+        earlier = test.pop("override", None)
+        if earlier is not None:
+            test["score"] = earlier["grader_score"]
+        override = wanted.get(test.get("name"))
+        if override is not None:
+            test["override"] = {"grader_score": test["score"], "reason": override.reason}
+            test["score"] = override.points
+            lines.append(f"Override: {test['name']} set to {override.points:g} / {test['max_score']:g} by the "
+                         f"instructor (the grader gave {test['override']['grader_score']:g}): {override.reason}")
+        tests.append(test)
+    kept = [line for line in report.get("output", "").splitlines() if not line.startswith("Override:")]
+    return {**report, "tests": tests, "output": "\n".join(kept + lines)}
 
 
 def stored_time(text: str) -> datetime:

@@ -234,6 +234,62 @@ def test_an_extension_for_an_unknown_student_is_warned_about(term):
         in result.stderr
 
 
+# --------------------------------------------------------------------------- 4: one check overridden
+
+
+def override_file(path: Path, *entries: tuple[str, str, str, float, str]) -> Path:
+    path.write_text(classroom.course_file() + "".join(
+        f'\n[[overrides]]\nstudent = "{s}"\nassignment = "{a}"\ncheck = "{c}"\npoints = {p}\nreason = "{r}"\n'
+        for s, a, c, p, r in entries))
+    return path
+
+
+def test_an_override_of_one_check_for_one_student_is_recorded_and_survives_reruns(term, tmp_path):
+    """Finding 4: an instructor can set one check's score for one student; a regrade keeps it."""
+    out = tmp_path / "grades"
+    shutil.copytree(term["out"], out)
+    graded = {(s, a): report(out, s, a) for s in ("dee", "rex") for a in ("03_softmax",)}
+    lost = next(t for t in graded["dee", "03_softmax"]["tests"] if t["score"] < t["max_score"])
+    reason = "reviewed by hand: right up to rounding"
+    course = override_file(tmp_path / "course.toml", ("dee", "03_softmax", lost["name"], lost["max_score"], reason))
+    grade(str(term["submitted"]), "--student", "rex", "--course", str(course), "--out", str(out), "--quiet",
+          *LIMITS)  # another student's regrade: dee's report follows the course file
+    dee = report(out, "dee", "03_softmax")
+    test = next(t for t in dee["tests"] if t["name"] == lost["name"])
+    assert test["score"] == lost["max_score"] and test["override"] == {"grader_score": lost["score"],
+                                                                       "reason": reason}
+    gain = lost["max_score"] - lost["score"]
+    assert dee["score"] == pytest.approx(graded["dee", "03_softmax"]["score"] + gain)
+    assert f"Override: {lost['name']} set to {lost['max_score']:g}" in dee["output"] and reason in dee["output"]
+    assert report(out, "rex", "03_softmax")["tests"] == graded["rex", "03_softmax"]["tests"]  # only dee's
+    long = {(r["student"], r["assignment"]): r for r in rows(out / "grades.csv")}
+    assert float(long["dee", "03_softmax"][lost["name"]]) == lost["max_score"]
+    wide = {r["student"]: r for r in rows(out / "grades-wide.csv")}
+    assert "override: " + lost["name"] in wide["dee"]["03_softmax notes"]
+    # Regrading dee herself keeps it (--force: the notebook is graded again); deleting it restores the grader's score.
+    grade(str(term["submitted"]), "--student", "dee", "--course", str(course), "--out", str(out), "--quiet",
+          "--force", *LIMITS)
+    assert next(t for t in report(out, "dee", "03_softmax")["tests"] if t["name"] == lost["name"])["score"] \
+        == lost["max_score"]
+    course.write_text(classroom.course_file())
+    grade(str(term["submitted"]), "--student", "rex", "--course", str(course), "--out", str(out), "--quiet",
+          *LIMITS)
+    assert report(out, "dee", "03_softmax")["tests"] == graded["dee", "03_softmax"]["tests"]
+    assert report(out, "dee", "03_softmax")["score"] == graded["dee", "03_softmax"]["score"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    (("dee", "03_softmax", "softmax_hiddn", 1, "r"), "has no check 'softmax_hiddn' (did you mean softmax_hidden?)"),
+    (("dee", "03_softmax", "softmax_hidden", 99, "r"), "must be a number from 0 to"),
+    (("dee", "03_softmax", "softmax_hidden", 1, " "), "the reason is empty"),
+    (("dee", "03_sofmax", "softmax_hidden", 1, "r"), "did you mean 03_softmax?"),
+])
+def test_an_override_that_names_no_check_or_gives_impossible_points_is_one_line_exit_2(tmp_path, entry, message):
+    course = override_file(tmp_path / "course.toml", entry)
+    result = grade(str(tmp_path), "--course", str(course), "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 # --------------------------------------------------------------------------- 9: grades and feedback out
 
 
