@@ -243,7 +243,9 @@ def test_a_make_command_is_a_target_make_can_plan(command):
 
 
 def git_state() -> str:
-    return subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    """The tracked files' changes (untracked ones could come from tests running beside this one)."""
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                          text=True).stdout
 
 
 RUN = [c for c in COMMANDS if not marker(c)]
@@ -279,3 +281,33 @@ def test_the_markers_are_understood(tmp_path):
     assert [marker(c) for c in found] == [None, ("covered", "tests/test_term.py"), ("needs", "a git remote")]
     assert key_words(found[1]) == ["--out", "--course", "autograder", "grade"]
     assert key_words(found[0]) == ["help"]
+
+
+def test_the_contract_table_names_every_assignment_and_name_the_checks_test():
+    """docs/author.md's table of the exercises' contracts against the checks the registry discovers."""
+    from autograder.registry import assignments
+
+    text = (ROOT / "docs" / "author.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\d\d_\w+)` \| (.*) \|$", text, re.M))
+    discovered = assignments()
+    assert set(rows) == set(discovered), "docs/author.md's contract table and autograder/checks/ list other assignments"
+    for assignment, names in discovered.items():
+        listed = {re.split(r"[.(]", code)[0] for code in re.findall(r"`([^`]+)`", rows[assignment])}
+        missing = [name for name in names if name not in listed]
+        assert not missing, f"docs/author.md: {assignment}'s row does not name {missing}, which its checks test"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_links_between_the_guides_resolve(doc):
+    for target, anchor in re.findall(r"\]\(((?!https?:)[^)#\s]*)(?:#([^)\s]+))?\)", doc.read_text(encoding="utf-8")):
+        path = (doc.parent / target).resolve() if target else doc
+        assert path.exists(), f"{doc.name}: link to missing {target}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.M)
+            assert anchor in {github_anchor(h) for h in headings}, f"{doc.name}: no heading {anchor!r} in {path.name}"
