@@ -312,3 +312,28 @@ def test_links_between_the_guides_resolve(doc):
         if anchor:
             headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.M)
             assert anchor in {github_anchor(h) for h in headings}, f"{doc.name}: no heading {anchor!r} in {path.name}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_path_the_guides_name_exists(doc):
+    text = doc.read_text(encoding="utf-8")
+    folders = "autograder|tinyllm|tools|bench|tests|book|docs|data|requirements|exercises|solutions|_static|\\.ci"
+    named = re.findall(rf"`((?:{folders})/[\w./-]*)`", text)
+    written = {"bench/results/"}  # where a full benchmark run stores its figures
+    missing = [path for path in named if "NN" not in path and path not in written and not (ROOT / path).exists()]
+    assert not missing, f"{doc.name} names paths that do not exist: {missing}"
+
+
+def test_the_map_of_the_grader_places_every_module():
+    """docs/contributor.md's table of autograder/ by responsibility names each module once, and only real ones."""
+    text = (ROOT / "docs" / "contributor.md").read_text(encoding="utf-8")
+    section = text.split("### autograder", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| [^|]+ \| (.+) \|$", section, re.M)[2:]  # past the header and its rule
+    mapped = [name for row in rows for name in re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", row))]
+    grader = ROOT / "autograder"
+    modules = {path.stem for path in grader.rglob("*.py") if path.stem not in ("__init__", "__main__", "conftest")
+               and not {"checks", "hidden"} & set(path.relative_to(grader).parts)}
+    modules |= {path.name for path in grader.iterdir() if path.is_dir() and path.name not in ("checks", "hidden")
+                and (path / "__init__.py").exists()}
+    assert sorted(set(mapped) - modules) == [], "docs/contributor.md maps modules that autograder/ does not have"
+    assert sorted(modules - set(mapped)) == [], "docs/contributor.md does not place these modules of autograder/"
