@@ -94,7 +94,7 @@ gradescope: $(VENV)/.test-installed
 
 # Everything an instructor needs from one command: reports, grades.csv, feedback/, the class
 # summary and similarity report per assignment, and the gradebook's scores when there is one.
-# The course file (due dates, late policy, extensions: autograder/course.py) when there is one.
+# The course file (due dates, late policy, extensions: docs/instructor.md) when there is one.
 SUBMISSIONS ?= submitted
 GRADEBOOK ?= $(wildcard gradebook.db)
 COURSE ?= $(wildcard course.toml)

@@ -12,7 +12,7 @@ Run All reaches the end of an unfinished exercise. Where a notebook is graded
 instead, which is how nbgrader tells a failed test cell. ``python -m autograder
 grade`` never relies on either: it runs the checks itself.
 
-Instructors grade submissions with ``python -m autograder grade`` (see README).
+Instructors grade submissions with ``python -m autograder grade`` (see docs/instructor.md).
 """
 
 from __future__ import annotations

@@ -1,92 +1,11 @@
 """The course file: a term's dates and policies in one place (``--course course.toml``).
 
-This docstring is the instructor-facing reference for the file (a draft section
-for the instructor's guide).
-
-Why a file
-----------
-A term has several assignments, each with its own due date, one late policy and
-a handful of per-student extensions. Given on the command line they are easy to
-get wrong (one ``--due`` applied to every assignment of a tree zeroed the later
-ones) and impossible to keep consistent (an extension given to one
-``--student`` run was undone by the next whole-class run). The course file
-holds all of it; every run reads it, so a whole-class run, a one-student
-regrade and a rerun next week agree.
-
-The file
---------
-TOML (``python -m autograder grade submitted --course course.toml``)::
-
-    # Every date is ISO 8601 with its time zone: an offset (-05:00) or Z for UTC.
-    [late]                     # the late policy of every assignment (each may have its own)
-    penalty = "10%/day"        # none | zero | P%/day: P% of the assignment's points per day or part of one
-    grace = "15min"            # lateness up to this costs nothing and is not counted as late (default 0)
-    cap = "50%"                # the most the penalty takes, as a share of the points (default: all of them)
-
-    [assignments.07_modern_block]
-    due = 2026-11-01T23:59:00-05:00          # a TOML date-time with an offset, or the same as a string
-    canvas = "Exercise 7 (48213)"            # optional: its column in the Canvas gradebook export
-
-    [assignments.09_training]
-    due = "2026-11-15T23:59:00-05:00"
-    late = { penalty = "zero" }              # this assignment's own policy (any of the keys of [late])
-
-    [extensions]                             # per student and assignment: a later due date
-    alice = { 07_modern_block = "2026-11-04T23:59:00-05:00" }
-    bob = { 09_training = "3d" }             # or extra time after the due date: "3d", "36h"
-
-    [canvas]
-    roster = "canvas-gradebook.csv"          # optional: Canvas's own gradebook export, to match students
-
-    [[overrides]]                            # one check's score for one student, set by hand
-    student = "alice"
-    assignment = "07_modern_block"
-    check = "GroupedQueryAttention_hidden"   # a check's id, as in grades.csv's columns
-    points = 3                               # 0 to the check's points
-    reason = "rope in the rotate_half layout; the attention itself is right (reviewed 2026-11-05)"
-
-Rules:
-
-* A date without a time zone, a date alone, a date in another notation
-  (``01/11/2026``, ``friday``, ``23:59 PST``) is an error: one line naming the
-  key, exit status 2, nothing written. The same holds for ``--due``.
-* Unknown keys and assignments the grader does not know are errors (a typo must
-  not silently drop a due date), with the closest known name.
-* An extension that names a student with no submission in the graded tree is
-  reported as a warning (it may be a typo); it is still applied if they submit.
-* Lateness is measured from nbgrader's ``timestamp.txt`` to the student's due
-  date (their extension if they have one). A day is 24 hours; part of a day
-  counts as a day. The grace period only decides *whether* a submission is
-  late; a late one is late by its full time since the due date.
-* With ``--course``, ``--due`` and ``--late-penalty`` are errors (the dates and
-  the policy have one home). Without it, ``--due`` applies to one assignment
-  only: a tree holding several is an error.
-* Every run re-derives the lateness of every report in the output folder from
-  the course file, so editing the file (a new extension) needs no regrading,
-  only a rerun.
-* An override replaces one check's score in one student's report, in every run
-  (a regrade keeps it; deleting it from the file restores the grader's score).
-  The report keeps the grader's score and the reason beside it, the student's
-  feedback says the score was set by the instructor and why, and the late
-  penalty applies to the score with its overrides. A reason is required; an
-  unknown check or assignment, or points outside 0 to the check's points, is
-  an error.
-
-Canvas
-------
-``grades-canvas.csv`` is written in the format of Canvas's gradebook import:
-the header ``Student, ID, SIS User ID, SIS Login ID, Section``, then one column
-per assignment (``canvas = "Title (id)"`` above, or the assignment's name, which
-Canvas matches by title or creates), a ``Points Possible`` row, then one row
-per student with the score after any late penalty (blank where a student has
-no submission, which Canvas reads as "no change"). Canvas identifies a student
-by ``ID`` (its own user id), then ``SIS User ID``, then ``SIS Login ID``, then
-by name; with a roster (Canvas's own gradebook export, read for those columns)
-each student is matched by login, SIS id, Canvas id or name, in that order;
-without one, the student's folder name goes in ``SIS Login ID`` (nbgrader's
-student id is usually the login) and ``Student``. Submissions downloaded from
-Canvas (``Download Submissions``: ``<name>[_late]_<userid>_<fileid>_<file>``)
-carry the Canvas user id, which is used directly.
+Every run of the grader reads it, so a whole-class run, a one-student regrade
+and a rerun next week apply the same due dates, late policy and extensions.
+The instructor's reference for the file (its keys, the rules for dates and
+lateness, the Canvas export) is docs/instructor.md, "The course file" and
+"Canvas"; this module parses and validates it, measures lateness, and writes
+``grades-canvas.csv``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ What it writes into --out (default grades/):
                        raw score, hours late, late penalty and notes
   grades-wide.csv      one row per student: per assignment the score, raw score, hours late,
                        penalty and notes (ignored files, timeouts, cells left out); the totals
-  grades-canvas.csv    the same scores in Canvas's gradebook import format (see autograder/course.py)
+  grades-canvas.csv    the same scores in Canvas's gradebook import format (see docs/instructor.md)
   autograded/<student>/<assignment>/<assignment>.ipynb
                        each student's notebook as graded, in nbgrader's autograded/ layout, each
                        test cell showing its check's result, for nbgrader generate_feedback,
@@ -27,7 +27,7 @@ What it writes into --out (default grades/):
                        clusters, the closest pairs side by side, and matches with the reference
                        solution and the book's library
 Dates and the late policy come from a course file (--course course.toml: due dates, the late
-policy, per-student extensions; see autograder/course.py), or for one assignment from --due
+policy, per-student extensions; see docs/instructor.md), or for one assignment from --due
 and --late-penalty, or from the gradebook's due dates. Hidden checks' inputs and expected values
 stay out of what students see (--hide-hidden-inputs, the default).
 With --gradebook, the scores (and timestamps and late penalties) also go into the
@@ -528,10 +528,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tables keep everyone else's row")
     parser.add_argument("--one-submission", action="store_true",
                         help="each folder is one student's upload (Gradescope): grade the one notebook the "
-                             "README's rule chooses, list the others as ignored")
+                             "rule of docs/instructor.md chooses, list the others as ignored")
     parser.add_argument("--course", metavar="FILE", help="the course file (TOML): each assignment's due date, the "
                         "late policy (per-day percentage, grace period, cap), per-student extensions, Canvas "
-                        "columns; every run honours it (see autograder/course.py)")
+                        "columns; every run honours it (see docs/instructor.md)")
     parser.add_argument("--due", metavar="WHEN", help="one assignment's due date, ISO 8601 with a time zone (e.g. "
                         "2026-11-01T23:59:00-05:00, or ...Z for UTC); an error where the submissions hold several "
                         "assignments (use --course); default: the assignment's due date in --gradebook, if any")

@@ -161,7 +161,7 @@ def results(reports_dir: Path, results_json: Path, isolation: dict) -> None:
         payload = {"score": 0.0, "output": "No notebook (.ipynb) was found in the submission. Upload your "
                    "exercise notebook.", "tests": [], "extra_data": {}}
     else:
-        # One report: the grader chose the notebook by the README's rule (--one-submission),
+        # One report: the grader chose the notebook by the rule in docs/instructor.md (--one-submission),
         # the same rule as for an nbgrader folder, and lists what it ignored.
         payload = to_gradescope(reports[0])
         for item in reports[0].get("extra_data", {}).get("ignored", []):

@@ -163,7 +163,7 @@ def test_an_empty_class_is_one_line_exit_2(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-# Where nbgrader autograde and our grader knowingly disagree on this class, and why (the README's table).
+# Where nbgrader autograde and our grader knowingly disagree on this class, and why (the table in docs/instructor.md).
 NBGRADER_DIFFERS = {
     "ned": "a renamed notebook: nbgrader grades only <assignment>.ipynb and finds none",
     "tia": "cells moved below the checks: nbgrader runs cells in order, so the checks run before the definitions; "
@@ -197,7 +197,7 @@ def test_nbgrader_autograde_agrees_on_every_submission_but_the_documented_ones(g
             continue  # nothing gradable for either: ours scores 0
         if ours != theirs:
             disagreements.append((student.name, student.assignment, ours, theirs))
-    assert all(as_documented.values()), f"the README's table claims a difference that is not there: {as_documented}"
+    assert all(as_documented.values()), f"docs/instructor.md's table claims a difference that is not there: {as_documented}"
     assert not disagreements, disagreements
 
 
