@@ -97,6 +97,11 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "tinyllm.quantize.dequantize_weight": ("tinyllm.quantize", "dequantize_weight"),
     "tinyllm.speculative.speculative_accept": ("tinyllm.speculative", "speculative_accept"),
     "tinyllm.speculative.speculative_generate": ("tinyllm.speculative", "speculative_generate"),
+    # 12_encoders.
+    "tinyllm.attention.bidirectional_attention": ("tinyllm.attention", "bidirectional_attention"),
+    "tinyllm.attention.CrossAttention": ("tinyllm.attention.CrossAttention", "forward"),
+    "tinyllm.encoder.mask_tokens": ("tinyllm.encoder", "mask_tokens"),
+    "tinyllm.encoder.masked_lm_loss": ("tinyllm.encoder", "masked_lm_loss"),
 }
 
 # What each exercise may not use: built-in families and the book library's own answer.
@@ -137,6 +142,14 @@ GROUPS: dict[str, list[str]] = {
                  "tinyllm.quantize.dequantize_int4", "tinyllm.quantize.quantize_weight",
                  "tinyllm.quantize.dequantize_weight"],
     "speculative": ["tinyllm.speculative.speculative_accept", "tinyllm.speculative.speculative_generate"],
+    "bidirectional": ["F.scaled_dot_product_attention", "nn.MultiheadAttention",
+                      "tinyllm.attention.scaled_dot_product_attention", "tinyllm.attention.bidirectional_attention"],
+    "masking": ["tinyllm.encoder.mask_tokens"],
+    "masked_lm": ["F.cross_entropy", "F.log_softmax", "torch.log_softmax", "Tensor.log_softmax",
+                  "torch.special.log_softmax", "tinyllm.encoder.masked_lm_loss"],
+    "cross_attention": ["F.scaled_dot_product_attention", "nn.MultiheadAttention",
+                        "tinyllm.attention.scaled_dot_product_attention", "tinyllm.attention.bidirectional_attention",
+                        "tinyllm.attention.CrossAttention"],
 }
 
 # Readable names for messages: nn.Embedding and nn.LayerNorm reach these functions.
@@ -150,6 +163,7 @@ SHOWN_AS = {
     "clip_grad_norm_": "torch.nn.utils.clip_grad_norm_",
     "tinyllm.optim.AdamW": "the book's tinyllm.optim.AdamW",
     "tinyllm.posttrain.LoRALinear": "the book's tinyllm.posttrain.LoRALinear",
+    "tinyllm.attention.CrossAttention": "the book's tinyllm.attention.CrossAttention",
 }
 
 _state = threading.local()

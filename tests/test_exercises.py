@@ -410,3 +410,46 @@ def test_inference_mistake_loses_exactly_its_points(mistake):
     if score is not None:
         assert sorted(failed) == sorted(fails), {k: v[1][:300] for k, v in failed.items()}
         assert sum(points for status, _, points in results.values() if status == "passed") == score
+
+
+# ---------------------------------------------------------------- 12_encoders: the other mistakes the chapter names
+
+ENCODER_MISTAKES = {  # beside the graded fixtures of tests/fixtures/submissions.py (padding masked, keys from x)
+    "loss over every position": (
+        "masked_lm_loss", "return cross_entropy(logits[scored], labels[scored])",
+        "return cross_entropy(logits.flatten(0, 1), labels.clamp(min=0).flatten())",
+        {"masked_lm_loss_public": ("failed", "You scored every position"),
+         "masked_lm_loss_hidden": ("failed", "wrong values")}, 15),
+    "every chosen token becomes [MASK]": (
+        "mask_tokens", "    inputs = torch.where(chosen & (action < 0.8), torch.full_like(ids, mask_id), ids)\n"
+        "    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)\n",
+        "    inputs = torch.where(chosen, torch.full_like(ids, mask_id), ids)\n",
+        {"mask_tokens_recipe_public": ("failed", "Every chosen token became [MASK]"),
+         "mask_tokens_hidden": ("failed", "")}, None),
+    "the causal mask left on": (
+        "bidirectional_attention", "    return softmax(scores, dim=-1) @ v",
+        "    scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1), float(\"-inf\"))\n"
+        "    return softmax(scores, dim=-1) @ v",
+        {"bidirectional_attention_public": ("failed", "You left the causal mask on"),
+         "bidirectional_attention_hidden": ("failed", "wrong values"),
+         "CrossAttention_public": ("failed", "your `bidirectional_attention` is the cause"),
+         "CrossAttention_hidden": ("failed", "your `bidirectional_attention` is the cause")}, 10),
+}
+
+
+@pytest.mark.parametrize("mistake", list(ENCODER_MISTAKES))
+def test_encoder_mistake_loses_exactly_its_points(mistake):
+    import autograder
+    from autograder.api import LocalSubmission
+
+    cell, old, new, fails, score = ENCODER_MISTAKES[mistake]
+    names = exercises.solution_namespace("12_encoders", cell, old, new)
+    results = {entry.id: (*autograder.run_one(entry, LocalSubmission(names), names, 30.0), entry.points)
+               for entry in checks_for("12_encoders")}
+    failed = {check_id: (status, message) for check_id, (status, message, _) in results.items() if status != "passed"}
+    for check_id, (status, phrase) in fails.items():
+        assert check_id in failed and failed[check_id][0] == status and phrase in failed[check_id][1], \
+            failed.get(check_id, "passed")
+    if score is not None:
+        assert sorted(failed) == sorted(fails), {k: v[1][:300] for k, v in failed.items()}
+        assert sum(points for status, _, points in results.values() if status == "passed") == score

@@ -183,3 +183,54 @@ class GroupedQueryAttention(nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         heads = causal_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), start=start)
         return self.out_proj(heads.transpose(1, 2).contiguous().view(B, T, C))
+
+
+# ----------------------------------------------------------------- Part III: encoders and cross-attention
+
+
+def bidirectional_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+    """Attention in which every query sees every key that is not padding: an encoder's (chapter "Encoders").
+
+    q (B, ..., T_q, d_k), k (B, ..., T_k, d_k), v (B, ..., T_k, d_v); the
+    leading ``...`` are the heads. ``key_padding_mask`` (B, T_k) is True where
+    key j of sequence b is padding: its score becomes -inf before the softmax,
+    so it gets weight exactly 0 from every query, and whatever a padding
+    position holds cannot change the output. Without a mask this is
+    ``scaled_dot_product_attention(q, k, v)[0]``, chapter 5's attention with
+    the causal mask off; with one it equals ``F.scaled_dot_product_attention(q,
+    k, v, attn_mask=~key_padding_mask)`` with the mask broadcast over the heads
+    and queries. A row with every key padded would have no weight to give:
+    never pass one.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, ..., T_q, T_k)
+    if key_padding_mask is not None:
+        B, T_k = key_padding_mask.shape
+        hidden = key_padding_mask.view(B, *([1] * (scores.dim() - 2)), T_k)  # (B, 1, ..., 1, T_k): every query
+        scores = scores.masked_fill(hidden, float("-inf"))
+    return softmax(scores, dim=-1) @ v  # (B, ..., T_q, d_v)
+
+
+class CrossAttention(MultiHeadAttention):
+    """Multi-head attention whose queries come from ``x`` and whose keys and values come from ``memory``.
+
+    In an encoder-decoder the decoder's tokens ``x`` (B, T, d_model) ask and
+    the encoder's output ``memory`` (B, S, d_model) answers; nothing is causal,
+    since the whole source is known before the first target token is written,
+    and ``memory_padding_mask`` (B, S) hides the source's padding. The same
+    projections as chapter 5's :class:`MultiHeadAttention` (``q_proj``,
+    ``k_proj``, ``v_proj``, ``out_proj``, bias on), so with ``memory = x`` it is
+    that layer without its causal mask: an encoder's self-attention. Equals
+    ``nn.MultiheadAttention(x, memory, memory, key_padding_mask=...)`` with
+    the same weights.
+    """
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__(d_model, n_heads, causal=False)
+
+    def forward(self, x: Tensor, memory: Tensor, memory_padding_mask: Tensor | None = None) -> Tensor:
+        B, T, C = x.shape
+        q = self.split_heads(self.q_proj(x))  # (B, n_heads, T, d_k): the decoder's questions
+        k = self.split_heads(self.k_proj(memory))  # (B, n_heads, S, d_k): the encoder's keys...
+        v = self.split_heads(self.v_proj(memory))  # ... and values
+        heads = bidirectional_attention(q, k, v, memory_padding_mask)  # (B, n_heads, T, d_k)
+        return self.out_proj(heads.transpose(1, 2).contiguous().view(B, T, C))

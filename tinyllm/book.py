@@ -369,3 +369,128 @@ def trained_variants(runs: list[tuple], processes: int = 2) -> list:
 
 def _trained_variant_args(run: tuple):
     return trained_variant(*run)
+
+
+# --------------------------------------------------------------------------- Part III: encoders
+
+PART3_KINDS = ("decoder", "encoder", "seq2seq")
+
+
+def trained_part3(kind: str, model_config=None, train_config=None, num_threads: int = 1):
+    """A Part III model trained with the library's loop, cached like :func:`trained_tiny_gpt`'s: ``(model, history, extra)``.
+
+    ``kind``: "decoder", chapter 8's TinyGPT on the corpus's documents (through
+    :func:`trained_tiny_gpt`); "encoder", a :class:`~tinyllm.encoder.TinyEncoder`
+    of ``model_config``'s sizes trained as a masked language model on the same
+    documents, its vocabulary grown by ``[MASK]`` and ``[PAD]``; "seq2seq", a
+    :class:`~tinyllm.encoder.TinySeq2Seq` of about the decoder's size
+    (:func:`~tinyllm.encoder.seq2seq_config`) trained on the same documents cut
+    into question and answer. ``extra`` is an empty dict (room for what
+    another kind records beside its history). The tokenizer is the one :func:`trained_tiny_gpt`
+    trains for ``model_config.vocab_size``.
+    """
+    from tinyllm.data import read_corpus
+    from tinyllm.model import GPTConfig
+    from tinyllm.train import TrainConfig
+
+    if kind not in PART3_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(PART3_KINDS)}, got {kind!r}")
+    model_config = model_config or GPTConfig()
+    train_config = train_config or TrainConfig()
+    if kind == "decoder":
+        model, _, history = trained_tiny_gpt(model_config, train_config, num_threads=num_threads)
+        return model, history, {}
+    corpus = read_corpus()
+    path = cache_dir() / f"{kind}_{_cache_key(model_config, train_config, corpus, kind)}.pt"
+    with _training_lock(path):
+        return _load_or_train_part3(path, kind, model_config, train_config, corpus, num_threads)
+
+
+def part3_data(model_config, corpus: str | None = None):
+    """The corpus as the encoders read it: ``(tokenizer, special tokens, document sequences, (source, target) pairs)``.
+
+    Sequences and pairs are dicts by split ("train", "val", "test"); the
+    tokenizer is trained on the train split with ``model_config.vocab_size``
+    ids, end-of-text included, as for chapter 8's model.
+    """
+    from tinyllm.data import read_corpus, split_corpus, split_documents, training_data
+    from tinyllm.encoder import SpecialTokens, qa_pairs
+
+    corpus = corpus if corpus is not None else read_corpus()
+    tokenizer, sequences = training_data(corpus, model_config.vocab_size, model_config.context_length)
+    splits = split_corpus(corpus)
+    pairs = {name: qa_pairs(tokenizer, split_documents(getattr(splits, name)), model_config.context_length)
+             for name in ("train", "val", "test")}
+    return tokenizer, SpecialTokens.after(tokenizer), sequences, pairs
+
+
+def _part3_model(kind, model_config, seed, tokens=None):
+    """A freshly initialised Part III model (and the config it was built from), the same for the same seed."""
+    import torch
+    from dataclasses import replace
+
+    from tinyllm.encoder import TinyEncoder, TinySeq2Seq, seq2seq_config
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "encoder":
+            config = replace(model_config, vocab_size=tokens.vocab_size)
+            return TinyEncoder(config, tokens.pad), config
+        config = seq2seq_config(model_config, tokens.vocab_size)
+        return TinySeq2Seq(config, tokens.pad), config
+
+
+def _load_or_train_part3(path, kind, model_config, train_config, corpus, num_threads):
+    import torch
+
+    from tinyllm.train import History, Trainer, save_atomically
+
+    _, tokens, sequences, pairs = part3_data(model_config, corpus)
+    model, _ = _part3_model(kind, model_config, train_config.seed, tokens)
+    if path.exists():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(saved["model"])
+            return model.eval(), History.from_dict(saved["history"]), saved["extra"]
+        except (RuntimeError, ValueError, KeyError, OSError):
+            pass  # a damaged or foreign cache entry: train again and overwrite it
+    extra = {}
+    if kind == "encoder":
+        from tinyllm.encoder import MaskedLMSampler, masked_lm_loss, masked_lm_score
+
+        sampler = MaskedLMSampler(sequences["train"], train_config.batch_size, train_config.seed, tokens)
+        data = (sequences["train"][: len(sequences["val"])], sequences["val"])
+        trainer = Trainer(model, *data, train_config, device="cpu", num_threads=num_threads, sampler=sampler,
+                          loss_fn=masked_lm_loss, scorer=lambda m, d: masked_lm_score(m, d, tokens))
+    else:
+        from tinyllm.encoder import PairSampler, pair_score
+
+        sampler = PairSampler(pairs["train"], train_config.batch_size, train_config.seed, tokens)
+        data = (pairs["train"][: len(pairs["val"])], pairs["val"])
+        trainer = Trainer(model, *data, train_config, device="cpu", num_threads=num_threads, sampler=sampler,
+                          scorer=lambda m, d: pair_score(m, d, tokens))
+    history = trainer.train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(path, {"model": model.state_dict(), "history": history.to_dict(), "extra": extra})
+    return model.eval(), history, extra
+
+
+def trained_part3_runs(runs: list[tuple], processes: int = 2) -> list[tuple]:
+    """:func:`trained_part3` for each ``(kind, model_config, train_config)`` of runs, ``processes`` at a time.
+
+    Each run trains on one thread in a process of its own (as
+    :func:`trained_variants` does), which fills the cache; the models are then
+    read from it here. Cached runs are read, not trained.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if processes > 1 and len(runs) > 1:
+        # spawn, not fork: a forked copy of a process whose torch threads already ran can hang.
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_train_part3_only, runs))
+    return [trained_part3(*run) for run in runs]
+
+
+def _train_part3_only(run: tuple) -> None:
+    trained_part3(*run)

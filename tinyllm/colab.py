@@ -22,6 +22,7 @@ EXERCISES = {
     "09_training": "The training loop's parts: AdamW, the warm-up + cosine schedule, gradient clipping",
     "10_post_training": "The answer-only fine-tuning loss, an answer's log-probability, LoRA, the DPO loss",
     "11_inference": "int8 and group-wise int4 quantization, the speculative accept/reject step and its loop",
+    "12_encoders": "attention with a padding mask, BERT's masking recipe, the masked-LM loss and cross-attention",
 }
 
 

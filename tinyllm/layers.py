@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinyllm.attention import GroupedQueryAttention, KVCache, MultiHeadAttention
+from tinyllm.attention import CrossAttention, GroupedQueryAttention, KVCache, MultiHeadAttention
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
@@ -156,4 +156,56 @@ class LlamaBlock(nn.Module):
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         x = x + self.drop(self.attn(self.attn_norm(x), cache=cache))  # (B, T, d_model)
         x = x + self.drop(self.ffn(self.ffn_norm(x)))
+        return x
+
+
+# ----------------------------------------------------------------- Part III: the encoder's and the decoder's blocks
+
+
+class EncoderBlock(TransformerBlock):
+    """Chapter 7's pre-norm block with its attention bidirectional and blind to padding: an encoder's block.
+
+    x + attn(ln1(x)), then + ffn(ln2(x)), as :class:`TransformerBlock`, with
+    the same submodules and ``state_dict`` names; only the attention differs:
+    a :class:`CrossAttention` that reads its own input as memory, so that every
+    position sees every other one (no causal mask), and ``key_padding_mask``
+    (B, T), True at padding, keeps the padding out of every position's mix.
+    Equals ``nn.TransformerEncoderLayer(d_model, n_heads, d_ff, norm_first=True,
+    activation="gelu", batch_first=True)`` with the same weights and
+    ``src_key_padding_mask``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0):
+        super().__init__(d_model, n_heads, d_ff, dropout)
+        self.attn = CrossAttention(d_model, n_heads)  # replaces the causal self-attention
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        h = self.ln1(x)
+        x = x + self.drop(self.attn(h, h, key_padding_mask))  # (B, T, d_model): memory is the input itself
+        x = x + self.drop(self.ffn(self.ln2(x)))
+        return x
+
+
+class DecoderBlock(TransformerBlock):
+    """Chapter 7's causal block with a cross-attention sublayer between its self-attention and its FFN.
+
+    x + attn(ln1(x)) (causal self-attention over the target so far), then
+    + cross_attn(ln_cross(x), memory) (the target's positions read the
+    encoder's output ``memory``, its padding hidden by ``memory_padding_mask``),
+    then + ffn(ln2(x)): the decoder block of the original transformer
+    (Vaswani et al., 2017) and of T5, here pre-norm. Equals
+    ``nn.TransformerDecoderLayer(..., norm_first=True, activation="gelu",
+    batch_first=True)`` with the same weights, a causal ``tgt_mask`` and
+    ``memory_key_padding_mask``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0):
+        super().__init__(d_model, n_heads, d_ff, dropout)  # ln1, attn (causal), ln2, ffn
+        self.ln_cross = LayerNorm(d_model)
+        self.cross_attn = CrossAttention(d_model, n_heads)
+
+    def forward(self, x: Tensor, memory: Tensor, memory_padding_mask: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.ln1(x)))  # (B, T, d_model)
+        x = x + self.drop(self.cross_attn(self.ln_cross(x), memory, memory_padding_mask))
+        x = x + self.drop(self.ffn(self.ln2(x)))
         return x

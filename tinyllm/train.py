@@ -252,14 +252,19 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> AdamW:
 
 
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, lr: float, grad_clip: float
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, lr: float, grad_clip: float,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = sequence_loss,
 ) -> float:
-    """One update on a batch x, y (B, T): forward, backward, clip, AdamW step. Returns the loss."""
+    """One update on a batch x, y (B, T): forward, backward, clip, AdamW step. Returns the loss.
+
+    ``loss_fn(logits, y)`` scores the batch: for a language model the mean
+    over the targets that are not padding; the encoders of Part III bring their own.
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()  # dropout on
     logits, _ = model(x)  # (B, T, V)
-    loss = sequence_loss(logits, y)  # mean over the targets that are not padding
+    loss = loss_fn(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     # Rescale the whole gradient if its norm exceeds grad_clip (Pascanu et al., 2013).
@@ -399,6 +404,13 @@ class Trainer:
     for ``patience`` evaluations, and at the end the model holds the weights
     of the best evaluation; with ``keep="last"`` it holds the final weights. ``save``/``resume``
     make an interrupted run continue bit for bit.
+
+    Another objective (Part III: a masked language model, an encoder-decoder,
+    a synthetic task) brings its own ``sampler`` (``next_batch() -> (x, y)``
+    and a seeded generator's ``state_dict``), ``loss_fn(logits, y)`` and
+    ``scorer(model, data) -> float``; ``train_ids`` and ``val_ids`` are then
+    whatever its scorer reads, and everything else (the optimiser, the
+    schedule, clipping, dropout, evaluations, checkpoints) stays as it is.
     """
 
     def __init__(
@@ -411,15 +423,25 @@ class Trainer:
         merges: list[tuple[int, int]] | None = None,
         num_threads: int | None = None,
         end_of_text: bool = False,
+        sampler=None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = sequence_loss,
+        scorer: Callable[[nn.Module, Any], float] | None = None,
     ):
+        if (sampler is None) != (scorer is None):
+            raise ValueError("a sampler of another objective needs its scorer, and a scorer its sampler")
         self.config = config or TrainConfig()
+        self.loss_fn = loss_fn
+        self.scorer = scorer
         self.num_threads = num_threads  # CPU threads while train() runs; None: leave torch's setting
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
         self.merges = [tuple(m) for m in merges] if merges is not None else None
         self.end_of_text = end_of_text  # whether the tokenizer has the end-of-text id after its merges
         T = model.config.context_length
-        if self.config.samples == "documents":  # train_ids, val_ids: lists of document sequences
+        if sampler is not None:  # another objective: its batches; the data its scorer reads
+            self.sampler = sampler
+            self.val_ids, self.train_eval_ids = val_ids, train_ids
+        elif self.config.samples == "documents":  # train_ids, val_ids: lists of document sequences
             self.sampler = DocumentSampler(train_ids, self.config.batch_size, self.config.seed)
             self.val_ids = [list(seq) for seq in val_ids]
             n_val = sum(len(seq) - 1 for seq in self.val_ids)
@@ -468,13 +490,15 @@ class Trainer:
         with torch.random.fork_rng(devices=self._rng_devices()):
             self._set_rng(self.dropout_rng)
             loss = train_step(self.model, self.optimizer, x.to(self.device), y.to(self.device),
-                              lr, self.config.grad_clip)
+                              lr, self.config.grad_clip, self.loss_fn)
             self.dropout_rng = self._get_rng()
         self.step += 1
         return loss, lr
 
     def score(self, data) -> float:
         """Mean loss on held-out data, read the way the model is trained (documents or a stream)."""
+        if self.scorer is not None:
+            return self.scorer(self.model, data)
         if self.config.samples == "documents":
             return evaluate_documents(self.model, data)
         return evaluate(self.model, data, self.model.config.context_length)
