@@ -66,6 +66,19 @@ def run_one(entry, submission, namespace: dict, seconds: float) -> tuple[str, st
                              "move forward (an index that advances, a list that shrinks)?")
 
 
+# The last outcome of each public check in this kernel: check id -> (the objects it ran on, status).
+_OUTCOMES: dict[str, tuple[tuple, str]] = {}
+# Set in the grader's worker, where a notebook's summary cell must do nothing.
+in_grader = False
+
+
+def _objects(assignment: str, namespace: dict) -> tuple:
+    """What a check's outcome depends on: the objects the notebook binds to each name of the assignment."""
+    from autograder.registry import assignments
+
+    return tuple(id(namespace.get(name)) for name in assignments()[assignment])
+
+
 def run_local(target: str, namespace: dict, hidden: bool, part: str | None = None) -> bool:
     """Run the checks for ``target`` against ``namespace`` and print feedback; True if all passed.
 
@@ -90,6 +103,8 @@ def run_local(target: str, namespace: dict, hidden: bool, part: str | None = Non
     seconds = time_limit_seconds()
     for entry in checks:
         status, output = run_one(entry, submission, namespace, seconds)
+        if not hidden:
+            _OUTCOMES[entry.id] = (_objects(assignment, namespace), status)
         points = f"{entry.points:g} point{'s' if entry.points != 1 else ''}"
         if status == "passed":
             print(f"\u2713 {entry.id} ({points}): {entry.title}")
@@ -98,7 +113,8 @@ def run_local(target: str, namespace: dict, hidden: bool, part: str | None = Non
             unwritten = True
             failed.append(entry.id)
         else:
-            print(f"\u2717 {entry.id} ({points}): {entry.title}\n{output}\nSee: {entry.book_url}\n")
+            # What went wrong first; what the check asks for after it.
+            print(f"\u2717 {entry.id} ({points}): {output}\n(The check: {entry.title})\nSee: {entry.book_url}\n")
             failed.append(entry.id)
     if failed and strict():
         if unwritten:
@@ -114,3 +130,37 @@ def check(target: str, part: str | None = None) -> None:
     """
     caller = inspect.currentframe().f_back
     run_local(target, caller.f_globals, hidden=False, part=part)
+
+
+def summary(assignment: str) -> None:
+    """Print the public points the notebook's code earns so far and the names still to do.
+
+    The last cell of every exercise notebook calls it. A check already run on
+    the same definitions is not run again; the others run quietly now.
+    """
+    if in_grader:
+        return
+    from autograder.api import LocalSubmission
+    from autograder.registry import assignments, checks_for
+
+    namespace = inspect.currentframe().f_back.f_globals
+    key = _objects(assignment, namespace)
+    earned = total = 0.0
+    left: list[str] = []
+    submission = LocalSubmission(namespace)
+    for entry in checks_for(assignment, include_hidden=False):
+        known = _OUTCOMES.get(entry.id)
+        if known is not None and known[0] == key:
+            status = known[1]
+        else:
+            status, _ = run_one(entry, submission, namespace, time_limit_seconds())
+            _OUTCOMES[entry.id] = (key, status)
+        total += entry.points
+        if status == "passed":
+            earned += entry.points
+        elif entry.target not in left:
+            left.append(entry.target)
+    names = assignments()[assignment]
+    left.sort(key=names.index)
+    print(f"{earned:g} of {total:g} public points; "
+          + (f"left: {', '.join(left)}." if left else "every public check passes."))

@@ -19,6 +19,9 @@ instructions and says, per code cell, what goes there:
   ``<target>_<part>_public`` (TinyGPT's ``parameters`` and ``init``), then a
   test cell whose ``### BEGIN HIDDEN TESTS`` block runs the hidden checks.
 
+A last, locked cell prints the public points so far and what is left
+(:func:`autograder.summary`).
+
 So the solution code IS the library's code: the book, the solutions and the
 grader's oracle cannot drift apart.
 """
@@ -58,6 +61,12 @@ HIDDEN = '''\
 from autograder.hidden import run_hidden
 run_hidden("{target}")
 ### END HIDDEN TESTS'''
+
+
+SUMMARY = '''\
+# Your public points so far, and what is left to do.
+from autograder import summary
+summary("{assignment}")'''
 
 
 def _nbgrader(grade_id: str, *, grade: bool = False, solution: bool = False, locked: bool = False,
@@ -175,6 +184,8 @@ def build(recipe: Path) -> nbformat.NotebookNode:
                 hidden.id, grade=True, locked=True, points=hidden.points)))
         else:
             cells.append(nbformat.v4.new_code_cell(cell.source))
+    cells.append(nbformat.v4.new_code_cell(SUMMARY.format(assignment=assignment), metadata=_nbgrader(
+        "summary", locked=True)))
     for i, cell in enumerate(cells):  # stable ids: regenerating changes nothing
         cell["id"] = hashlib.sha1(f"{assignment}:{i}:{cell.source}".encode()).hexdigest()[:12]
     notebook = nbformat.v4.new_notebook(cells=cells)

@@ -56,9 +56,19 @@ def cached_attention_by_torch(state, x, chunks, n_heads, n_kv_heads, rope_start=
 @check("08_fast_generation", "KVCache", points=1, book=BOOK + "#the-kv-cache")
 def test_KVCache_public(sub):
     """KVCache.update appends along the time axis and returns everything stored; length counts the tokens."""
-    cache = sub.cls("KVCache")()
-    expect.equal(length_of(cache), 0, "KVCache().length", hint="An empty cache stores 0 tokens.")
+    KVCache = sub.cls("KVCache")
+    first, second = KVCache(), KVCache()
+    empty = length_of(first), length_of(second)
     g = torch.Generator().manual_seed(0)
+    first.method("update", torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g))
+    expect.true(length_of(second) == empty[1],
+                f"storing 4 tokens in one KVCache changed the length of another, never updated, from {empty[1]} to "
+                f"{length_of(second)}: the two share what they store. Each KVCache must keep its own keys and "
+                "values: set them on self in __init__ (self.k = None), not in the class body, where one list or "
+                "tensor is shared by every cache.")
+    expect.true(empty == (0, 0), f"a new KVCache() reports length {max(empty)} before anything was stored in it; "
+                "an empty cache stores 0 tokens.")
+    cache = KVCache()
     stored_k, stored_v = [], []
     for step, T in enumerate((4, 1, 3)):
         k, v = torch.randn(2, 3, T, 5, generator=g), torch.randn(2, 3, T, 5, generator=g)
@@ -177,6 +187,13 @@ def test_generate_cached_public(sub):
                      "generate_cached(model, idx, 10, temperature=1.0, top_k=50, generator=seeded)", prompt,
                      hint="Draw each token with sample_next_token(logits, **sampling), passing the generator, "
                      "once per new token, in the same order as generate.")
+        repeat = torch.tensor([[7, 7, 9, 7]])
+        expect.equal(generate_cached(model, repeat, 8, repetition_penalty=5.0, temperature=0),
+                     generate(reference, repeat, 8, repetition_penalty=5.0, temperature=0),
+                     "generate_cached(model, idx, 8, repetition_penalty=5.0, temperature=0)", repeat,
+                     hint="Before choosing each token, pass the last position's logits through "
+                     "apply_repetition_penalty(logits, idx, repetition_penalty) with all the ids so far: the "
+                     "prompt and every token chosen before.")
 
 
 @check("08_fast_generation", "generate_cached", points=2, book=BOOK + "#cached-generation")
@@ -186,17 +203,27 @@ def test_generate_cached_calls_public(sub):
     model = library_model(sub, reference_model(seed=6))
     recorder = sub.library("tinyllm.sampling:CallRecorder")(model)
     prompt = torch.tensor([[3, 1, 4, 1, 5, 9]])
-    generate_cached(recorder, prompt, 5, temperature=0)
-    lengths = recorder.method("lengths")
-    ok = len(lengths) in (5, 6) and lengths[:1] == [6] and all(n == 1 for n in lengths[1:])
+    with expect.blame(sub, "KVCache"):
+        generate_cached(recorder, prompt, 5, temperature=0)
+    expect_calls(recorder.method("lengths"), prompt_length=6, new_tokens=5)
+
+
+def expect_calls(lengths, prompt_length: int, new_tokens: int) -> None:
+    """The model saw the prompt once, then each new token but the last alone: max_new_tokens calls in all."""
+    expected = [prompt_length] + [1] * (new_tokens - 1) if new_tokens else []
+    if lengths == expected:
+        return
+    what = (f"generate_cached(model, idx, {new_tokens}) on a prompt of {prompt_length} tokens called the model "
+            f"{len(lengths)} times, with inputs of lengths {lengths}; expected {expected} ({new_tokens} calls).")
     hint = ("Call the model once on the prompt (with the caches), then once per new token on that token alone, "
             "shape (B, 1): its keys and values join the caches, the earlier ones are read from them.")
     if len(lengths) >= 2 and lengths[1] > 1:
-        hint = ("Your generate_cached feeds the model more than the new token after the first call "
-                f"(input lengths {lengths}): it recomputes the prompt every step, so the cache saves nothing. "
-                + hint)
-    expect.true(ok, f"generate_cached(model, idx, 5) on a prompt of 6 tokens called the model {len(lengths)} times "
-                f"with inputs of lengths {lengths}; expected [6, 1, 1, 1, 1]. {hint}")
+        hint = ("After the first call your generate_cached feeds the model more than the new token: it "
+                "recomputes the prompt every step, so the cache saves nothing. " + hint)
+    elif lengths[:len(expected)] == expected and len(lengths) > len(expected):
+        hint = (f"The calls after the {new_tokens}th are extra: the {new_tokens}th call's logits choose the last "
+                "token, and nothing reads the model after it.")
+    raise expect.CheckFailure(f"{what} {hint}")
 
 
 def total_logprob(model: TinyLlama, ids: torch.Tensor, start: int) -> float:

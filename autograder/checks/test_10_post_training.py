@@ -171,8 +171,11 @@ def test_LoRALinear_init_public(sub):
     base_state = linear_state(5, 3, seed=5)
     layer = LoRA(new_base(sub, base_state), 4, 16.0)
     state = layer.method("state_dict")
-    expect.equal(sorted(state), ["base.bias", "base.weight", "lora_a", "lora_b"], "the parameters of LoRALinear",
-                 hint="Keep the layer you are given as self.base and add the parameters lora_a and lora_b.")
+    expected_names = ["base.bias", "base.weight", "lora_a", "lora_b"]
+    missing = [name for name in expected_names if not isinstance(state, dict) or name not in state]
+    expect.equal(sorted(state), expected_names, "the parameters of LoRALinear (the names of its state_dict())",
+                 hint=layer.why_missing(missing, bool(set(state) - set(expected_names))) if missing else
+                 "Keep the layer you are given as self.base and add exactly the parameters lora_a and lora_b.")
     expect.equal(tuple(state["lora_a"].shape), (4, 3), "lora_a's shape for Linear(3, 5) at rank 4",
                  hint="lora_a is (rank, in_features): it maps an input down to rank numbers.")
     expect.equal(tuple(state["lora_b"].shape), (5, 4), "lora_b's shape for Linear(3, 5) at rank 4",
@@ -201,6 +204,16 @@ def test_LoRALinear_merged_public(sub):
     rank, alpha = 3, 6.0
     layer, base_state, state = trained_layer(sub, 4, 6, rank, alpha, seed=7)
     merged = library_function(sub, "merged_state")(layer)
+    after = layer.method("state_dict")
+    changed = [name for name in sorted(state) if isinstance(after, dict) and name in after
+               and not torch.equal(after[name], state[name])]
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(8))
+    moved = (layer(x) - lora_by_hand(state, x, alpha / rank)).abs().max().item()
+    expect.true(not changed and moved < 1e-4,
+                f"merged() changed the LoRA layer it was called on: afterwards {', '.join(changed) or 'its output'} "
+                f"differ{'s' if len(changed) == 1 else ''} from before (the layer's output moved by up to "
+                f"{moved:.3g}). merged() returns a NEW nn.Linear and leaves base, lora_a and lora_b as they were; "
+                "adding the update into base.weight would count it twice in the LoRA layer.")
     expected = base_state["weight"] + alpha / rank * state["lora_b"] @ state["lora_a"]
     expect.equal(sorted(merged), ["bias", "weight"], "the parameters of merged()",
                  hint="merged() returns an nn.Linear with the base's bias.")
@@ -236,3 +249,11 @@ def test_dpo_loss_public(sub):
                  hint="With a margin of 0 the loss is -log sigmoid(0) = log 2.")
     expect.close(dpo(pc, pr, rc, rr), dpo_by_hand(pc, pr, rc, rr, 0.1), "dpo_loss(...) with the default beta",
                  atol=1e-5, hint="The default beta is 0.1.")
+    far, zero = torch.tensor([-1.0, -300.0]), torch.zeros(2)
+    got = dpo(far, far.flip(0), zero, zero, beta=1.0)
+    hint = ""
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and not bool(torch.isfinite(got).all()):
+        hint = ("Your loss is not finite: log(sigmoid(z)) rounds sigmoid(-299) to 0 and takes log(0). "
+                "F.logsigmoid(z) computes the same value without the rounding.")
+    expect.close(got, dpo_by_hand(far, far.flip(0), zero, zero, 1.0), "dpo_loss with margins of +299 and -299 "
+                 "(beta=1)", atol=1e-4, hint=hint)

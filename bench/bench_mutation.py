@@ -1,0 +1,104 @@
+"""Grading strength: every mutant of every assignment's reference solution, graded by the real grader.
+
+    python bench/bench_mutation.py [--assignment 07_modern_block ...] [--jobs 2] [--timeout 5]
+                                   [--survivors FILE]
+
+For each assignment (discovered from the checks, as the grader does) it makes
+every mutant of the solution code (tools/mutation.py: mutmut's operators),
+grades each one with public and hidden checks in the sandbox, and prints the
+table: mutants, killed, equivalent (listed with a reason in
+autograder/contracts/<assignment>.toml), survived (neither), the share of
+non-equivalent mutants killed, and how many were killed by hidden checks
+alone (a mistake the notebook's public checks would not have shown). Survivors are printed with their keys (and
+written to --survivors); a listed equivalent that the checks kill anyway is
+reported too, since its reason must be wrong. Writes bench/results/mutation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.results_file import write_results  # noqa: E402
+from tools import mutation  # noqa: E402
+
+GOAL = 0.95
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="CPU seconds per call into a mutant (the reference needs well under 1)")
+    parser.add_argument("--survivors", type=Path, help="write the survivors' keys to this file")
+    args = parser.parse_args()
+    chosen = args.assignment or mutation.assignments()
+    from autograder.registry import load_checks
+
+    hidden = {c.id: c.hidden for c in load_checks()}
+    rows, survivors, wrongly_listed, hidden_only = [], {}, {}, {}
+    start = time.perf_counter()
+    for assignment in chosen:
+        found = mutation.mutants(assignment)
+        listed = mutation.equivalents(assignment)
+        began = time.perf_counter()
+        outcomes = mutation.grade(found, jobs=args.jobs, timeout=args.timeout)
+        killed = [o for o in outcomes if o.killed]
+        alive = [o for o in outcomes if not o.killed]
+        equivalent = [o for o in alive if o.mutant.key in listed]
+        survived = [o for o in alive if o.mutant.key not in listed]
+        survivors[assignment] = [o.mutant.key for o in survived]
+        hidden_only[assignment] = [o.mutant.key for o in killed if all(hidden.get(c, False) for c in o.failed)]
+        wrongly_listed[assignment] = [o.mutant.key for o in killed if o.mutant.key in listed]
+        stale = sorted(set(listed) - {m.key for m in found})
+        strength = len(killed) / max(1, len(found) - len(equivalent))
+        rows.append({"assignment": assignment, "mutants": len(found), "killed": len(killed),
+                     "equivalent": len(equivalent), "survived": len(survived),
+                     "killed_share": round(strength, 4), "hidden_only": len(hidden_only[assignment]),
+                     "seconds": round(time.perf_counter() - began, 1),
+                     "stale_equivalents": stale})
+        print(f"{assignment}: {len(found)} mutants, {len(killed)} killed, {len(equivalent)} equivalent, "
+              f"{len(survived)} survived ({strength:.1%} of the non-equivalent killed), "
+              f"{len(hidden_only[assignment])} killed by hidden checks only "
+              f"in {time.perf_counter() - began:.0f} s", flush=True)
+    total = {k: sum(r[k] for r in rows) for k in ("mutants", "killed", "equivalent", "survived", "hidden_only")}
+    print()
+    print("| assignment | mutants | killed | equivalent | survived | killed of non-equivalent | by hidden checks only |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['assignment']} | {r['mutants']} | {r['killed']} | {r['equivalent']} | {r['survived']} | "
+              f"{r['killed_share']:.1%} | {r['hidden_only']} |")
+    share = total["killed"] / max(1, total["mutants"] - total["equivalent"])
+    print(f"| all | {total['mutants']} | {total['killed']} | {total['equivalent']} | {total['survived']} | "
+          f"{share:.1%} | {total['hidden_only']} |")
+    for assignment in chosen:
+        for key in survivors[assignment]:
+            print(f"survived  {assignment}  {key}")
+        for key in hidden_only[assignment]:
+            print(f"killed by hidden checks only  {assignment}  {key}")
+        for key in wrongly_listed[assignment]:
+            print(f"killed, yet listed as equivalent  {assignment}  {key}")
+        for r in rows:
+            if r["assignment"] == assignment:
+                for key in r["stale_equivalents"]:
+                    print(f"listed as equivalent, no such mutant  {assignment}  {key}")
+    if args.survivors:
+        args.survivors.write_text("".join(f"{a}\t{k}\n" for a, keys in survivors.items() for k in keys))
+    write_results("mutation", {"rows": rows, "total": total, "jobs": args.jobs, "timeout": args.timeout,
+                               "cpus": os.cpu_count(), "seconds": round(time.perf_counter() - start, 1),
+                               "survivors": survivors, "hidden_only": hidden_only})
+    weak = [r["assignment"] for r in rows if r["killed_share"] < GOAL]
+    if weak:
+        print(f"below the goal of {GOAL:.0%}: {', '.join(weak)}")
+    return 1 if weak else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
