@@ -278,7 +278,7 @@ def solution_namespace(assignment: str, cell: str | None = None, old: str = "", 
     for c in notebook["cells"]:
         meta = c["metadata"].get("nbgrader", {})
         source = "".join(c["source"])
-        if c["cell_type"] != "code" or meta.get("grade"):
+        if c["cell_type"] != "code" or meta.get("grade") or meta.get("grade_id") == "summary":
             continue
         if meta.get("grade_id") == cell:
             if old not in source:

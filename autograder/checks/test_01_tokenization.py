@@ -118,4 +118,10 @@ def test_bpe_decode_public(sub):
     for text in ["héllo wörld", "😀 and 日本語", "", "never seen: ∑ ∫ ✓"]:
         expect.equal(bpe_decode(bpe_encode(text, merges), merges), text, f"bpe_decode(bpe_encode({text!r}))",
                      hint="Join the bytes of every id, then decode the bytes as UTF-8 once, at the end.")
+    expect.equal(bpe_decode([0, 104, 105], []), "\x00hi", "bpe_decode([0, 104, 105], [])",
+                 hint="Every id from 0 to 255 is a byte, id 0 included (the byte 0).")
+    expect.equal(bpe_decode([104, 195], []), "h\ufffd", "bpe_decode([104, 195], []): 195 is the first byte of a "
+                 "two-byte character, cut off", hint="Bytes that are not valid UTF-8 (a character cut in two) "
+                 "become U+FFFD: decode with errors='replace'.")
     expect.raises(lambda: bpe_decode([256 + len(merges)], merges), ValueError, "bpe_decode with an unknown id")
+    expect.raises(lambda: bpe_decode([-1], merges), ValueError, "bpe_decode with the id -1")

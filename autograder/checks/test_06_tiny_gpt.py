@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from autograder import expect
+from autograder.api import Proxy
 from autograder.forbidden import GROUPS
 from autograder.registry import check
 from tinyllm.model import GPTConfig, TinyGPT
@@ -120,6 +121,15 @@ def test_TinyGPT_init_public(sub):
                         f"{bias.abs().max().item():.3g}); _init_weights sets every nn.Linear bias to zero.")
 
 
+    rates = Proxy(sub, "tinyllm.model:dropout_rates", ())(fresh_student_model(sub, cls, 0, dropout=0.25))
+    wrong = {name: rate for name, rate in (rates.items() if isinstance(rates, dict) else []) if rate != 0.25}
+    expect.true(isinstance(rates, dict) and not wrong and len(rates) >= 1 + SMALL["n_layers"],
+                "In TinyGPT(config) with config.dropout = 0.25 every dropout must use 0.25: the embeddings' drop "
+                "and each block's (TransformerBlock(d_model, n_heads, d_ff, dropout)); "
+                + (f"yours has {', '.join(f'{n}: {r:g}' for n, r in wrong.items())}." if wrong else
+                   f"yours has {len(rates) if isinstance(rates, dict) else 0} dropout layers."))
+
+
 @check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p")
 def test_top_k_filter_public(sub):
     """top_k_filter keeps the k largest logits per row (and ties with the k-th)."""
@@ -145,6 +155,11 @@ def test_top_p_filter_public(sub):
     expect.close(top_p(logits, 0.5), torch.where(probs >= 0.5, logits, INF), "top_p_filter(logits, 0.5)",
                  hint="The most likely token alone reaches 0.5: keep only it.")
     expect.close(top_p(logits, 1.0), logits, "top_p_filter(logits, 1.0)")
+    confident = torch.tensor([[30.0, 0.0, 0.0, 0.0, 0.0]])
+    expect.close(top_p(confident, 1.0), confident, "top_p_filter(logits, 1.0) when one token has probability "
+                 "1 - 4e-13", "logits [[30, 0, 0, 0, 0]]",
+                 hint="p = 1 keeps every token: the tokens before the last have a total below 1, even where a "
+                 "float32 running sum rounds it to 1.0 (return the logits as they are when p >= 1).")
 
 
 @check("06_tiny_gpt", "sample_next_token", points=2, book=BOOK_DECODING + "#sampling-and-temperature")
@@ -160,6 +175,10 @@ def check_sampling(sample):
     logits = torch.tensor([[0.0, 3.0, 1.0, -1.0], [2.0, 0.0, 0.0, 0.0]])
     expect.equal(sample(logits, temperature=0), torch.tensor([1, 0]), "sample_next_token(logits, temperature=0)",
                  logits, hint="Temperature 0 means greedy: the argmax of each row.")
+    batched = torch.stack([logits, logits.flip(-1)])  # (2, 2, 4): ids of shape (2, 2)
+    expect.equal(sample(batched, temperature=0), torch.tensor([[1, 0], [2, 3]]),
+                 "sample_next_token(logits, temperature=0) for logits of shape (2, 2, 4)", batched,
+                 hint="The ids are chosen along the last dimension, V, whatever the shape (..., V).")
     many = logits[0].repeat(4000, 1)
     draws = sample(many, generator=torch.Generator().manual_seed(0))
     expect.true(isinstance(draws, torch.Tensor) and tuple(draws.shape) == (4000,),

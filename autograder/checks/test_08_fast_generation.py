@@ -59,15 +59,15 @@ def test_KVCache_public(sub):
     KVCache = sub.cls("KVCache")
     first, second = KVCache(), KVCache()
     empty = length_of(first), length_of(second)
+    expect.true(empty == (0, 0), f"a new KVCache() reports length {max(empty)} before anything was stored in it; "
+                "an empty cache stores 0 tokens.")
     g = torch.Generator().manual_seed(0)
     first.method("update", torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g))
-    expect.true(length_of(second) == empty[1],
-                f"storing 4 tokens in one KVCache changed the length of another, never updated, from {empty[1]} to "
+    expect.true(length_of(second) == 0,
+                f"storing 4 tokens in one KVCache changed the length of another, new and never updated, from 0 to "
                 f"{length_of(second)}: the two share what they store. Each KVCache must keep its own keys and "
                 "values: set them on self in __init__ (self.k = None), not in the class body, where one list or "
                 "tensor is shared by every cache.")
-    expect.true(empty == (0, 0), f"a new KVCache() reports length {max(empty)} before anything was stored in it; "
-                "an empty cache stores 0 tokens.")
     cache = KVCache()
     stored_k, stored_v = [], []
     for step, T in enumerate((4, 1, 3)):
@@ -128,6 +128,7 @@ def test_KVCache_attention_public(sub):
                         hint = text
                         break
             expect.close(got, right, what, atol=1e-4, hint=hint)
+    expect.raises(lambda: GQA(16, 4, 3), ValueError, "GroupedQueryAttention(16, 4, 3) (4 heads do not split into 3 groups)")
 
 
 @check("08_fast_generation", "causal_attention", points=2, book=BOOK + "#the-causal-mask-over-the-cache")
@@ -187,6 +188,15 @@ def test_generate_cached_public(sub):
                      "generate_cached(model, idx, 10, temperature=1.0, top_k=50, generator=seeded)", prompt,
                      hint="Draw each token with sample_next_token(logits, **sampling), passing the generator, "
                      "once per new token, in the same order as generate.")
+        fits = torch.tensor([[2, 3]])
+        width = SMALL["context_length"] - 2
+        expect.equal(generate_cached(model, fits, width, temperature=0), generate(reference, fits, width, temperature=0),
+                     f"generate_cached(model, idx, {width}, temperature=0) for a prompt of 2 tokens, filling the "
+                     f"context of {SMALL['context_length']} exactly", fits,
+                     hint="A prompt and new tokens that together fill context_length fit: only more is an error.")
+        expect.raises(lambda: generate_cached(model, fits, width + 1, temperature=0), ValueError,
+                      f"generate_cached(model, idx, {width + 1}) for a prompt of 2 tokens and a context of "
+                      f"{SMALL['context_length']} (one token too many for the cache)")
         repeat = torch.tensor([[7, 7, 9, 7]])
         expect.equal(generate_cached(model, repeat, 8, repetition_penalty=5.0, temperature=0),
                      generate(reference, repeat, 8, repetition_penalty=5.0, temperature=0),
