@@ -16,8 +16,9 @@ solution cells' functions, classes and methods). ``autograder/contracts/
 A constraining sentence names at least one public check (a mistake a hidden
 check can catch is one a student can see in the notebook too). ``breaks``
 (optional) are realistic violations of the sentence, made in a solution cell
-(``{cell, old, new}`` as in ``tools.exercises.solution_namespace``); the test
-grades each one and requires every listed check to fail. The same file lists
+(``{cell, old, new}`` as in ``tools.exercises.solution_namespace``, and
+``fails``: the checks it must fail, by default all the sentence's); the test
+grades each one and requires those checks to fail. The same file lists
 the mutants that behave as the contract asks (``[[equivalent]]``, see
 :mod:`tools.mutation`).
 
@@ -40,7 +41,7 @@ CONTRACTS = ROOT / "autograder" / "contracts"
 # A sentence ends at . ? ! or : followed by space and a capital, a backtick, a quote or a formula.
 _END = re.compile(r"(?<=[.?!])\s+(?=[A-Z`$(\"'*])")
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "al.", "Fig.", "Eq.")
-_ITEM = re.compile(r"^\s*(?:[-*]|\d+\.)\s+")
+_ITEM = re.compile(r"^\s*(?:[-*]|\d{1,2}\.)\s+")
 
 
 def _split(paragraph: str) -> list[str]:
@@ -50,7 +51,7 @@ def _split(paragraph: str) -> list[str]:
     pieces, start = [], 0
     for match in _END.finditer(text):
         head = text[start:match.start()]
-        if head.endswith(_ABBREVIATIONS):
+        if head.endswith(_ABBREVIATIONS) or head.endswith(".."):
             continue
         pieces.append(head)
         start = match.end()

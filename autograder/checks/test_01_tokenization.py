@@ -91,6 +91,9 @@ def test_train_bpe_public(sub):
         expect.equal(got, [(97, 97), (256, 256)], 'train_bpe("aaaaa", 258)',
                      hint="Merging (a, a) in a a a a a gives [aa, aa, a] (left to right, no overlaps); then "
                           "(aa, aa) = (256, 256) is the most frequent pair.")
+        expect.equal(train_bpe("abab", 300), [(97, 98), (256, 256)], 'train_bpe("abab", 300)',
+                     hint="Once the text is a single token there is no pair left: stop early, with fewer merges "
+                          "than vocab_size - 256.")
         text = "the cat sat on the mat; the cat ate the rat."
         expect.equal(train_bpe(text, 270), reference_train(text, 270), f"train_bpe({text!r}, 270)")
     expect.raises(lambda: train_bpe("abc", 255), ValueError, "train_bpe(text, vocab_size=255)")

@@ -192,6 +192,23 @@ def check_sampling(sample):
                  rtol=0.0, hint="Sample from softmax(logits / temperature).")
     top2 = sample(many, top_k=2, generator=torch.Generator().manual_seed(1))
     expect.true(set(top2.tolist()) <= {1, 2}, "with top_k=2, only the two most likely ids (1 and 2) may be drawn.")
+    ordered = torch.tensor([0.4, 0.3, 0.2, 0.1]).log().repeat(200, 1)
+    both = sample(ordered, top_k=2, top_p=0.5, generator=torch.Generator().manual_seed(2))
+    drawn = sorted(set(both.tolist())) if isinstance(both, torch.Tensor) else both
+    expect.true(drawn == [0], f"with top_k=2 and top_p=0.5 on probabilities [0.4, 0.3, 0.2, 0.1] only id 0 may be "
+                f"drawn (top-k first keeps 0.4 and 0.3, which become 0.57 and 0.43; then top-p keeps 0.57 alone); "
+                f"yours drew {drawn}.")
+
+
+def expect_eval_without_gradients(recorder, what: str) -> None:
+    """Every call the generate made found the model in eval mode with gradients off (the recorder saw it)."""
+    modes = recorder.method("modes")
+    training = [i + 1 for i, (train, _) in enumerate(modes) if train]
+    recording = [i + 1 for i, (_, grad) in enumerate(modes) if grad]
+    expect.true(not training, f"{what} called the model in training mode (calls {training[:5]}), so dropout "
+                "changed its logits: put the model in eval mode first (model.eval()).")
+    expect.true(not recording, f"{what} called the model with gradients on (calls {recording[:5]}): run it "
+                "under torch.no_grad() (the @torch.no_grad() decorator), since nothing is trained.")
 
 
 @check("06_tiny_gpt", "generate", points=2, book=BOOK_DECODING + "#repetition-measured")
@@ -218,3 +235,7 @@ def test_generate_public(sub):
                      "generate(model, idx, 6, repetition_penalty=50.0, temperature=0)", repeat,
                      hint="Before choosing each token, pass the last position's logits through "
                      "apply_repetition_penalty(logits, idx, repetition_penalty) with all the ids so far.")
+        recorder = sub.library("tinyllm.sampling:CallRecorder")(library_model(sub, reference_model(2, dropout=0.5)))
+        recorder.method("train")  # handed over in training mode, as a model is after a training loop
+        generate(recorder, prompt, 3, temperature=0)
+        expect_eval_without_gradients(recorder, "generate(model, idx, 3) on a model in training mode")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from autograder import expect
+from autograder.checks.test_06_tiny_gpt import expect_eval_without_gradients
 from autograder.checks.test_07_modern_block import gqa_state, loaded, rope_by_complex_numbers
 from autograder.forbidden import GROUPS
 from autograder.registry import check
@@ -212,10 +213,12 @@ def test_generate_cached_calls_public(sub):
     generate_cached = generate_function(sub)
     model = library_model(sub, reference_model(seed=6))
     recorder = sub.library("tinyllm.sampling:CallRecorder")(model)
+    recorder.method("train")  # handed over in training mode, as a model is after a training loop
     prompt = torch.tensor([[3, 1, 4, 1, 5, 9]])
     with expect.blame(sub, "KVCache"):
         generate_cached(recorder, prompt, 5, temperature=0)
     expect_calls(recorder.method("lengths"), prompt_length=6, new_tokens=5)
+    expect_eval_without_gradients(recorder, "generate_cached(model, idx, 5) on a model in training mode")
 
 
 def expect_calls(lengths, prompt_length: int, new_tokens: int) -> None:
@@ -265,3 +268,10 @@ def test_beam_search_public(sub):
                 hint = (f"Your continuation has a total log-probability of {found:.4f}; the beam finds one of "
                         f"{best:.4f}. " + hint)
         expect.equal(got, expected, f"beam_search(model, idx, beam_width={width}, max_new_tokens=8)", prompt, hint=hint)
+    long_prompt = torch.randint(0, SMALL["vocab_size"], (1, SMALL["context_length"] - 2),
+                                generator=torch.Generator().manual_seed(9))
+    expect.equal(search(model, long_prompt, 2, 5), beam_search(reference, long_prompt, 2, 5),
+                 f"beam_search(model, idx, beam_width=2, max_new_tokens=5) on a prompt of "
+                 f"{SMALL['context_length'] - 2} tokens (the sequences outgrow the context of "
+                 f"{SMALL['context_length']})", hint="Feed the model only the last context_length tokens of "
+                 "each kept sequence.")

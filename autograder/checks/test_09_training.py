@@ -233,6 +233,12 @@ def test_cosine_lr_public(sub):
         expect.true(math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-12),
                     f"cosine_lr(step={step}, warmup_steps={warm}, max_steps={total}, lr={lr}, min_lr={low}) "
                     f"returned {got:.6g}; expected {expected:.6g}. {hint}")
+    for step, expected, what in ((29, lr, "the last warm-up step"), (30, low, "max_steps itself")):
+        got = cosine_lr(step, 30, 30, lr, low)
+        expect.true(isinstance(got, (int, float)) and math.isclose(got, expected, rel_tol=1e-6),
+                    f"cosine_lr({step}, warmup_steps=30, max_steps=30, lr={lr}, min_lr={low}) ({what}, with no "
+                    f"cosine between) returned {got!r}; expected {expected}: the warm-up ends at lr and from "
+                    "max_steps on the rate is min_lr.")
     got = cosine_lr(0, 0, 100, lr, low)
     expect.true(isinstance(got, (int, float)) and math.isclose(got, lr, rel_tol=1e-6),
                 f"cosine_lr(0, warmup_steps=0, max_steps=100, lr={lr}, min_lr={low}) returned {got!r}; expected "

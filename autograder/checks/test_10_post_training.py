@@ -143,6 +143,11 @@ def test_sequence_logprob_public(sub):
     expect.close(fn(logits, targets.masked_fill(~mask, -1), mask), expected,
                  "sequence_logprob with targets of -1 outside the mask", atol=1e-4,
                  hint="A target outside the mask may be -1 (padding): do not use it as an index there.")
+    empty = mask.clone()
+    empty[2] = False
+    expect.close(fn(logits, targets, empty), -(nll * empty).sum(dim=-1), "sequence_logprob with nothing masked "
+                 "in row 2", atol=1e-4, hint="A row with no masked position has log-probability 0 (a sum of "
+                 "nothing).")
 
 
 @check("10_post_training", "LoRALinear", points=2, book=BOOK + "#lora-from-scratch")
