@@ -64,6 +64,10 @@ def main() -> int:
                      "killed_share": round(strength, 4), "hidden_only": len(hidden_only[assignment]),
                      "seconds": round(time.perf_counter() - began, 1),
                      "stale_equivalents": stale})
+        for o in survived:
+            print(f"  survived  {o.mutant.key}", flush=True)
+        for key in hidden_only[assignment]:
+            print(f"  killed by hidden checks only  {key}", flush=True)
         print(f"{assignment}: {len(found)} mutants, {len(killed)} killed, {len(equivalent)} equivalent, "
               f"{len(survived)} survived ({strength:.1%} of the non-equivalent killed), "
               f"{len(hidden_only[assignment])} killed by hidden checks only "
@@ -79,10 +83,6 @@ def main() -> int:
     print(f"| all | {total['mutants']} | {total['killed']} | {total['equivalent']} | {total['survived']} | "
           f"{share:.1%} | {total['hidden_only']} |")
     for assignment in chosen:
-        for key in survivors[assignment]:
-            print(f"survived  {assignment}  {key}")
-        for key in hidden_only[assignment]:
-            print(f"killed by hidden checks only  {assignment}  {key}")
         for key in wrongly_listed[assignment]:
             print(f"killed, yet listed as equivalent  {assignment}  {key}")
         for r in rows:

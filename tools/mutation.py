@@ -25,6 +25,7 @@ mutated like the others.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import random
@@ -176,6 +177,11 @@ def _changed_lines(before: str, after: str) -> tuple[str, str]:
 
 def mutants(assignment: str) -> list[Mutant]:
     """Every mutant of ``assignment``'s reference solution, in cell and line order."""
+    return list(_mutants(assignment, _solution_path(assignment).read_bytes()))
+
+
+@functools.lru_cache(maxsize=None)
+def _mutants(assignment: str, notebook: bytes) -> tuple[Mutant, ...]:
     found: list[Mutant] = []
     counts: dict[str, int] = {}
     for cell, source in solution_cells(assignment):
@@ -186,7 +192,7 @@ def mutants(assignment: str) -> list[Mutant]:
             base = f"{function}: {before} -> {after}"
             counts[base] = counts.get(base, 0) + 1
             found.append(Mutant(assignment, cell, function, before, after, counts[base], code))
-    return found
+    return tuple(found)
 
 
 # ---------------------------------------------------------------- grading

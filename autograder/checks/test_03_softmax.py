@@ -83,6 +83,9 @@ def test_log_softmax_public(sub):
     with expect.blame(sub, "logsumexp"):
         x = torch.randn(3, 5, generator=torch.Generator().manual_seed(5))
         expect.close(log_softmax(x, dim=-1), F.log_softmax(x, dim=-1), "log_softmax(logits, dim=-1)", x)
+        y = torch.randn(4, 3, generator=torch.Generator().manual_seed(6))
+        expect.close(log_softmax(y, dim=0), F.log_softmax(y, dim=0), "log_softmax(logits, dim=0)", y,
+                     hint="Normalise along the dimension `dim` you are given (pass it on to logsumexp).")
         got = log_softmax(LARGE, dim=-1)
         hint = ""
         if isinstance(got, torch.Tensor) and bool(torch.isinf(got).any()):

@@ -65,6 +65,11 @@ def test_TinyGPT_public(sub):
                  "the loss of TinyGPT(config)(idx, targets)", hint="The mean cross-entropy over all B*T positions.")
     _, no_loss = pair(model(idx), "TinyGPT.forward(idx)")
     expect.true(no_loss is None, "TinyGPT.forward(idx) without targets should return (logits, None).")
+    full = torch.randint(0, SMALL["vocab_size"], (1, SMALL["context_length"]), generator=g)
+    logits, _ = pair(model(full), "TinyGPT.forward(idx) on a sequence of context_length tokens")
+    expect.close(logits, reference(full)[0].detach(), f"the logits of TinyGPT(config)(idx) for idx of the full "
+                 f"context_length, {SMALL['context_length']} tokens", hint="A sequence as long as context_length "
+                 "fits: only a longer one raises ValueError.")
     too_long = torch.zeros(1, SMALL["context_length"] + 1, dtype=torch.long)
     expect.raises(lambda: model(too_long), ValueError, "TinyGPT on a sequence longer than context_length")
 
@@ -130,6 +135,11 @@ def test_TinyGPT_init_public(sub):
                    f"yours has {len(rates) if isinstance(rates, dict) else 0} dropout layers."))
 
 
+def top_k_by_hand(logits: torch.Tensor, k: int) -> torch.Tensor:
+    kth = logits.sort(dim=-1, descending=True).values[..., k - 1 : k]
+    return logits.masked_fill(logits < kth, INF)
+
+
 @check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p")
 def test_top_k_filter_public(sub):
     """top_k_filter keeps the k largest logits per row (and ties with the k-th)."""
@@ -141,6 +151,10 @@ def test_top_k_filter_public(sub):
                  "top_k_filter(logits, 1)", logits, hint="Entries equal to the k-th largest value are kept: "
                  "row 1 has two 2.0s, and both stay.")
     expect.close(top_k(logits, 10), logits, "top_k_filter(logits, 10) with only 4 entries", logits)
+    batched = torch.stack([logits, logits.flip(-1)])  # (2, 2, 4)
+    expect.close(top_k(batched, 2), torch.stack([top_k_by_hand(logits, 2), top_k_by_hand(logits.flip(-1), 2)]),
+                 "top_k_filter(logits, 2) for logits of shape (2, 2, 4)", batched,
+                 hint="Filter along the last dimension, V, whatever the shape (..., V).")
 
 
 @check("06_tiny_gpt", "top_p_filter", points=2, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p")
@@ -190,6 +204,16 @@ def check_sampling(sample):
     frequencies = torch.bincount(draws.long(), minlength=4).double() / 4000
     expect.close(frequencies, F.softmax(logits[0].double(), -1), "the frequency of each sampled id", atol=0.03,
                  rtol=0.0, hint="Sample from softmax(logits / temperature).")
+    hot = sample(many, temperature=2.0, generator=torch.Generator().manual_seed(3))
+    frequencies = torch.bincount(hot.long(), minlength=4).double() / 4000
+    expect.close(frequencies, F.softmax(logits[0].double() / 2.0, -1), "the frequency of each id sampled at "
+                 "temperature 2.0", atol=0.03, rtol=0.0, hint="Divide the logits by the temperature: "
+                 "softmax(logits / temperature) (a higher temperature flattens the distribution).")
+    cube = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(4)) * 3
+    ids = sample(cube, top_k=1, generator=torch.Generator().manual_seed(5))
+    expect.equal(ids, cube.argmax(-1), "sample_next_token(logits, top_k=1) for logits of shape (2, 3, 5)", cube,
+                 hint="One id per row of the last dimension: ids of shape (2, 3), each drawn from its own row "
+                 "(with top_k=1, that row's largest logit).")
     top2 = sample(many, top_k=2, generator=torch.Generator().manual_seed(1))
     expect.true(set(top2.tolist()) <= {1, 2}, "with top_k=2, only the two most likely ids (1 and 2) may be drawn.")
     ordered = torch.tensor([0.4, 0.3, 0.2, 0.1]).log().repeat(200, 1)

@@ -140,6 +140,10 @@ def test_apply_rope_public(sub):
     expect.close(shifted, rope_by_complex_numbers(x, offset=5), "apply_rope(x, offset=5)", x, atol=1e-4, hint=hint)
     expect.close(rope(x, base=100.0), rope_by_complex_numbers(x, base=100.0), "apply_rope(x, base=100.0)", x,
                  atol=1e-4, hint="Use the base you are given: theta_i = base**(-2i/d).")
+    flat = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(2))
+    expect.close(rope(flat), rope_by_complex_numbers(flat), "apply_rope(x) for x of shape (3, 5, 4)", flat, atol=1e-4,
+                 hint="x has shape (..., T, d_k) with any number of leading dimensions: the positions are along "
+                 "dim -2 and the features along dim -1.")
     expect.raises(lambda: rope(torch.zeros(1, 3, 5)), ValueError, "apply_rope on an odd feature dimension (5)")
 
 

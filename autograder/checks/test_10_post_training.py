@@ -208,15 +208,16 @@ def test_LoRALinear_merged_public(sub):
     """merged() is one nn.Linear with weight W + (alpha / rank) B A and the base's bias."""
     rank, alpha = 3, 6.0
     layer, base_state, state = trained_layer(sub, 4, 6, rank, alpha, seed=7)
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(8))
+    before = layer(x)
     merged = library_function(sub, "merged_state")(layer)
     after = layer.method("state_dict")
     changed = [name for name in sorted(state) if isinstance(after, dict) and name in after
                and not torch.equal(after[name], state[name])]
-    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(8))
-    moved = (layer(x) - lora_by_hand(state, x, alpha / rank)).abs().max().item()
-    expect.true(not changed and moved < 1e-4,
+    moved = (layer(x) - before).abs().max().item() if isinstance(before, torch.Tensor) else 0.0
+    expect.true(not changed and moved < 1e-6,
                 f"merged() changed the LoRA layer it was called on: afterwards {', '.join(changed) or 'its output'} "
-                f"differ{'s' if len(changed) == 1 else ''} from before (the layer's output moved by up to "
+                f"{'differs' if len(changed) < 2 else 'differ'} from before (the layer's output moved by up to "
                 f"{moved:.3g}). merged() returns a NEW nn.Linear and leaves base, lora_a and lora_b as they were; "
                 "adding the update into base.weight would count it twice in the LoRA layer.")
     expected = base_state["weight"] + alpha / rank * state["lora_b"] @ state["lora_a"]
