@@ -129,6 +129,10 @@ def test_KVCache_attention_public(sub):
                         hint = text
                         break
             expect.close(got, right, what, atol=1e-4, hint=hint)
+    one = gqa_state(d_model, n_heads, 1, seed=3)
+    expect.close(loaded(GQA, one, d_model, n_heads, 1)(x), cached_attention_by_torch(one, x, [(0, 10)], n_heads, 1)[0],
+                 "GroupedQueryAttention(16, 4, 1)(x): one key/value head for all (multi-query attention)", x,
+                 atol=1e-4, hint="n_kv_heads = 1 is allowed: every query head reads the one key/value head.")
     expect.raises(lambda: GQA(16, 4, 3), ValueError, "GroupedQueryAttention(16, 4, 3) (4 heads do not split into 3 groups)")
 
 
@@ -137,8 +141,9 @@ def test_causal_attention_public(sub):
     """causal_attention(q, k, v, start) matches F.scaled_dot_product_attention with the offset causal mask."""
     attend = sub.function("causal_attention", ["q", "k", "v", "start"], forbid=GROUPS["causal_attention"])
     g = torch.Generator().manual_seed(3)
-    for t_q, start in ((5, 0), (1, 4), (3, 4)):
-        q, k, v = (torch.randn(2, 2, n, 8, generator=g) for n in (t_q, start + t_q, start + t_q))
+    for t_q, start in ((5, 0), (1, 4), (3, 4), (2, 3)):
+        batch = (2, 2) if t_q != 2 else (3,)  # (..., T, d_k): any leading dimensions
+        q, k, v = (torch.randn(*batch, n, 8, generator=g) for n in (t_q, start + t_q, start + t_q))
         allowed = torch.ones(t_q, start + t_q, dtype=torch.bool).tril(diagonal=start)
         got = attend(q, k, v, start=start)
         hint = "Query i sits at position start + i and sees the keys 0 .. start + i; mask the rest with -inf."
@@ -268,6 +273,15 @@ def test_beam_search_public(sub):
                 hint = (f"Your continuation has a total log-probability of {found:.4f}; the beam finds one of "
                         f"{best:.4f}. " + hint)
         expect.equal(got, expected, f"beam_search(model, idx, beam_width={width}, max_new_tokens=8)", prompt, hint=hint)
+    sharp = reference_model(seed=9)
+    with torch.no_grad():  # weights 8 times larger: peaked distributions, whose normalisers differ from beam to beam
+        for parameter in sharp.parameters():
+            parameter.mul_(8.0)
+    prompt = torch.tensor([[8, 6, 7]])
+    expect.equal(search(library_model(sub, sharp), prompt, 3, 8), beam_search(sharp, prompt, 3, 8),
+                 "beam_search(model, idx, beam_width=3, max_new_tokens=8) on a model with peaked next-token "
+                 "distributions", prompt, hint="Each kept sequence's next-token log-probabilities are "
+                 "log_softmax of its own logits, over the vocabulary (the last dimension), added to its total.")
     long_prompt = torch.randint(0, SMALL["vocab_size"], (1, SMALL["context_length"] - 2),
                                 generator=torch.Generator().manual_seed(9))
     expect.equal(search(model, long_prompt, 2, 5), beam_search(reference, long_prompt, 2, 5),

@@ -195,8 +195,9 @@ def test_AdamW_public(sub):
     """AdamW matches torch.optim.AdamW step for step: two param groups, weight decay, a parameter skipped."""
     cls = adamw_class(sub)
     values, grads = problem(0, [(3, 4), (4,), (2, 3)], steps=12, skip={2: {0, 1, 5, 6, 7}})
-    # Group 0: matrices with decay; group 1: a bias with its own rate and no decay.
-    groups = [([0, 2], {"weight_decay": 0.5}), ([1], {"weight_decay": 0.0, "lr": 0.02})]
+    # Group 0: matrices with decay (the one often without a gradient first); group 1: a bias with its own rate
+    # and no decay.
+    groups = [([2, 0], {"weight_decay": 0.5}), ([1], {"weight_decay": 0.0, "lr": 0.02})]
     options = dict(lr=0.05, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     got, state = run_adamw(sub, cls, values, groups, grads, with_state=True, **options)
     what = ("AdamW(groups, lr=0.05, betas=(0.9, 0.95)) with weight_decay 0.5 on parameters 0 and 2 (parameter 2 "
@@ -204,6 +205,11 @@ def test_AdamW_public(sub):
     expected, expected_state = torch_trajectory(values, groups, grads, with_state=True, **options)
     compare_trajectories(got, expected, what, values, groups, grads, options)
     compare_states(state, expected_state, what)
+    short = [step[:2] for step in grads[:3]]
+    plain = [([0, 1], {})]
+    compare_trajectories(run_adamw(sub, cls, values[:2], plain, short), torch_trajectory(values[:2], plain, short),
+                         "AdamW(params) with its defaults (lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)",
+                         values[:2], plain, short, {})
 
 
 @check("09_training", "cosine_lr", points=2, book=BOOK + "#the-learning-rate-schedule")

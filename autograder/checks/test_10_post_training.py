@@ -167,6 +167,9 @@ def test_LoRALinear_public(sub):
             hint = "You did not scale the update: multiply it by alpha / rank."
     expect.close(got, expected, f"LoRALinear(Linear(6, 4), rank={rank}, alpha={alpha})(x) with trained weights",
                  x, atol=1e-4, hint=hint)
+    layer, _, state = trained_layer(sub, 3, 5, 1, 2.0, seed=3)
+    expect.close(layer(x[:, :5]), lora_by_hand(state, x[:, :5], 2.0), "LoRALinear(Linear(5, 3), rank=1, "
+                 "alpha=2.0)(x) with trained weights", x[:, :5], atol=1e-4, hint="Rank 1 is a rank like any other.")
 
 
 @check("10_post_training", "LoRALinear", points=2, book=BOOK + "#lora-from-scratch")
@@ -228,6 +231,11 @@ def test_LoRALinear_merged_public(sub):
         hint = "You scaled the update by alpha: the scale is alpha / rank."
     expect.close(merged["weight"], expected, f"merged().weight at rank {rank}, alpha {alpha}", atol=1e-4, hint=hint)
     expect.close(merged["bias"], base_state["bias"], "merged().bias", hint="Keep the base layer's bias as it is.")
+    layer, base_state, state = trained_layer(sub, 4, 6, rank, alpha, seed=9, bias=False)
+    merged = library_function(sub, "merged_state")(layer)
+    expect.equal(sorted(merged), ["weight"], "the parameters of merged() for a base layer without a bias",
+                 hint="A base without a bias gives a merged layer without one: nn.Linear(..., bias=base.bias is "
+                 "not None).")
 
 
 @check("10_post_training", "dpo_loss", points=2, book=BOOK + "#dpo")
