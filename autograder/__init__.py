@@ -75,7 +75,7 @@ def run_one(entry, submission, namespace: dict, seconds: float) -> tuple[str, st
 
 # The last outcome of each public check in this kernel: check id -> (the objects it ran on, status).
 _OUTCOMES: dict[str, tuple[tuple, str]] = {}
-# Set in the grader's worker, where a notebook's summary cell must do nothing.
+# Set in the grader's worker, where a notebook's progress cell must do nothing.
 in_grader = False
 
 
@@ -139,7 +139,7 @@ def check(target: str, part: str | None = None) -> None:
     run_local(target, caller.f_globals, hidden=False, part=part)
 
 
-def summary(assignment: str) -> None:
+def progress(assignment: str) -> None:
     """Print the public points the notebook's code earns so far and the names still to do.
 
     The last cell of every exercise notebook calls it. A check already run on

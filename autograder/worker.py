@@ -148,7 +148,7 @@ class Session:
         self.changed: list[str] = []
         import autograder
 
-        autograder.in_grader = True  # the notebook's summary cell runs no check here
+        autograder.in_grader = True  # the notebook's progress cell runs no check here
 
     # ---------------------------------------------------------------- ops
 

@@ -150,7 +150,7 @@ def notebook_outcomes(fixture) -> dict[str, tuple[str, str]]:
     namespace: dict = {"__name__": "__main__"}
     for cell in fixture.build()["cells"]:
         meta = cell["metadata"].get("nbgrader", {})
-        if cell["cell_type"] == "code" and not meta.get("grade") and meta.get("grade_id") != "summary":
+        if cell["cell_type"] == "code" and not meta.get("grade") and meta.get("grade_id") != "progress":
             exec(compile("".join(cell["source"]), f"<cell {meta.get('grade_id')}>", "exec"), namespace)
     return {c.id: autograder.run_one(c, LocalSubmission(namespace), namespace, 10.0)
             for c in checks_for(fixture.assignment)}
@@ -181,12 +181,12 @@ def test_a_function_that_changes_its_input_fails_in_the_notebook_with_the_input_
     assert status == "failed" and message.startswith("your `rms_norm` changed its input `x` in place"), message
 
 
-def test_the_summary_cell_prints_public_points_and_what_is_left(capsys):
+def test_the_progress_cell_prints_public_points_and_what_is_left(capsys):
     from tools.exercises import solution_namespace
 
     names = solution_namespace("09_training", "cosine_lr", "return min_lr + (lr - min_lr) * cosine",
                                "return lr * cosine")
-    exec("from autograder import summary\nsummary('09_training')", names)
+    exec("from autograder import progress\nprogress('09_training')", names)
     printed = capsys.readouterr().out.strip()
     points = {c.target: 0.0 for c in checks_for("09_training", include_hidden=False)}
     for c in checks_for("09_training", include_hidden=False):
@@ -195,9 +195,9 @@ def test_the_summary_cell_prints_public_points_and_what_is_left(capsys):
     assert printed == f"{total - points['cosine_lr']:g} of {total:g} public points; left: cosine_lr.", printed
 
 
-def test_every_exercise_notebook_ends_with_its_summary_cell():
+def test_every_exercise_notebook_ends_with_its_progress_cell():
     for assignment in ASSIGNMENTS:
         notebook = json.loads((ROOT / "exercises" / assignment / f"{assignment}.ipynb").read_text())
         last = notebook["cells"][-1]
-        assert "".join(last["source"]).endswith(f'summary("{assignment}")'), assignment
+        assert "".join(last["source"]).endswith(f'progress("{assignment}")'), assignment
         assert last["metadata"]["nbgrader"]["locked"] and not last["metadata"]["nbgrader"]["grade"]

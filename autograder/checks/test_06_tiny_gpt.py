@@ -214,6 +214,11 @@ def check_sampling(sample):
     expect.equal(ids, cube.argmax(-1), "sample_next_token(logits, top_k=1) for logits of shape (2, 3, 5)", cube,
                  hint="One id per row of the last dimension: ids of shape (2, 3), each drawn from its own row "
                  "(with top_k=1, that row's largest logit).")
+    apart = cube + torch.tensor([[300.0], [0.0], [-300.0]])[None]  # rows hundreds apart: probabilities per row
+    ids = sample(apart, top_k=1, generator=torch.Generator().manual_seed(6))
+    expect.equal(ids, apart.argmax(-1), "sample_next_token(logits, top_k=1) for logits (2, 3, 5) whose rows lie "
+                 "300 apart", hint="Each row's probabilities are a softmax of that row alone (along dim -1), "
+                 "whatever the other rows hold.")
     top2 = sample(many, top_k=2, generator=torch.Generator().manual_seed(1))
     expect.true(set(top2.tolist()) <= {1, 2}, "with top_k=2, only the two most likely ids (1 and 2) may be drawn.")
     ordered = torch.tensor([0.4, 0.3, 0.2, 0.1]).log().repeat(200, 1)
