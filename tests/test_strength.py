@@ -6,13 +6,13 @@
 * Mutants of the reference solutions, graded by the real grader, are killed unless listed as
   equivalent with a reason (tools/mutation.py; bench/bench_mutation.py grades them all).
 * The notebook and the grader give the same verdict and the same message for code that changes
-  its inputs, keeps state between calls, or shares state between instances.
+  its inputs, keeps state between calls, or shares state between instances (tests/test_exercises.py,
+  which grades those fixtures with the grader and nbgrader too).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -20,7 +20,6 @@ import autograder
 from autograder.api import LocalSubmission
 from autograder.registry import checks_for, load_checks
 from tests.conftest import ROOT
-from tests.fixtures.submissions import STRENGTH
 from tools import contracts, mutation
 
 ASSIGNMENTS = mutation.assignments()
@@ -122,54 +121,7 @@ def test_a_seeded_sample_of_mutants_is_killed():
                            "contract asks):\n" + "\n".join(f"{m.assignment}  {m.key}" for m in survivors))
 
 
-# ---------------------------------------------------------------- the notebook and the grader agree
-
-def _message(status: str, text: str) -> str:
-    """A message without the traceback frames, which name the notebook's cells differently in each place."""
-    if status != "exception":
-        return text
-    return "\n".join(line for line in text.splitlines() if not line.startswith(("  File ", "    ")))
-
-
-@pytest.fixture(scope="module")
-def graded_strength_fixtures(tmp_path_factory):
-    from autograder.runner import grade_notebook
-    from autograder.sandbox import Limits, close_spawners, stage_runtime
-
-    folder = tmp_path_factory.mktemp("strength")
-    runtime = stage_runtime()
-    try:
-        yield {f.name: grade_notebook(f.write(folder), runtime, Limits(), "bwrap", f.assignment) for f in STRENGTH}
-    finally:
-        close_spawners()
-        shutil.rmtree(runtime, ignore_errors=True)
-
-
-def notebook_outcomes(fixture) -> dict[str, tuple[str, str]]:
-    """What check() prints in the notebook: each check run on the names its cells define, in cell order."""
-    namespace: dict = {"__name__": "__main__"}
-    for cell in fixture.build()["cells"]:
-        meta = cell["metadata"].get("nbgrader", {})
-        if cell["cell_type"] == "code" and not meta.get("grade") and meta.get("grade_id") != "progress":
-            exec(compile("".join(cell["source"]), f"<cell {meta.get('grade_id')}>", "exec"), namespace)
-    return {c.id: autograder.run_one(c, LocalSubmission(namespace), namespace, 10.0)
-            for c in checks_for(fixture.assignment)}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fixture", STRENGTH, ids=lambda f: f.name)
-def test_notebook_and_grader_give_the_same_verdict_and_message(fixture, graded_strength_fixtures):
-    report = graded_strength_fixtures[fixture.name]
-    local = notebook_outcomes(fixture)
-    for test in report["tests"]:
-        status, text = local[test["name"]]
-        graded = "\n".join(test["output"].split("\n")[1:-1]) if test["status"] != "passed" else ""
-        assert test["status"] == status, f"{fixture.name}/{test['name']}: grader {test['status']}, notebook {status}"
-        assert _message(status, graded) == _message(status, text), f"{fixture.name}/{test['name']}"
-    assert fixture.fails and {t["name"] for t in report["tests"] if t["status"] != "passed"} == set(fixture.fails)
-    for check_id, (status, phrase) in fixture.fails.items():
-        assert local[check_id][0] == status and phrase in local[check_id][1], (check_id, local[check_id])
-
+# ---------------------------------------------------------------- in the notebook
 
 def test_a_function_that_changes_its_input_fails_in_the_notebook_with_the_input_named():
     from tools.exercises import solution_namespace
