@@ -20,7 +20,7 @@ from autograder.checks.test_08_fast_generation import library_model
 from autograder.forbidden import GROUPS
 from autograder.registry import check
 from tinyllm.model import GPTConfig, TinyLlama
-from tinyllm.speculative import RULES, accept_distribution
+from tinyllm.speculative import RULES, accept_distribution, sampling_probs
 
 BOOK = "book/14_smaller_faster.html"
 SMALL = dict(vocab_size=300, context_length=32, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0,
@@ -365,6 +365,14 @@ def test_speculative_accept_public(sub):
                      hint="Draw every random number from `generator` (torch.rand(..., generator=generator), "
                           "torch.multinomial(..., generator=generator)): the same generator state must give the "
                           "same tokens, or grading and your results cannot be reproduced.")
+    # k = 0: no draft at all; the output is one token drawn from p[0] (one-hot at token 2 here).
+    p = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    for trial in range(5):
+        got = ids_of(fn(p, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
+                        generator=torch.Generator().manual_seed(500 + trial)),
+                     "speculative_accept(p, q, draft) with k = 0 (q of shape (0, 4), an empty draft)", 4, 0)
+        expect.equal(list(got), [2], "speculative_accept(p, q, draft) with k = 0 and p[0] one-hot at token 2",
+                     hint="With no draft tokens there is nothing to accept: the output is one token drawn from p[0].")
     # p(x) > q(x): min(1, p/q) = 1, so the draft token is always accepted.
     p = torch.tensor([[0.8, 0.1, 0.1], [0.0, 1.0, 0.0]])
     q = torch.tensor([[0.4, 0.3, 0.3]])
@@ -435,6 +443,53 @@ def test_speculative_generate_public(sub):
                          hint="With temperature 0, p and q are one-hot: a draft token is kept exactly when it is the "
                               "target's most likely token, so the output must be the target's greedy text, "
                               "exactly max_new_tokens of it.")
+    sampled_generation(sub, fn, seed=0, generations=100)
+
+
+def sampled_generation(sub, fn, seed: int, generations: int) -> None:
+    """Sampling with top_k: the same generator state gives the same text; every new token is among the target's
+    top-k where it stands; and the first new token, drafted and then accepted or replaced, is distributed as the
+    target's (``generations`` runs)."""
+    sizes = dict(d_model=16, n_heads=2, n_kv_heads=1, n_layers=1)
+    target = reference_model(seed=70 + seed, **sizes)
+    model, draft = library_model(sub, target), library_model(sub, reference_model(seed=71 + seed, noise_of=target))
+    prompt = torch.tensor([[21, 22]])
+    settings = "k=1, temperature=1.0, top_k=3"
+    with expect.blame(sub, "speculative_accept"):
+        got = expect.tensor(fn(model, draft, prompt, 6, k=2, temperature=1.0, top_k=3,
+                               generator=torch.Generator().manual_seed(seed)), "speculative_generate with sampling")
+        again = fn(model, draft, prompt, 6, k=2, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(seed))
+        expect.equal(again, got, "speculative_generate(target, draft, idx, 6, k=2, temperature=1.0, top_k=3, "
+                     "generator=...) run twice with generators in the same state",
+                     hint="Draw every random number, the draft's and the accept step's, from the generator in sampling.")
+        expect.equal(tuple(got.shape), (1, 8), "the shape of speculative_generate(target, draft, idx (1, 2), 6, k=2, "
+                     "temperature=1.0, top_k=3)")
+        with torch.no_grad():
+            allowed = sampling_probs(target(got[:, :-1])[0][0], temperature=1.0, top_k=3) > 0  # (7, V)
+        new = got[0, 2:]
+        ok = allowed[torch.arange(1, 7), new]
+        if not ok.all():
+            at = int((~ok).nonzero()[0])
+            raise CheckFailure(
+                f"speculative_generate(..., temperature=1.0, top_k=3) wrote {new.tolist()}; token {int(new[at])} at "
+                f"new position {at} is not among the target's 3 most likely tokens there. Every token must come from "
+                "p, the target's distribution under the same sampling settings (the accepted draft tokens, the "
+                "residual and the token after the draft alike).")
+        with torch.no_grad():
+            p = sampling_probs(target(prompt)[0][0, -1], temperature=1.0, top_k=3).double()
+        counts = torch.zeros_like(p)
+        for i in range(generations):
+            out = expect.tensor(fn(model, draft, prompt, 2, k=1, temperature=1.0, top_k=3,
+                                   generator=torch.Generator().manual_seed(1000 * seed + i)), "speculative_generate")
+            counts[int(out[0, 2])] += 1
+        z = (counts - generations * p) / torch.sqrt(generations * p * (1 - p)).clamp(min=1e-12)
+        worst = int(z.abs().argmax())
+        expect.true(bool(counts[p == 0].sum() == 0) and float(z.abs().max()) <= Z_LIMIT,
+                    f"In {generations} runs of speculative_generate(target, draft, idx, 2, {settings}), the first new "
+                    f"token was {worst} {int(counts[worst])} times; the target alone writes it "
+                    f"{generations * float(p[worst]):.1f} times on average ({float(z[worst]):+.1f} standard "
+                    "deviations). Draw each draft token from q (torch.multinomial of sampling_probs, with the "
+                    "generator), not its most likely token, and compute p and q with the same sampling settings.")
 
 
 @check("11_inference", "speculative_generate", points=1, book=BOOK + "#the-loop")
