@@ -101,19 +101,21 @@ def test_listed_equivalent_mutants_exist_and_say_why(assignment):
         assert len(reason.split()) >= 5, f"{assignment}: say why {key!r} behaves as the contract asks"
 
 
-SAMPLE = 4  # mutants per assignment, drawn afresh from the seed of each run
+SAMPLE = 1  # mutants per assignment (MUTATION_SAMPLE=N grades more), drawn afresh from the seed of each run
 
 
 @pytest.mark.slow
 def test_a_seeded_sample_of_mutants_is_killed():
     """Mutants the grader must kill, a few per assignment: a weakened check fails here.
 
-    The sample is seeded (MUTATION_SEED=N draws another); ``python bench/bench_mutation.py`` grades all of them.
+    The sample is seeded (MUTATION_SEED=N draws another, MUTATION_SAMPLE=N grades N per assignment);
+    ``python bench/bench_mutation.py`` grades all of them.
     """
     import os
 
     seed = int(os.environ.get("MUTATION_SEED", "0"))
-    chosen = [m for assignment in ASSIGNMENTS for m in mutation.sample(mutation.mutants(assignment), SAMPLE, seed)]
+    count = int(os.environ.get("MUTATION_SAMPLE", SAMPLE))
+    chosen = [m for assignment in ASSIGNMENTS for m in mutation.sample(mutation.mutants(assignment), count, seed)]
     outcomes = mutation.grade(chosen, jobs=2, timeout=5.0)
     survivors = [o.mutant for o in outcomes if not o.killed]
     assert not survivors, (f"seed {seed}: mutants no check kills (list them as equivalent in "
