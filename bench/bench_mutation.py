@@ -41,6 +41,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="CPU seconds per call into a mutant (the reference needs well under 1)")
     parser.add_argument("--survivors", type=Path, help="write the survivors' keys to this file")
+    parser.add_argument("--in-notebook", action="store_true",
+                        help="a quicker screen: run each mutant in this process as the notebook's check() does, "
+                             "stopping at its first failing check (tools.mutation.grade_in_notebook), not in the "
+                             "sandboxed grader; rows say which")
     add_smoke_flag(parser)
     args = parser.parse_args()
     chosen = args.assignment or mutation.assignments()
@@ -56,7 +60,8 @@ def main() -> int:
             found = mutation.sample(found, 3, seed=0)
         listed = mutation.equivalents(assignment)
         began = time.perf_counter()
-        outcomes = mutation.grade(found, jobs=args.jobs, timeout=args.timeout)
+        outcomes = (mutation.grade_in_notebook(found) if args.in_notebook else
+                    mutation.grade(found, jobs=args.jobs, timeout=args.timeout))
         killed = [o for o in outcomes if o.killed]
         alive = [o for o in outcomes if not o.killed]
         equivalent = [o for o in alive if o.mutant.key in listed]
@@ -70,7 +75,8 @@ def main() -> int:
                      "equivalent": len(equivalent), "survived": len(survived),
                      "killed_share": round(strength, 4), "hidden_only": len(hidden_only[assignment]),
                      "seconds": round(time.perf_counter() - began, 1),
-                     "stale_equivalents": [] if args.smoke else stale, "commit": provenance()["commit"]})
+                     "stale_equivalents": [] if args.smoke else stale, "commit": provenance()["commit"],
+                     "graded_by": "notebook check(), first failure" if args.in_notebook else "grader (sandbox)"})
         for o in survived:
             print(f"  survived  {o.mutant.key}", flush=True)
         for key in hidden_only[assignment]:

@@ -243,6 +243,41 @@ def grade(mutants: Iterable[Mutant], jobs: int = 2, timeout: float = 10.0, progr
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def grade_in_notebook(mutants: Iterable[Mutant], timeout: float = 20.0, progress=None) -> list[Outcome]:
+    """A quicker screen than :func:`grade`: each mutant's cells run in this process, as in the notebook, and its
+    checks (public and hidden) run as the notebook's ``check()`` runs them, the mutated function's own checks
+    first, stopping at the first that fails. A killed mutant so costs one or two checks, not all of them; the
+    verdict is the grader's (tests/test_exercises.py holds the notebook and the grader to the same verdicts), and
+    ``failed`` names only the first failing check. ``timeout`` is wall-clock seconds per check."""
+    import autograder
+    from autograder.api import LocalSubmission
+    from autograder.registry import checks_for
+
+    found = []
+    for mutant in mutants:
+        namespace: dict = {"__name__": "__main__"}
+        failed: dict[str, str] = {}
+        try:
+            for cell in mutant.notebook()["cells"]:
+                meta = cell["metadata"].get("nbgrader", {})
+                if cell["cell_type"] == "code" and not meta.get("grade") and meta.get("grade_id") != "progress":
+                    exec(compile("".join(cell["source"]), f"<cell {meta.get('grade_id')}>", "exec"), namespace)
+        except Exception as error:  # noqa: BLE001 - a mutant whose cells fail loses every point
+            failed["<cells>"] = f"exception: {type(error).__name__}"
+        checks = sorted(checks_for(mutant.assignment), key=lambda c: c.target != mutant.function.split(".")[0])
+        if not failed:
+            for entry in checks:
+                status, _ = autograder.run_one(entry, LocalSubmission(namespace), namespace, timeout)
+                if status != "passed":
+                    failed[entry.id] = status
+                    break
+        if progress is not None:
+            progress(mutant)
+        total = sum(c.points for c in checks_for(mutant.assignment))
+        found.append(Outcome(mutant, 0.0 if failed else total, total, failed))
+    return found
+
+
 # ---------------------------------------------------------------- the equivalents list
 
 def _toml(path: Path) -> dict:

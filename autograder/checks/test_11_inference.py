@@ -446,6 +446,33 @@ def test_speculative_generate_public(sub):
     sampled_generation(sub, fn, seed=0, generations=100)
 
 
+def sampled_text(fn, target: TinyLlama, model, draft, prompt: torch.Tensor, n: int, k: int, top_k: int,
+                 seed: int) -> None:
+    """One sampled generation (temperature 1, ``top_k``): the same generator state gives the same text, of the
+    right length, and every new token is among the target's ``top_k`` most likely where it stands."""
+    settings = f"temperature=1.0, top_k={top_k}"
+    got = expect.tensor(fn(model, draft, prompt, n, k=k, temperature=1.0, top_k=top_k,
+                           generator=torch.Generator().manual_seed(seed)), "speculative_generate with sampling")
+    again = fn(model, draft, prompt, n, k=k, temperature=1.0, top_k=top_k, generator=torch.Generator().manual_seed(seed))
+    expect.equal(again, got, f"speculative_generate(target, draft, idx, {n}, k={k}, {settings}, generator=...) run "
+                 "twice with generators in the same state",
+                 hint="Draw every random number, the draft's and the accept step's, from the generator in sampling.")
+    length = prompt.shape[1]
+    expect.equal(tuple(got.shape), (1, length + n), f"the shape of speculative_generate(target, draft, idx (1, "
+                 f"{length}), {n}, k={k}, {settings})")
+    with torch.no_grad():
+        allowed = sampling_probs(target(got[:, :-1])[0][0], temperature=1.0, top_k=top_k) > 0  # (T + n - 1, V)
+    new = got[0, length:]
+    ok = allowed[torch.arange(length - 1, length + n - 1), new]
+    if not ok.all():
+        at = int((~ok).nonzero()[0])
+        raise CheckFailure(
+            f"speculative_generate(..., {settings}) wrote {new.tolist()}; token {int(new[at])} at new position {at} "
+            f"is not among the target's {top_k} most likely tokens there. Every token must come from p, the "
+            "target's distribution under the same sampling settings (the accepted draft tokens, the residual and "
+            "the token after the draft alike).")
+
+
 def sampled_generation(sub, fn, seed: int, generations: int) -> None:
     """Sampling with top_k: the same generator state gives the same text; every new token is among the target's
     top-k where it stands; and the first new token, drafted and then accepted or replaced, is distributed as the
@@ -456,25 +483,7 @@ def sampled_generation(sub, fn, seed: int, generations: int) -> None:
     prompt = torch.tensor([[21, 22]])
     settings = "k=1, temperature=1.0, top_k=3"
     with expect.blame(sub, "speculative_accept"):
-        got = expect.tensor(fn(model, draft, prompt, 6, k=2, temperature=1.0, top_k=3,
-                               generator=torch.Generator().manual_seed(seed)), "speculative_generate with sampling")
-        again = fn(model, draft, prompt, 6, k=2, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(seed))
-        expect.equal(again, got, "speculative_generate(target, draft, idx, 6, k=2, temperature=1.0, top_k=3, "
-                     "generator=...) run twice with generators in the same state",
-                     hint="Draw every random number, the draft's and the accept step's, from the generator in sampling.")
-        expect.equal(tuple(got.shape), (1, 8), "the shape of speculative_generate(target, draft, idx (1, 2), 6, k=2, "
-                     "temperature=1.0, top_k=3)")
-        with torch.no_grad():
-            allowed = sampling_probs(target(got[:, :-1])[0][0], temperature=1.0, top_k=3) > 0  # (7, V)
-        new = got[0, 2:]
-        ok = allowed[torch.arange(1, 7), new]
-        if not ok.all():
-            at = int((~ok).nonzero()[0])
-            raise CheckFailure(
-                f"speculative_generate(..., temperature=1.0, top_k=3) wrote {new.tolist()}; token {int(new[at])} at "
-                f"new position {at} is not among the target's 3 most likely tokens there. Every token must come from "
-                "p, the target's distribution under the same sampling settings (the accepted draft tokens, the "
-                "residual and the token after the draft alike).")
+        sampled_text(fn, target, model, draft, prompt, 6, k=2, top_k=3, seed=seed)
         with torch.no_grad():
             p = sampling_probs(target(prompt)[0][0, -1], temperature=1.0, top_k=3).double()
         counts = torch.zeros_like(p)
