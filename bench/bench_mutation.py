@@ -103,13 +103,12 @@ def main() -> int:
     share = total["killed"] / max(1, total["mutants"] - total["equivalent"])
     print(f"| all | {total['mutants']} | {total['killed']} | {total['equivalent']} | {total['survived']} | "
           f"{share:.1%} | {total['hidden_only']} |")
-    for assignment in chosen:
-        for key in wrongly_listed[assignment]:
+    for assignment, keys in wrongly_listed.items():
+        for key in keys:
             print(f"killed, yet listed as equivalent  {assignment}  {key}")
-        for r in rows:
-            if r["assignment"] == assignment:
-                for key in r["stale_equivalents"]:
-                    print(f"listed as equivalent, no such mutant  {assignment}  {key}")
+    for r in rows:
+        for key in r["stale_equivalents"]:
+            print(f"listed as equivalent, no such mutant  {r['assignment']}  {key}")
     if args.survivors:
         args.survivors.write_text("".join(f"{a}\t{k}\n" for a, keys in survivors.items() for k in keys))
     write_results("mutation", {"rows": rows, "total": total, "jobs": args.jobs, "timeout": args.timeout,

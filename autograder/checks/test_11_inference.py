@@ -158,6 +158,10 @@ def test_quantize_int4_public(sub):
     expect.equal(got_codes.long(), codes.long(), "quantize_int4(w, 4)'s codes", w, hint=hint)
     expect.raises(lambda: fn(w, 5), ValueError, "quantize_int4(w, 5) for w with 12 input features (5 does not "
                   "divide 12)")
+    got_codes, got_scales = pair(fn(w, 1), "quantize_int4(w, 1)")
+    expect.close(got_scales, int4_by_hand(w, 1)[1], "quantize_int4(w, 1)'s scales (a group per weight)", w,
+                 rtol=1e-5, atol=1e-9, hint="A group_size of 1 divides every in_features: each weight is its own "
+                 "group, with the scale |w| / 7 (1 for a zero).")
     wide = torch.randn(2, 64, generator=g)
     got_scales = pair(sub.function("quantize_int4", ["w"], forbid=GROUPS["quantize"])(wide), "quantize_int4(w)")[1]
     expect.close(got_scales, int4_by_hand(wide, 32)[1], "quantize_int4(w)'s scales for w (2, 64), group_size left "
@@ -357,8 +361,10 @@ def test_speculative_accept_public(sub):
     # The same generator state, the same output: every random number comes from `generator`.
     p = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.3, 0.3, 0.4]])
     q = torch.tensor([[0.2, 0.5, 0.3], [0.4, 0.4, 0.2]])
-    for trial in range(10):
-        draft = torch.tensor([trial % 3, (trial // 3) % 3])
+    for trial in range(16):
+        if trial >= 10:  # draft token 0 is always rejected, and the replacement is 1 or 2, at random
+            p, q = torch.tensor([[0.0, 0.5, 0.5], [0.2, 0.3, 0.5]]), torch.tensor([[1.0, 0.0, 0.0]])
+        draft = torch.tensor([trial % 3, (trial // 3) % 3]) if trial < 10 else torch.tensor([0])
         first, second = (fn(p, q, draft, generator=torch.Generator().manual_seed(400 + trial)) for _ in range(2))
         expect.equal(second, expect.tensor(first, "speculative_accept"), f"speculative_accept(p, q, draft="
                      f"{draft.tolist()}) called twice with generators in the same state",
@@ -443,6 +449,11 @@ def test_speculative_generate_public(sub):
                          hint="With temperature 0, p and q are one-hot: a draft token is kept exactly when it is the "
                               "target's most likely token, so the output must be the target's greedy text, "
                               "exactly max_new_tokens of it.")
+        full = 32 - prompt.shape[1]  # the prompt and the new tokens fill the context exactly: that still fits
+        got = fn(library_model(sub, target), library_model(sub, target), prompt, full, k=4, temperature=0)
+        expect.equal(got, generate(target, prompt, full, temperature=0), f"speculative_generate(target, draft, idx "
+                     f"(1, 4), {full}, k=4, temperature=0), which fills the context of 32 exactly", prompt,
+                     hint="A prompt and new tokens that add up to context_length fit: refuse only more than that.")
     sampled_generation(sub, fn, seed=0, generations=100)
 
 
@@ -510,8 +521,10 @@ def test_speculative_generate_calls_public(sub):
     with expect.blame(sub, "speculative_accept"):
         for n, k in ((12, 3), (10, 4)):
             recorder = sub.library("tinyllm.sampling:CallRecorder")(library_model(sub, target))
-            fn(recorder, library_model(sub, target), prompt, n, k=k, temperature=0)
-            calls = len(recorder.method("lengths"))
+            drafter = sub.library("tinyllm.sampling:CallRecorder")(library_model(sub, target))
+            fn(recorder, drafter, prompt, n, k=k, temperature=0)
+            lengths = recorder.method("lengths")
+            calls = len(lengths)
             expected = math.ceil(n / (k + 1))
             hint = ("The draft is the target itself, so with temperature 0 every drafted token is accepted: each "
                     f"round writes k + 1 = {k + 1} tokens (the k drafted and one from p[k]) with ONE call of the "
@@ -523,3 +536,12 @@ def test_speculative_generate_calls_public(sub):
                 hint = f"Your generate called the target {calls - expected} times more than needed. " + hint
             expect.true(calls == expected, f"speculative_generate(target, draft=target's copy, idx, {n}, k={k}, "
                         f"temperature=0) called the target {calls} times; expected {expected}. {hint}")
+            # With KV caches every token goes through each model once (the last one written never needs to).
+            fed, drafted = sum(lengths), sum(drafter.method("lengths"))
+            once = prompt.shape[1] + n - 1
+            expect.true(fed == once and drafted <= once,
+                        f"speculative_generate(target, draft=target's copy, idx (1, {prompt.shape[1]}), {n}, k={k}, "
+                        f"temperature=0) fed the target {fed} tokens and the draft {drafted} in all; with a KV cache "
+                        f"each model sees each token once: the target {once}, the draft at most {once}. Keep a list "
+                        "of KVCache per model for the whole call, pass it to extend, and crop it to the tokens kept "
+                        "(crop(caches, len(out) - 1)) rather than feeding the whole sequence again.")
