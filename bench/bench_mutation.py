@@ -131,7 +131,9 @@ def summary(results: dict) -> list[tuple[str, str]]:
              f"{total['killed']} of {total['mutants'] - total['equivalent']} non-equivalent ({share:.1%}; "
              f"{total['equivalent']} equivalent, {total['survived']} survived)"),
             ("the assignment whose checks kill the smallest share",
-             f"{weakest['assignment']}: {weakest['killed_share']:.1%}")]
+             f"{weakest['assignment']}: {weakest['killed_share']:.1%}")] + [
+            (f"{r['assignment']}: graded by", r["graded_by"]) for r in results["rows"]
+            if r.get("graded_by", "grader (sandbox)") != "grader (sandbox)"]
 
 
 if __name__ == "__main__":
