@@ -280,14 +280,6 @@ def grade_in_notebook(mutants: Iterable[Mutant], timeout: float = 20.0, progress
 
 # ---------------------------------------------------------------- the equivalents list
 
-def _toml(path: Path) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    return tomllib.loads(path.read_text(encoding="utf-8"))
-
-
 def contract_path(assignment: str) -> Path:
     return CONTRACTS / f"{assignment}.toml"
 
@@ -297,7 +289,9 @@ def equivalents(assignment: str) -> dict[str, str]:
     path = contract_path(assignment)
     if not path.exists():
         return {}
-    return {entry["mutant"]: entry["reason"] for entry in _toml(path).get("equivalent", [])}
+    from tools.contracts import table
+
+    return {entry["mutant"]: entry["reason"] for entry in table(assignment).get("equivalent", [])}
 
 
 def sample(found: list[Mutant], count: int, seed: int) -> list[Mutant]:
