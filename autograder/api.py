@@ -17,7 +17,7 @@ from __future__ import annotations
 import traceback
 from typing import Any, Callable
 
-from autograder import forbidden, wire
+from autograder import forbidden, inputs, wire
 
 # Statuses a check can end with (and what the report calls them).
 PASSED, FAILED = "passed", "failed"
@@ -77,6 +77,10 @@ def not_implemented(label: str) -> CheckFailure:
                         "`raise NotImplementedError()` with your code.", NOT_IMPLEMENTED)
 
 
+def changed_failure(label: str, names: list[str]) -> CheckFailure:
+    return CheckFailure(inputs.changed_message(label, names))
+
+
 def forbidden_failure(name: str, used: list[str] | set[str]) -> CheckFailure:
     return CheckFailure(
         f"`{name}` uses {forbidden.describe(used)}, which this exercise asks you not to use: "
@@ -117,6 +121,21 @@ class ObjectProxy:
     def state_dict_keys(self) -> list[str]:
         return self.submission._method(self, "state_dict_keys", (), {}, [])
 
+    def why_missing(self, missing: list[str], unexpected: bool = False) -> str:
+        """Advice for parameters the module lacks: a plain tensor where a parameter belongs, or another name."""
+        kinds = self.submission._method(self, "attribute_kinds", (missing,), {}, []) if missing else {}
+        plain = [k for k in missing if isinstance(kinds, dict) and kinds.get(k) == "tensor"]
+        advice = []
+        if plain:
+            one = len(plain) == 1
+            advice.append(f"In yours {', '.join(plain)} {'is a plain tensor' if one else 'are plain tensors'}, "
+                          f"not {'a parameter' if one else 'parameters'}: wrap {'it' if one else 'each'} in "
+                          "nn.Parameter(...) so that the module registers it (a registered parameter is in "
+                          "state_dict() and parameters(), and trains).")
+        if len(plain) < len(missing) or unexpected:
+            advice.append("Name the parameters and submodules as the exercise does: the expected names above.")
+        return " ".join(advice)
+
     def load_state_dict(self, state: dict) -> None:
         """Load reference weights by name; a naming mismatch lists the names expected."""
         keys = self.state_dict_keys()
@@ -129,8 +148,7 @@ class ObjectProxy:
                 f"cannot be loaded into it.\n  expected parameters: {', '.join(expected)}\n"
                 + (f"  missing in yours: {', '.join(missing)}\n" if missing else "")
                 + (f"  not expected: {', '.join(unexpected)}\n" if unexpected else "")
-                + "Use the submodule names given in the exercise (for example q_proj, k_proj, ...).",
-                SIGNATURE)
+                + self.why_missing(missing, bool(unexpected)), SIGNATURE)
         self.submission._method(self, "load_state_dict", (state,), {}, [])
 
 
@@ -207,6 +225,7 @@ class LocalSubmission(Submission):
         return self.namespace[name]
 
     def _run(self, label: str, function: Callable, args, kwargs, forbid) -> Any:
+        watch = inputs.Watch(function, args, kwargs)
         restore = forbidden.install()
         try:
             with forbidden.recording() as used:
@@ -219,6 +238,8 @@ class LocalSubmission(Submission):
             restore()
         if used & set(forbid):
             raise forbidden_failure(label, used & set(forbid))
+        if inputs.student_code(function) and watch.changed():
+            raise changed_failure(label, watch.changed())
         return value
 
     def _plain(self, label: str, value: Any) -> Any:
@@ -229,8 +250,10 @@ class LocalSubmission(Submission):
 
     @staticmethod
     def _unwrap(args, kwargs):
+        """What the code is called with: copies of the check's data, as the grader's worker decodes them (so
+        that nothing the code does to them reaches the check's own values), and the objects built for it."""
         def real(value):
-            return value.ref if isinstance(value, ObjectProxy) else value
+            return value.ref if isinstance(value, ObjectProxy) else inputs.private_copy(value)
         return tuple(real(a) for a in args), {k: real(v) for k, v in kwargs.items()}
 
     def _call(self, name, args, kwargs, forbid):
@@ -247,6 +270,10 @@ class LocalSubmission(Submission):
         label = _label(obj.label, method)
         if method == "state_dict_keys":
             return list(target.state_dict().keys())
+        if method == "attribute_kinds":
+            from autograder.worker import attribute_kinds
+
+            return attribute_kinds(target, args[0])
         args, kwargs = self._unwrap(args, kwargs)
         value = self._run(label, getattr(target, method), args, kwargs, forbid)
         if method in ("eval", "train", "to", "load_state_dict") or value is target:
@@ -283,6 +310,9 @@ class RemoteSubmission(Submission):
                                EXCEPTION)
         if response.get("used"):
             raise forbidden_failure(label, response["used"])
+        changed = response.get("changed")
+        if isinstance(changed, list) and changed and all(isinstance(n, str) for n in changed):
+            raise changed_failure(label, changed)
         return response
 
     def _encode_args(self, args, kwargs):

@@ -108,6 +108,21 @@ def describe_object(obj: Any) -> dict:
     return info
 
 
+def attribute_kinds(obj: Any, names: list[str]) -> dict[str, str]:
+    """What each dotted name ("base.weight") is on ``obj``: parameter, tensor, module, missing or a type name."""
+    import torch
+
+    kinds = {}
+    for name in names[:64]:
+        value = obj
+        for part in name.split("."):
+            value = getattr(value, part, None) if isinstance(value, torch.nn.Module) else None
+        kinds[name] = ("missing" if value is None else "parameter" if isinstance(value, torch.nn.Parameter)
+                       else "tensor" if isinstance(value, torch.Tensor)
+                       else "module" if isinstance(value, torch.nn.Module) else type(value).__name__)
+    return kinds
+
+
 def error_payload(error: BaseException) -> dict:
     message = str(error)
     if isinstance(error, SystemExit):
@@ -130,6 +145,10 @@ class Session:
         self.namespace["print"] = quiet_print
         self.namespace["display"] = lambda *a, **k: None
         self.handles: dict[int, Any] = {}
+        self.changed: list[str] = []
+        import autograder
+
+        autograder.in_grader = True  # the notebook's progress cell runs no check here
 
     # ---------------------------------------------------------------- ops
 
@@ -163,8 +182,12 @@ class Session:
         return describe_object(self.namespace[name])
 
     def run(self, function, args, kwargs, forbid: list[str]) -> tuple[Any, list[str]]:
+        from autograder import inputs
+
+        watch = inputs.Watch(function, args, kwargs)
         with self.forbidden.recording() as used:
             value = function(*args, **kwargs)
+        self.changed = watch.changed() if inputs.student_code(function) else []
         return value, sorted(used & set(forbid))
 
     def op_call(self, target: str, args: list, kwargs: dict, forbid: list[str]) -> dict:
@@ -174,7 +197,7 @@ class Session:
         args = wire.decode(args, handles=self.handles)
         kwargs = wire.decode(kwargs, handles=self.handles)
         value, used = self.run(function, args, kwargs, forbid)
-        return {"value": wire.encode(value), "used": used}
+        return {"value": wire.encode(value), "used": used, "changed": self.changed}
 
     def op_new(self, target: str, args: list, kwargs: dict, forbid: list[str]) -> dict:
         from autograder import wire
@@ -184,7 +207,7 @@ class Session:
                              wire.decode(kwargs, handles=self.handles), forbid)
         number = len(self.handles) + 1
         self.handles[number] = obj
-        return {"handle": number, "used": used}
+        return {"handle": number, "used": used, "changed": self.changed}
 
     def op_method(self, handle: int, method: str, args: list, kwargs: dict, forbid: list[str]) -> dict:
         from autograder import wire
@@ -192,6 +215,9 @@ class Session:
         obj = self.handles[handle]
         if method == "state_dict_keys":
             return {"value": list(obj.state_dict().keys()), "used": []}
+        if method == "attribute_kinds":
+            names = args[0] if args and isinstance(args[0], list) else []
+            return {"value": wire.encode(attribute_kinds(obj, [n for n in names if isinstance(n, str)])), "used": []}
         if method == "__getattr__":
             return {"value": wire.encode(getattr(obj, args[0])), "used": []}
         function = getattr(obj, method)
@@ -199,7 +225,7 @@ class Session:
                                wire.decode(kwargs, handles=self.handles), forbid)
         if method in ("eval", "train", "to") or value is obj:
             value = None  # these return the module itself, which cannot travel
-        return {"value": wire.encode(value), "used": used}
+        return {"value": wire.encode(value), "used": used, "changed": self.changed}
 
 
 def read_exactly(fd: int, count: int) -> bytes:

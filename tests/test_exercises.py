@@ -15,7 +15,7 @@ import pytest
 
 from autograder.registry import assignments, checks_for
 from tests.conftest import ROOT
-from tests.fixtures.submissions import MAX, MISTAKES, all_fixtures
+from tests.fixtures.submissions import MAX, MISTAKES, STRENGTH, all_fixtures
 from tests.nbgrader_course import Course
 from tools import exercises
 
@@ -184,6 +184,45 @@ def test_nbgrader_autograde_agrees(tmp_path, cli_reports):
         nbgrader_scores = course.autograde(fixture.assignment, student)
         ours = {t["name"]: t["score"] for t in cli_reports[f"{fixture.assignment}__{fixture.name}"]["tests"]}
         assert nbgrader_scores == ours, f"{fixture.name}: nbgrader {nbgrader_scores} vs ours {ours}"
+
+
+# ---------------------------------------------------------------- the notebook and the grader agree
+
+def _message(status: str, text: str) -> str:
+    """A message without the traceback frames, which name the notebook's cells differently in each place."""
+    if status != "exception":
+        return text
+    return "\n".join(line for line in text.splitlines() if not line.startswith(("  File ", "    ")))
+
+
+def notebook_outcomes(fixture) -> dict[str, tuple[str, str]]:
+    """What check() prints in the notebook: each check run on the names its cells define, in cell order."""
+    import autograder
+    from autograder.api import LocalSubmission
+
+    namespace: dict = {"__name__": "__main__"}
+    for cell in fixture.build()["cells"]:
+        meta = cell["metadata"].get("nbgrader", {})
+        if cell["cell_type"] == "code" and not meta.get("grade") and meta.get("grade_id") != "progress":
+            exec(compile("".join(cell["source"]), f"<cell {meta.get('grade_id')}>", "exec"), namespace)
+    return {c.id: autograder.run_one(c, LocalSubmission(namespace), namespace, 10.0)
+            for c in checks_for(fixture.assignment)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", STRENGTH, ids=lambda f: f.name)
+def test_notebook_and_grader_give_the_same_verdict_and_message(fixture, cli_reports):
+    """Code that changes its inputs, keeps state between calls or shares it between instances: the notebook's
+    check() (copies of the inputs, the checks in cell order) says what the grader's sandboxed worker says."""
+    report = cli_reports[f"{fixture.assignment}__{fixture.name}"]
+    local = notebook_outcomes(fixture)
+    for test in report["tests"]:
+        status, text = local[test["name"]]
+        graded = "\n".join(test["output"].split("\n")[1:-1]) if test["status"] != "passed" else ""
+        assert test["status"] == status, f"{fixture.name}/{test['name']}: grader {test['status']}, notebook {status}"
+        assert _message(status, graded) == _message(status, text), f"{fixture.name}/{test['name']}"
+    for check_id, (status, phrase) in fixture.fails.items():
+        assert local[check_id][0] == status and phrase in local[check_id][1], (check_id, local[check_id])
 
 
 def test_grading_twice_gives_identical_reports(fixture_folder):

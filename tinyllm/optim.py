@@ -13,7 +13,7 @@ PyTorch call it equals, and ``tests/test_optim.py`` proves it:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -156,3 +156,13 @@ class GradientList(list):
 
     def grads(self) -> list[Tensor | None]:
         return [None if p.grad is None else p.grad.clone() for p in self]
+
+
+def read_once(parameters: GradientList) -> Iterator[torch.nn.Parameter]:
+    """The parameters as a generator, which can be read only once, as ``model.parameters()`` (for the checks)."""
+    return (p for p in parameters)
+
+
+def alone(parameters: GradientList) -> torch.nn.Parameter:
+    """The first parameter by itself: clipping handed a single tensor (for the checks)."""
+    return parameters[0]

@@ -197,6 +197,8 @@ class CallRecorder(nn.Module):
     ``CallRecorder(model)(idx, ...)`` is ``model(idx, ...)``; ``lengths()``
     lists the sequence length of each call so far. The uncached generate
     calls the model with T, T+1, T+2, ... tokens; the cached one with T, 1, 1, ...
+    ``modes()`` lists, per call, whether the model was in training mode and
+    whether gradients were being recorded (a generate runs with neither).
     """
 
     def __init__(self, model: nn.Module):
@@ -204,11 +206,16 @@ class CallRecorder(nn.Module):
         self.model = model
         self.config = model.config
         self.input_lengths: list[int] = []
+        self.call_modes: list[tuple[bool, bool]] = []
         self.train(model.training)  # a new module is in training mode: take the model's instead
 
     def forward(self, idx: Tensor, *args, **kwargs):
         self.input_lengths.append(int(idx.shape[1]))
+        self.call_modes.append((self.model.training, torch.is_grad_enabled()))
         return self.model(idx, *args, **kwargs)
 
     def lengths(self) -> list[int]:
         return list(self.input_lengths)
+
+    def modes(self) -> list[tuple[bool, bool]]:
+        return list(self.call_modes)

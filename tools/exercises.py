@@ -19,6 +19,9 @@ instructions and says, per code cell, what goes there:
   ``<target>_<part>_public`` (TinyGPT's ``parameters`` and ``init``), then a
   test cell whose ``### BEGIN HIDDEN TESTS`` block runs the hidden checks.
 
+A last, locked cell prints the public points so far and what is left
+(:func:`autograder.progress`).
+
 So the solution code IS the library's code: the book, the solutions and the
 grader's oracle cannot drift apart.
 """
@@ -58,6 +61,12 @@ HIDDEN = '''\
 from autograder.hidden import run_hidden
 run_hidden("{target}")
 ### END HIDDEN TESTS'''
+
+
+PROGRESS = '''\
+# Your public points so far, and what is left to do.
+from autograder import progress
+progress("{assignment}")'''
 
 
 def _nbgrader(grade_id: str, *, grade: bool = False, solution: bool = False, locked: bool = False,
@@ -175,6 +184,8 @@ def build(recipe: Path) -> nbformat.NotebookNode:
                 hidden.id, grade=True, locked=True, points=hidden.points)))
         else:
             cells.append(nbformat.v4.new_code_cell(cell.source))
+    cells.append(nbformat.v4.new_code_cell(PROGRESS.format(assignment=assignment), metadata=_nbgrader(
+        "progress", locked=True)))
     for i, cell in enumerate(cells):  # stable ids: regenerating changes nothing
         cell["id"] = hashlib.sha1(f"{assignment}:{i}:{cell.source}".encode()).hexdigest()[:12]
     notebook = nbformat.v4.new_notebook(cells=cells)
@@ -267,7 +278,7 @@ def solution_namespace(assignment: str, cell: str | None = None, old: str = "", 
     for c in notebook["cells"]:
         meta = c["metadata"].get("nbgrader", {})
         source = "".join(c["source"])
-        if c["cell_type"] != "code" or meta.get("grade"):
+        if c["cell_type"] != "code" or meta.get("grade") or meta.get("grade_id") == "progress":
             continue
         if meta.get("grade_id") == cell:
             if old not in source:

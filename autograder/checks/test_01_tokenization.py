@@ -91,6 +91,9 @@ def test_train_bpe_public(sub):
         expect.equal(got, [(97, 97), (256, 256)], 'train_bpe("aaaaa", 258)',
                      hint="Merging (a, a) in a a a a a gives [aa, aa, a] (left to right, no overlaps); then "
                           "(aa, aa) = (256, 256) is the most frequent pair.")
+        expect.equal(train_bpe("abab", 300), [(97, 98), (256, 256)], 'train_bpe("abab", 300)',
+                     hint="Once the text is a single token there is no pair left: stop early, with fewer merges "
+                          "than vocab_size - 256.")
         text = "the cat sat on the mat; the cat ate the rat."
         expect.equal(train_bpe(text, 270), reference_train(text, 270), f"train_bpe({text!r}, 270)")
     expect.raises(lambda: train_bpe("abc", 255), ValueError, "train_bpe(text, vocab_size=255)")
@@ -118,4 +121,10 @@ def test_bpe_decode_public(sub):
     for text in ["héllo wörld", "😀 and 日本語", "", "never seen: ∑ ∫ ✓"]:
         expect.equal(bpe_decode(bpe_encode(text, merges), merges), text, f"bpe_decode(bpe_encode({text!r}))",
                      hint="Join the bytes of every id, then decode the bytes as UTF-8 once, at the end.")
+    expect.equal(bpe_decode([0, 104, 105], []), "\x00hi", "bpe_decode([0, 104, 105], [])",
+                 hint="Every id from 0 to 255 is a byte, id 0 included (the byte 0).")
+    expect.equal(bpe_decode([104, 195], []), "h\ufffd", "bpe_decode([104, 195], []): 195 is the first byte of a "
+                 "two-byte character, cut off", hint="Bytes that are not valid UTF-8 (a character cut in two) "
+                 "become U+FFFD: decode with errors='replace'.")
     expect.raises(lambda: bpe_decode([256 + len(merges)], merges), ValueError, "bpe_decode with an unknown id")
+    expect.raises(lambda: bpe_decode([-1], merges), ValueError, "bpe_decode with the id -1")

@@ -66,6 +66,14 @@ def test_logsumexp_public(sub):
     got = logsumexp(LARGE, dim=-1)
     hint = "Subtract each row's maximum m first and add it back: LSE(z) = m + log(sum(exp(z - m)))."
     expect.close(got, torch.logsumexp(LARGE, dim=-1, keepdim=True), "logsumexp on large logits", LARGE, hint=hint)
+    masked = torch.tensor([[float("-inf"), float("-inf")], [0.0, float("-inf")]])
+    got = logsumexp(masked, dim=-1)
+    hint = ""
+    if isinstance(got, torch.Tensor) and got.shape == (2, 1) and bool(torch.isnan(got[0]).all()):
+        hint = ("A row of only -inf gives nan: its maximum is -inf, and -inf - (-inf) is nan. Shift that row by 0 "
+                "instead (its log-sum-exp is then log(0) = -inf).")
+    expect.close(got, torch.logsumexp(masked, dim=-1, keepdim=True), "logsumexp of [[-inf, -inf], [0, -inf]]",
+                 masked, hint=hint)
 
 
 @check("03_softmax", "log_softmax", points=1, book=BOOK + "#log-probabilities-log-sum-exp")
@@ -75,6 +83,9 @@ def test_log_softmax_public(sub):
     with expect.blame(sub, "logsumexp"):
         x = torch.randn(3, 5, generator=torch.Generator().manual_seed(5))
         expect.close(log_softmax(x, dim=-1), F.log_softmax(x, dim=-1), "log_softmax(logits, dim=-1)", x)
+        y = torch.randn(4, 3, generator=torch.Generator().manual_seed(6))
+        expect.close(log_softmax(y, dim=0), F.log_softmax(y, dim=0), "log_softmax(logits, dim=0)", y,
+                     hint="Normalise along the dimension `dim` you are given (pass it on to logsumexp).")
         got = log_softmax(LARGE, dim=-1)
         hint = ""
         if isinstance(got, torch.Tensor) and bool(torch.isinf(got).any()):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from autograder import expect
+from autograder.api import Proxy
 from autograder.forbidden import GROUPS
 from autograder.registry import check
 from tinyllm.model import GPTConfig, TinyGPT
@@ -64,6 +65,11 @@ def test_TinyGPT_public(sub):
                  "the loss of TinyGPT(config)(idx, targets)", hint="The mean cross-entropy over all B*T positions.")
     _, no_loss = pair(model(idx), "TinyGPT.forward(idx)")
     expect.true(no_loss is None, "TinyGPT.forward(idx) without targets should return (logits, None).")
+    full = torch.randint(0, SMALL["vocab_size"], (1, SMALL["context_length"]), generator=g)
+    logits, _ = pair(model(full), "TinyGPT.forward(idx) on a sequence of context_length tokens")
+    expect.close(logits, reference(full)[0].detach(), f"the logits of TinyGPT(config)(idx) for idx of the full "
+                 f"context_length, {SMALL['context_length']} tokens", hint="A sequence as long as context_length "
+                 "fits: only a longer one raises ValueError.")
     too_long = torch.zeros(1, SMALL["context_length"] + 1, dtype=torch.long)
     expect.raises(lambda: model(too_long), ValueError, "TinyGPT on a sequence longer than context_length")
 
@@ -120,6 +126,20 @@ def test_TinyGPT_init_public(sub):
                         f"{bias.abs().max().item():.3g}); _init_weights sets every nn.Linear bias to zero.")
 
 
+    rates = Proxy(sub, "tinyllm.model:dropout_rates", ())(fresh_student_model(sub, cls, 0, dropout=0.25))
+    wrong = {name: rate for name, rate in (rates.items() if isinstance(rates, dict) else []) if rate != 0.25}
+    expect.true(isinstance(rates, dict) and not wrong and len(rates) >= 1 + SMALL["n_layers"],
+                "In TinyGPT(config) with config.dropout = 0.25 every dropout must use 0.25: the embeddings' drop "
+                "and each block's (TransformerBlock(d_model, n_heads, d_ff, dropout)); "
+                + (f"yours has {', '.join(f'{n}: {r:g}' for n, r in wrong.items())}." if wrong else
+                   f"yours has {len(rates) if isinstance(rates, dict) else 0} dropout layers."))
+
+
+def top_k_by_hand(logits: torch.Tensor, k: int) -> torch.Tensor:
+    kth = logits.sort(dim=-1, descending=True).values[..., k - 1 : k]
+    return logits.masked_fill(logits < kth, INF)
+
+
 @check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p")
 def test_top_k_filter_public(sub):
     """top_k_filter keeps the k largest logits per row (and ties with the k-th)."""
@@ -131,6 +151,10 @@ def test_top_k_filter_public(sub):
                  "top_k_filter(logits, 1)", logits, hint="Entries equal to the k-th largest value are kept: "
                  "row 1 has two 2.0s, and both stay.")
     expect.close(top_k(logits, 10), logits, "top_k_filter(logits, 10) with only 4 entries", logits)
+    batched = torch.stack([logits, logits.flip(-1)])  # (2, 2, 4)
+    expect.close(top_k(batched, 2), torch.stack([top_k_by_hand(logits, 2), top_k_by_hand(logits.flip(-1), 2)]),
+                 "top_k_filter(logits, 2) for logits of shape (2, 2, 4)", batched,
+                 hint="Filter along the last dimension, V, whatever the shape (..., V).")
 
 
 @check("06_tiny_gpt", "top_p_filter", points=2, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p")
@@ -145,6 +169,11 @@ def test_top_p_filter_public(sub):
     expect.close(top_p(logits, 0.5), torch.where(probs >= 0.5, logits, INF), "top_p_filter(logits, 0.5)",
                  hint="The most likely token alone reaches 0.5: keep only it.")
     expect.close(top_p(logits, 1.0), logits, "top_p_filter(logits, 1.0)")
+    confident = torch.tensor([[30.0, 0.0, 0.0, 0.0, 0.0]])
+    expect.close(top_p(confident, 1.0), confident, "top_p_filter(logits, 1.0) when one token has probability "
+                 "1 - 4e-13", "logits [[30, 0, 0, 0, 0]]",
+                 hint="p = 1 keeps every token: the tokens before the last have a total below 1, even where a "
+                 "float32 running sum rounds it to 1.0 (return the logits as they are when p >= 1).")
 
 
 @check("06_tiny_gpt", "sample_next_token", points=2, book=BOOK_DECODING + "#sampling-and-temperature")
@@ -160,6 +189,10 @@ def check_sampling(sample):
     logits = torch.tensor([[0.0, 3.0, 1.0, -1.0], [2.0, 0.0, 0.0, 0.0]])
     expect.equal(sample(logits, temperature=0), torch.tensor([1, 0]), "sample_next_token(logits, temperature=0)",
                  logits, hint="Temperature 0 means greedy: the argmax of each row.")
+    batched = torch.stack([logits, logits.flip(-1)])  # (2, 2, 4): ids of shape (2, 2)
+    expect.equal(sample(batched, temperature=0), torch.tensor([[1, 0], [2, 3]]),
+                 "sample_next_token(logits, temperature=0) for logits of shape (2, 2, 4)", batched,
+                 hint="The ids are chosen along the last dimension, V, whatever the shape (..., V).")
     many = logits[0].repeat(4000, 1)
     draws = sample(many, generator=torch.Generator().manual_seed(0))
     expect.true(isinstance(draws, torch.Tensor) and tuple(draws.shape) == (4000,),
@@ -171,8 +204,40 @@ def check_sampling(sample):
     frequencies = torch.bincount(draws.long(), minlength=4).double() / 4000
     expect.close(frequencies, F.softmax(logits[0].double(), -1), "the frequency of each sampled id", atol=0.03,
                  rtol=0.0, hint="Sample from softmax(logits / temperature).")
+    hot = sample(many, temperature=2.0, generator=torch.Generator().manual_seed(3))
+    frequencies = torch.bincount(hot.long(), minlength=4).double() / 4000
+    expect.close(frequencies, F.softmax(logits[0].double() / 2.0, -1), "the frequency of each id sampled at "
+                 "temperature 2.0", atol=0.03, rtol=0.0, hint="Divide the logits by the temperature: "
+                 "softmax(logits / temperature) (a higher temperature flattens the distribution).")
+    cube = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(4)) * 3
+    ids = sample(cube, top_k=1, generator=torch.Generator().manual_seed(5))
+    expect.equal(ids, cube.argmax(-1), "sample_next_token(logits, top_k=1) for logits of shape (2, 3, 5)", cube,
+                 hint="One id per row of the last dimension: ids of shape (2, 3), each drawn from its own row "
+                 "(with top_k=1, that row's largest logit).")
+    apart = cube + torch.tensor([[300.0], [0.0], [-300.0]])[None]  # rows hundreds apart: probabilities per row
+    ids = sample(apart, top_k=1, generator=torch.Generator().manual_seed(6))
+    expect.equal(ids, apart.argmax(-1), "sample_next_token(logits, top_k=1) for logits (2, 3, 5) whose rows lie "
+                 "300 apart", hint="Each row's probabilities are a softmax of that row alone (along dim -1), "
+                 "whatever the other rows hold.")
     top2 = sample(many, top_k=2, generator=torch.Generator().manual_seed(1))
     expect.true(set(top2.tolist()) <= {1, 2}, "with top_k=2, only the two most likely ids (1 and 2) may be drawn.")
+    ordered = torch.tensor([0.4, 0.3, 0.2, 0.1]).log().repeat(200, 1)
+    both = sample(ordered, top_k=2, top_p=0.5, generator=torch.Generator().manual_seed(2))
+    drawn = sorted(set(both.tolist())) if isinstance(both, torch.Tensor) else both
+    expect.true(drawn == [0], f"with top_k=2 and top_p=0.5 on probabilities [0.4, 0.3, 0.2, 0.1] only id 0 may be "
+                f"drawn (top-k first keeps 0.4 and 0.3, which become 0.57 and 0.43; then top-p keeps 0.57 alone); "
+                f"yours drew {drawn}.")
+
+
+def expect_eval_without_gradients(recorder, what: str) -> None:
+    """Every call the generate made found the model in eval mode with gradients off (the recorder saw it)."""
+    modes = recorder.method("modes")
+    training = [i + 1 for i, (train, _) in enumerate(modes) if train]
+    recording = [i + 1 for i, (_, grad) in enumerate(modes) if grad]
+    expect.true(not training, f"{what} called the model in training mode (calls {training[:5]}), so dropout "
+                "changed its logits: put the model in eval mode first (model.eval()).")
+    expect.true(not recording, f"{what} called the model with gradients on (calls {recording[:5]}): run it "
+                "under torch.no_grad() (the @torch.no_grad() decorator), since nothing is trained.")
 
 
 @check("06_tiny_gpt", "generate", points=2, book=BOOK_DECODING + "#repetition-measured")
@@ -199,3 +264,7 @@ def test_generate_public(sub):
                      "generate(model, idx, 6, repetition_penalty=50.0, temperature=0)", repeat,
                      hint="Before choosing each token, pass the last position's logits through "
                      "apply_repetition_penalty(logits, idx, repetition_penalty) with all the ids so far.")
+        recorder = sub.library("tinyllm.sampling:CallRecorder")(library_model(sub, reference_model(2, dropout=0.5)))
+        recorder.method("train")  # handed over in training mode, as a model is after a training loop
+        generate(recorder, prompt, 3, temperature=0)
+        expect_eval_without_gradients(recorder, "generate(model, idx, 3) on a model in training mode")

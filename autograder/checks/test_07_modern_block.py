@@ -109,8 +109,14 @@ def test_rms_norm_public(sub):
         elif torch.allclose(got, x / (x.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6) * weight, atol=1e-6, rtol=0):
             hint = "eps goes inside the square root: sqrt(mean(x^2) + eps)."
     expect.close(got, F.rms_norm(x, (8,), weight, eps=1e-6), "rms_norm(x, weight)", x, hint=hint)
-    expect.close(rms_norm(x, weight, eps=0.5), F.rms_norm(x, (8,), weight, eps=0.5), "rms_norm(x, weight, eps=0.5)",
-                 hint="Use the eps you are given.")
+    got = rms_norm(x, weight, eps=0.5)
+    hint = ""
+    if isinstance(got, torch.Tensor) and got.shape == x.shape:
+        if torch.allclose(got, x / (x.pow(2).mean(-1, keepdim=True).sqrt() + 0.5) * weight, atol=1e-5):
+            hint = "eps goes inside the square root: sqrt(mean(x^2) + eps), not sqrt(mean(x^2)) + eps."
+        elif torch.allclose(got, F.rms_norm(x, (8,), weight, eps=1e-6), atol=1e-5):
+            hint = "Your rms_norm gives the result of eps=1e-6 here: use the eps it is given."
+    expect.close(got, F.rms_norm(x, (8,), weight, eps=0.5), "rms_norm(x, weight, eps=0.5)", x, hint=hint)
     zeros = rms_norm(torch.zeros(1, 4), torch.ones(4))
     expect.close(zeros, torch.zeros(1, 4), "rms_norm of a zero vector", hint="eps keeps 0 / sqrt(0 + eps) finite.")
 
@@ -134,6 +140,10 @@ def test_apply_rope_public(sub):
     expect.close(shifted, rope_by_complex_numbers(x, offset=5), "apply_rope(x, offset=5)", x, atol=1e-4, hint=hint)
     expect.close(rope(x, base=100.0), rope_by_complex_numbers(x, base=100.0), "apply_rope(x, base=100.0)", x,
                  atol=1e-4, hint="Use the base you are given: theta_i = base**(-2i/d).")
+    flat = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(2))
+    expect.close(rope(flat), rope_by_complex_numbers(flat), "apply_rope(x) for x of shape (3, 5, 4)", flat, atol=1e-4,
+                 hint="x has shape (..., T, d_k) with any number of leading dimensions: the positions are along "
+                 "dim -2 and the features along dim -1.")
     expect.raises(lambda: rope(torch.zeros(1, 3, 5)), ValueError, "apply_rope on an odd feature dimension (5)")
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from autograder import expect
+from autograder.checks.test_06_tiny_gpt import expect_eval_without_gradients
 from autograder.checks.test_07_modern_block import gqa_state, loaded, rope_by_complex_numbers
 from autograder.forbidden import GROUPS
 from autograder.registry import check
@@ -56,9 +57,19 @@ def cached_attention_by_torch(state, x, chunks, n_heads, n_kv_heads, rope_start=
 @check("08_fast_generation", "KVCache", points=1, book=BOOK + "#the-kv-cache")
 def test_KVCache_public(sub):
     """KVCache.update appends along the time axis and returns everything stored; length counts the tokens."""
-    cache = sub.cls("KVCache")()
-    expect.equal(length_of(cache), 0, "KVCache().length", hint="An empty cache stores 0 tokens.")
+    KVCache = sub.cls("KVCache")
+    first, second = KVCache(), KVCache()
+    empty = length_of(first), length_of(second)
+    expect.true(empty == (0, 0), f"a new KVCache() reports length {max(empty)} before anything was stored in it; "
+                "an empty cache stores 0 tokens.")
     g = torch.Generator().manual_seed(0)
+    first.method("update", torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g))
+    expect.true(length_of(second) == 0,
+                f"storing 4 tokens in one KVCache changed the length of another, new and never updated, from 0 to "
+                f"{length_of(second)}: the two share what they store. Each KVCache must keep its own keys and "
+                "values: set them on self in __init__ (self.k = None), not in the class body, where one list or "
+                "tensor is shared by every cache.")
+    cache = KVCache()
     stored_k, stored_v = [], []
     for step, T in enumerate((4, 1, 3)):
         k, v = torch.randn(2, 3, T, 5, generator=g), torch.randn(2, 3, T, 5, generator=g)
@@ -118,6 +129,11 @@ def test_KVCache_attention_public(sub):
                         hint = text
                         break
             expect.close(got, right, what, atol=1e-4, hint=hint)
+    one = gqa_state(d_model, n_heads, 1, seed=3)
+    expect.close(loaded(GQA, one, d_model, n_heads, 1)(x), cached_attention_by_torch(one, x, [(0, 10)], n_heads, 1)[0],
+                 "GroupedQueryAttention(16, 4, 1)(x): one key/value head for all (multi-query attention)", x,
+                 atol=1e-4, hint="n_kv_heads = 1 is allowed: every query head reads the one key/value head.")
+    expect.raises(lambda: GQA(16, 4, 3), ValueError, "GroupedQueryAttention(16, 4, 3) (4 heads do not split into 3 groups)")
 
 
 @check("08_fast_generation", "causal_attention", points=2, book=BOOK + "#the-causal-mask-over-the-cache")
@@ -125,8 +141,9 @@ def test_causal_attention_public(sub):
     """causal_attention(q, k, v, start) matches F.scaled_dot_product_attention with the offset causal mask."""
     attend = sub.function("causal_attention", ["q", "k", "v", "start"], forbid=GROUPS["causal_attention"])
     g = torch.Generator().manual_seed(3)
-    for t_q, start in ((5, 0), (1, 4), (3, 4)):
-        q, k, v = (torch.randn(2, 2, n, 8, generator=g) for n in (t_q, start + t_q, start + t_q))
+    for t_q, start in ((5, 0), (1, 4), (3, 4), (2, 3)):
+        batch = (2, 2) if t_q != 2 else (3,)  # (..., T, d_k): any leading dimensions
+        q, k, v = (torch.randn(*batch, n, 8, generator=g) for n in (t_q, start + t_q, start + t_q))
         allowed = torch.ones(t_q, start + t_q, dtype=torch.bool).tril(diagonal=start)
         got = attend(q, k, v, start=start)
         hint = "Query i sits at position start + i and sees the keys 0 .. start + i; mask the rest with -inf."
@@ -177,6 +194,22 @@ def test_generate_cached_public(sub):
                      "generate_cached(model, idx, 10, temperature=1.0, top_k=50, generator=seeded)", prompt,
                      hint="Draw each token with sample_next_token(logits, **sampling), passing the generator, "
                      "once per new token, in the same order as generate.")
+        fits = torch.tensor([[2, 3]])
+        width = SMALL["context_length"] - 2
+        expect.equal(generate_cached(model, fits, width, temperature=0), generate(reference, fits, width, temperature=0),
+                     f"generate_cached(model, idx, {width}, temperature=0) for a prompt of 2 tokens, filling the "
+                     f"context of {SMALL['context_length']} exactly", fits,
+                     hint="A prompt and new tokens that together fill context_length fit: only more is an error.")
+        expect.raises(lambda: generate_cached(model, fits, width + 1, temperature=0), ValueError,
+                      f"generate_cached(model, idx, {width + 1}) for a prompt of 2 tokens and a context of "
+                      f"{SMALL['context_length']} (one token too many for the cache)")
+        repeat = torch.tensor([[7, 7, 9, 7]])
+        expect.equal(generate_cached(model, repeat, 8, repetition_penalty=5.0, temperature=0),
+                     generate(reference, repeat, 8, repetition_penalty=5.0, temperature=0),
+                     "generate_cached(model, idx, 8, repetition_penalty=5.0, temperature=0)", repeat,
+                     hint="Before choosing each token, pass the last position's logits through "
+                     "apply_repetition_penalty(logits, idx, repetition_penalty) with all the ids so far: the "
+                     "prompt and every token chosen before.")
 
 
 @check("08_fast_generation", "generate_cached", points=2, book=BOOK + "#cached-generation")
@@ -185,18 +218,30 @@ def test_generate_cached_calls_public(sub):
     generate_cached = generate_function(sub)
     model = library_model(sub, reference_model(seed=6))
     recorder = sub.library("tinyllm.sampling:CallRecorder")(model)
+    recorder.method("train")  # handed over in training mode, as a model is after a training loop
     prompt = torch.tensor([[3, 1, 4, 1, 5, 9]])
-    generate_cached(recorder, prompt, 5, temperature=0)
-    lengths = recorder.method("lengths")
-    ok = len(lengths) in (5, 6) and lengths[:1] == [6] and all(n == 1 for n in lengths[1:])
+    with expect.blame(sub, "KVCache"):
+        generate_cached(recorder, prompt, 5, temperature=0)
+    expect_calls(recorder.method("lengths"), prompt_length=6, new_tokens=5)
+    expect_eval_without_gradients(recorder, "generate_cached(model, idx, 5) on a model in training mode")
+
+
+def expect_calls(lengths, prompt_length: int, new_tokens: int) -> None:
+    """The model saw the prompt once, then each new token but the last alone: max_new_tokens calls in all."""
+    expected = [prompt_length] + [1] * (new_tokens - 1) if new_tokens else []
+    if lengths == expected:
+        return
+    what = (f"generate_cached(model, idx, {new_tokens}) on a prompt of {prompt_length} tokens called the model "
+            f"{len(lengths)} times, with inputs of lengths {lengths}; expected {expected} ({new_tokens} calls).")
     hint = ("Call the model once on the prompt (with the caches), then once per new token on that token alone, "
             "shape (B, 1): its keys and values join the caches, the earlier ones are read from them.")
     if len(lengths) >= 2 and lengths[1] > 1:
-        hint = ("Your generate_cached feeds the model more than the new token after the first call "
-                f"(input lengths {lengths}): it recomputes the prompt every step, so the cache saves nothing. "
-                + hint)
-    expect.true(ok, f"generate_cached(model, idx, 5) on a prompt of 6 tokens called the model {len(lengths)} times "
-                f"with inputs of lengths {lengths}; expected [6, 1, 1, 1, 1]. {hint}")
+        hint = ("After the first call your generate_cached feeds the model more than the new token: it "
+                "recomputes the prompt every step, so the cache saves nothing. " + hint)
+    elif lengths[:len(expected)] == expected and len(lengths) > len(expected):
+        hint = (f"The calls after the {new_tokens}th are extra: the {new_tokens}th call's logits choose the last "
+                "token, and nothing reads the model after it.")
+    raise expect.CheckFailure(f"{what} {hint}")
 
 
 def total_logprob(model: TinyLlama, ids: torch.Tensor, start: int) -> float:
@@ -228,3 +273,19 @@ def test_beam_search_public(sub):
                 hint = (f"Your continuation has a total log-probability of {found:.4f}; the beam finds one of "
                         f"{best:.4f}. " + hint)
         expect.equal(got, expected, f"beam_search(model, idx, beam_width={width}, max_new_tokens=8)", prompt, hint=hint)
+    sharp = reference_model(seed=9)
+    with torch.no_grad():  # weights 8 times larger: peaked distributions, whose normalisers differ from beam to beam
+        for parameter in sharp.parameters():
+            parameter.mul_(8.0)
+    prompt = torch.tensor([[8, 6, 7]])
+    expect.equal(search(library_model(sub, sharp), prompt, 3, 8), beam_search(sharp, prompt, 3, 8),
+                 "beam_search(model, idx, beam_width=3, max_new_tokens=8) on a model with peaked next-token "
+                 "distributions", prompt, hint="Each kept sequence's next-token log-probabilities are "
+                 "log_softmax of its own logits, over the vocabulary (the last dimension), added to its total.")
+    long_prompt = torch.randint(0, SMALL["vocab_size"], (1, SMALL["context_length"] - 2),
+                                generator=torch.Generator().manual_seed(9))
+    expect.equal(search(model, long_prompt, 2, 5), beam_search(reference, long_prompt, 2, 5),
+                 f"beam_search(model, idx, beam_width=2, max_new_tokens=5) on a prompt of "
+                 f"{SMALL['context_length'] - 2} tokens (the sequences outgrow the context of "
+                 f"{SMALL['context_length']})", hint="Feed the model only the last context_length tokens of "
+                 "each kept sequence.")

@@ -143,6 +143,11 @@ def test_sequence_logprob_public(sub):
     expect.close(fn(logits, targets.masked_fill(~mask, -1), mask), expected,
                  "sequence_logprob with targets of -1 outside the mask", atol=1e-4,
                  hint="A target outside the mask may be -1 (padding): do not use it as an index there.")
+    empty = mask.clone()
+    empty[2] = False
+    expect.close(fn(logits, targets, empty), -(nll * empty).sum(dim=-1), "sequence_logprob with nothing masked "
+                 "in row 2", atol=1e-4, hint="A row with no masked position has log-probability 0 (a sum of "
+                 "nothing).")
 
 
 @check("10_post_training", "LoRALinear", points=2, book=BOOK + "#lora-from-scratch")
@@ -162,6 +167,9 @@ def test_LoRALinear_public(sub):
             hint = "You did not scale the update: multiply it by alpha / rank."
     expect.close(got, expected, f"LoRALinear(Linear(6, 4), rank={rank}, alpha={alpha})(x) with trained weights",
                  x, atol=1e-4, hint=hint)
+    layer, _, state = trained_layer(sub, 3, 5, 1, 2.0, seed=3)
+    expect.close(layer(x[:, :5]), lora_by_hand(state, x[:, :5], 2.0), "LoRALinear(Linear(5, 3), rank=1, "
+                 "alpha=2.0)(x) with trained weights", x[:, :5], atol=1e-4, hint="Rank 1 is a rank like any other.")
 
 
 @check("10_post_training", "LoRALinear", points=2, book=BOOK + "#lora-from-scratch")
@@ -171,8 +179,11 @@ def test_LoRALinear_init_public(sub):
     base_state = linear_state(5, 3, seed=5)
     layer = LoRA(new_base(sub, base_state), 4, 16.0)
     state = layer.method("state_dict")
-    expect.equal(sorted(state), ["base.bias", "base.weight", "lora_a", "lora_b"], "the parameters of LoRALinear",
-                 hint="Keep the layer you are given as self.base and add the parameters lora_a and lora_b.")
+    expected_names = ["base.bias", "base.weight", "lora_a", "lora_b"]
+    missing = [name for name in expected_names if not isinstance(state, dict) or name not in state]
+    expect.equal(sorted(state), expected_names, "the parameters of LoRALinear (the names of its state_dict())",
+                 hint=layer.why_missing(missing, bool(set(state) - set(expected_names))) if missing else
+                 "Keep the layer you are given as self.base and add exactly the parameters lora_a and lora_b.")
     expect.equal(tuple(state["lora_a"].shape), (4, 3), "lora_a's shape for Linear(3, 5) at rank 4",
                  hint="lora_a is (rank, in_features): it maps an input down to rank numbers.")
     expect.equal(tuple(state["lora_b"].shape), (5, 4), "lora_b's shape for Linear(3, 5) at rank 4",
@@ -200,7 +211,18 @@ def test_LoRALinear_merged_public(sub):
     """merged() is one nn.Linear with weight W + (alpha / rank) B A and the base's bias."""
     rank, alpha = 3, 6.0
     layer, base_state, state = trained_layer(sub, 4, 6, rank, alpha, seed=7)
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(8))
+    before = layer(x)
     merged = library_function(sub, "merged_state")(layer)
+    after = layer.method("state_dict")
+    changed = [name for name in sorted(state) if isinstance(after, dict) and name in after
+               and not torch.equal(after[name], state[name])]
+    moved = (layer(x) - before).abs().max().item() if isinstance(before, torch.Tensor) else 0.0
+    expect.true(not changed and moved < 1e-6,
+                f"merged() changed the LoRA layer it was called on: afterwards {', '.join(changed) or 'its output'} "
+                f"{'differs' if len(changed) < 2 else 'differ'} from before (the layer's output moved by up to "
+                f"{moved:.3g}). merged() returns a NEW nn.Linear and leaves base, lora_a and lora_b as they were; "
+                "adding the update into base.weight would count it twice in the LoRA layer.")
     expected = base_state["weight"] + alpha / rank * state["lora_b"] @ state["lora_a"]
     expect.equal(sorted(merged), ["bias", "weight"], "the parameters of merged()",
                  hint="merged() returns an nn.Linear with the base's bias.")
@@ -209,6 +231,11 @@ def test_LoRALinear_merged_public(sub):
         hint = "You scaled the update by alpha: the scale is alpha / rank."
     expect.close(merged["weight"], expected, f"merged().weight at rank {rank}, alpha {alpha}", atol=1e-4, hint=hint)
     expect.close(merged["bias"], base_state["bias"], "merged().bias", hint="Keep the base layer's bias as it is.")
+    layer, base_state, state = trained_layer(sub, 4, 6, rank, alpha, seed=9, bias=False)
+    merged = library_function(sub, "merged_state")(layer)
+    expect.equal(sorted(merged), ["weight"], "the parameters of merged() for a base layer without a bias",
+                 hint="A base without a bias gives a merged layer without one: nn.Linear(..., bias=base.bias is "
+                 "not None).")
 
 
 @check("10_post_training", "dpo_loss", points=2, book=BOOK + "#dpo")
@@ -236,3 +263,11 @@ def test_dpo_loss_public(sub):
                  hint="With a margin of 0 the loss is -log sigmoid(0) = log 2.")
     expect.close(dpo(pc, pr, rc, rr), dpo_by_hand(pc, pr, rc, rr, 0.1), "dpo_loss(...) with the default beta",
                  atol=1e-5, hint="The default beta is 0.1.")
+    far, zero = torch.tensor([-1.0, -300.0]), torch.zeros(2)
+    got = dpo(far, far.flip(0), zero, zero, beta=1.0)
+    hint = ""
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and not bool(torch.isfinite(got).all()):
+        hint = ("Your loss is not finite: log(sigmoid(z)) rounds sigmoid(-299) to 0 and takes log(0). "
+                "F.logsigmoid(z) computes the same value without the rounding.")
+    expect.close(got, dpo_by_hand(far, far.flip(0), zero, zero, 1.0), "dpo_loss with margins of +299 and -299 "
+                 "(beta=1)", atol=1e-4, hint=hint)

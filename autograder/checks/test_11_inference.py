@@ -20,7 +20,7 @@ from autograder.checks.test_08_fast_generation import library_model
 from autograder.forbidden import GROUPS
 from autograder.registry import check
 from tinyllm.model import GPTConfig, TinyLlama
-from tinyllm.speculative import RULES, accept_distribution
+from tinyllm.speculative import RULES, accept_distribution, sampling_probs
 
 BOOK = "book/14_smaller_faster.html"
 SMALL = dict(vocab_size=300, context_length=32, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0,
@@ -158,6 +158,10 @@ def test_quantize_int4_public(sub):
     expect.equal(got_codes.long(), codes.long(), "quantize_int4(w, 4)'s codes", w, hint=hint)
     expect.raises(lambda: fn(w, 5), ValueError, "quantize_int4(w, 5) for w with 12 input features (5 does not "
                   "divide 12)")
+    got_codes, got_scales = pair(fn(w, 1), "quantize_int4(w, 1)")
+    expect.close(got_scales, int4_by_hand(w, 1)[1], "quantize_int4(w, 1)'s scales (a group per weight)", w,
+                 rtol=1e-5, atol=1e-9, hint="A group_size of 1 divides every in_features: each weight is its own "
+                 "group, with the scale |w| / 7 (1 for a zero).")
     wide = torch.randn(2, 64, generator=g)
     got_scales = pair(sub.function("quantize_int4", ["w"], forbid=GROUPS["quantize"])(wide), "quantize_int4(w)")[1]
     expect.close(got_scales, int4_by_hand(wide, 32)[1], "quantize_int4(w)'s scales for w (2, 64), group_size left "
@@ -357,14 +361,24 @@ def test_speculative_accept_public(sub):
     # The same generator state, the same output: every random number comes from `generator`.
     p = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.3, 0.3, 0.4]])
     q = torch.tensor([[0.2, 0.5, 0.3], [0.4, 0.4, 0.2]])
-    for trial in range(10):
-        draft = torch.tensor([trial % 3, (trial // 3) % 3])
+    for trial in range(16):
+        if trial >= 10:  # draft token 0 is always rejected, and the replacement is 1 or 2, at random
+            p, q = torch.tensor([[0.0, 0.5, 0.5], [0.2, 0.3, 0.5]]), torch.tensor([[1.0, 0.0, 0.0]])
+        draft = torch.tensor([trial % 3, (trial // 3) % 3]) if trial < 10 else torch.tensor([0])
         first, second = (fn(p, q, draft, generator=torch.Generator().manual_seed(400 + trial)) for _ in range(2))
         expect.equal(second, expect.tensor(first, "speculative_accept"), f"speculative_accept(p, q, draft="
                      f"{draft.tolist()}) called twice with generators in the same state",
                      hint="Draw every random number from `generator` (torch.rand(..., generator=generator), "
                           "torch.multinomial(..., generator=generator)): the same generator state must give the "
                           "same tokens, or grading and your results cannot be reproduced.")
+    # k = 0: no draft at all; the output is one token drawn from p[0] (one-hot at token 2 here).
+    p = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    for trial in range(5):
+        got = ids_of(fn(p, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
+                        generator=torch.Generator().manual_seed(500 + trial)),
+                     "speculative_accept(p, q, draft) with k = 0 (q of shape (0, 4), an empty draft)", 4, 0)
+        expect.equal(list(got), [2], "speculative_accept(p, q, draft) with k = 0 and p[0] one-hot at token 2",
+                     hint="With no draft tokens there is nothing to accept: the output is one token drawn from p[0].")
     # p(x) > q(x): min(1, p/q) = 1, so the draft token is always accepted.
     p = torch.tensor([[0.8, 0.1, 0.1], [0.0, 1.0, 0.0]])
     q = torch.tensor([[0.4, 0.3, 0.3]])
@@ -435,6 +449,67 @@ def test_speculative_generate_public(sub):
                          hint="With temperature 0, p and q are one-hot: a draft token is kept exactly when it is the "
                               "target's most likely token, so the output must be the target's greedy text, "
                               "exactly max_new_tokens of it.")
+        full = 32 - prompt.shape[1]  # the prompt and the new tokens fill the context exactly: that still fits
+        got = fn(library_model(sub, target), library_model(sub, target), prompt, full, k=4, temperature=0)
+        expect.equal(got, generate(target, prompt, full, temperature=0), f"speculative_generate(target, draft, idx "
+                     f"(1, 4), {full}, k=4, temperature=0), which fills the context of 32 exactly", prompt,
+                     hint="A prompt and new tokens that add up to context_length fit: refuse only more than that.")
+    sampled_generation(sub, fn, seed=0, generations=100)
+
+
+def sampled_text(fn, target: TinyLlama, model, draft, prompt: torch.Tensor, n: int, k: int, top_k: int,
+                 seed: int) -> None:
+    """One sampled generation (temperature 1, ``top_k``): the same generator state gives the same text, of the
+    right length, and every new token is among the target's ``top_k`` most likely where it stands."""
+    settings = f"temperature=1.0, top_k={top_k}"
+    got = expect.tensor(fn(model, draft, prompt, n, k=k, temperature=1.0, top_k=top_k,
+                           generator=torch.Generator().manual_seed(seed)), "speculative_generate with sampling")
+    again = fn(model, draft, prompt, n, k=k, temperature=1.0, top_k=top_k, generator=torch.Generator().manual_seed(seed))
+    expect.equal(again, got, f"speculative_generate(target, draft, idx, {n}, k={k}, {settings}, generator=...) run "
+                 "twice with generators in the same state",
+                 hint="Draw every random number, the draft's and the accept step's, from the generator in sampling.")
+    length = prompt.shape[1]
+    expect.equal(tuple(got.shape), (1, length + n), f"the shape of speculative_generate(target, draft, idx (1, "
+                 f"{length}), {n}, k={k}, {settings})")
+    with torch.no_grad():
+        allowed = sampling_probs(target(got[:, :-1])[0][0], temperature=1.0, top_k=top_k) > 0  # (T + n - 1, V)
+    new = got[0, length:]
+    ok = allowed[torch.arange(length - 1, length + n - 1), new]
+    if not ok.all():
+        at = int((~ok).nonzero()[0])
+        raise CheckFailure(
+            f"speculative_generate(..., {settings}) wrote {new.tolist()}; token {int(new[at])} at new position {at} "
+            f"is not among the target's {top_k} most likely tokens there. Every token must come from p, the "
+            "target's distribution under the same sampling settings (the accepted draft tokens, the residual and "
+            "the token after the draft alike).")
+
+
+def sampled_generation(sub, fn, seed: int, generations: int) -> None:
+    """Sampling with top_k: the same generator state gives the same text; every new token is among the target's
+    top-k where it stands; and the first new token, drafted and then accepted or replaced, is distributed as the
+    target's (``generations`` runs)."""
+    sizes = dict(d_model=16, n_heads=2, n_kv_heads=1, n_layers=1)
+    target = reference_model(seed=70 + seed, **sizes)
+    model, draft = library_model(sub, target), library_model(sub, reference_model(seed=71 + seed, noise_of=target))
+    prompt = torch.tensor([[21, 22]])
+    settings = "k=1, temperature=1.0, top_k=3"
+    with expect.blame(sub, "speculative_accept"):
+        sampled_text(fn, target, model, draft, prompt, 6, k=2, top_k=3, seed=seed)
+        with torch.no_grad():
+            p = sampling_probs(target(prompt)[0][0, -1], temperature=1.0, top_k=3).double()
+        counts = torch.zeros_like(p)
+        for i in range(generations):
+            out = expect.tensor(fn(model, draft, prompt, 2, k=1, temperature=1.0, top_k=3,
+                                   generator=torch.Generator().manual_seed(1000 * seed + i)), "speculative_generate")
+            counts[int(out[0, 2])] += 1
+        z = (counts - generations * p) / torch.sqrt(generations * p * (1 - p)).clamp(min=1e-12)
+        worst = int(z.abs().argmax())
+        expect.true(bool(counts[p == 0].sum() == 0) and float(z.abs().max()) <= Z_LIMIT,
+                    f"In {generations} runs of speculative_generate(target, draft, idx, 2, {settings}), the first new "
+                    f"token was {worst} {int(counts[worst])} times; the target alone writes it "
+                    f"{generations * float(p[worst]):.1f} times on average ({float(z[worst]):+.1f} standard "
+                    "deviations). Draw each draft token from q (torch.multinomial of sampling_probs, with the "
+                    "generator), not its most likely token, and compute p and q with the same sampling settings.")
 
 
 @check("11_inference", "speculative_generate", points=1, book=BOOK + "#the-loop")
@@ -446,8 +521,10 @@ def test_speculative_generate_calls_public(sub):
     with expect.blame(sub, "speculative_accept"):
         for n, k in ((12, 3), (10, 4)):
             recorder = sub.library("tinyllm.sampling:CallRecorder")(library_model(sub, target))
-            fn(recorder, library_model(sub, target), prompt, n, k=k, temperature=0)
-            calls = len(recorder.method("lengths"))
+            drafter = sub.library("tinyllm.sampling:CallRecorder")(library_model(sub, target))
+            fn(recorder, drafter, prompt, n, k=k, temperature=0)
+            lengths = recorder.method("lengths")
+            calls = len(lengths)
             expected = math.ceil(n / (k + 1))
             hint = ("The draft is the target itself, so with temperature 0 every drafted token is accepted: each "
                     f"round writes k + 1 = {k + 1} tokens (the k drafted and one from p[k]) with ONE call of the "
@@ -459,3 +536,12 @@ def test_speculative_generate_calls_public(sub):
                 hint = f"Your generate called the target {calls - expected} times more than needed. " + hint
             expect.true(calls == expected, f"speculative_generate(target, draft=target's copy, idx, {n}, k={k}, "
                         f"temperature=0) called the target {calls} times; expected {expected}. {hint}")
+            # With KV caches every token goes through each model once (the last one written never needs to).
+            fed, drafted = sum(lengths), sum(drafter.method("lengths"))
+            once = prompt.shape[1] + n - 1
+            expect.true(fed == once and drafted <= once,
+                        f"speculative_generate(target, draft=target's copy, idx (1, {prompt.shape[1]}), {n}, k={k}, "
+                        f"temperature=0) fed the target {fed} tokens and the draft {drafted} in all; with a KV cache "
+                        f"each model sees each token once: the target {once}, the draft at most {once}. Keep a list "
+                        "of KVCache per model for the whole call, pass it to extend, and crop it to the tokens kept "
+                        "(crop(caches, len(out) - 1)) rather than feeding the whole sequence again.")

@@ -6,14 +6,14 @@ import torch
 
 from autograder import expect
 from autograder.checks.test_11_inference import (BOOK, accept_function, check_distribution, draws, generate_function,
-                                                 ids_of, library_model, pair, quantizer, reference_model)
+                                                 ids_of, library_model, pair, quantizer, reference_model,
+                                                 sampled_generation, sampled_text)
 from autograder.registry import check
 from tinyllm.quantize import dequantize as reference_dequantize
 from tinyllm.quantize import dequantize_int4 as reference_dequantize_int4
 from tinyllm.quantize import quantize_int4 as reference_int4
 from tinyllm.quantize import quantize_int8 as reference_int8
 from tinyllm.sampling import generate as reference_generate
-from tinyllm.speculative import sampling_probs
 
 
 def matrices(seed: int) -> list[torch.Tensor]:
@@ -132,49 +132,7 @@ def test_speculative_generate_hidden(sub):
         prompt = torch.tensor([[11, 12, 13]])
         for trial in range(3):
             draft = library_model(sub, reference_model(seed=61 + trial, n_layers=1))
-            got = fn(library_model(sub, target), draft, prompt, 10, k=3, temperature=1.0, top_k=2,
-                     generator=torch.Generator().manual_seed(seed + trial))
-            got = expect.tensor(got, "speculative_generate with sampling")
-            again = fn(library_model(sub, target), draft, prompt, 10, k=3, temperature=1.0, top_k=2,
-                       generator=torch.Generator().manual_seed(seed + trial))
-            expect.equal(again, got, "speculative_generate(..., generator=...) run twice with generators in the "
-                         "same state", hint="Draw every random number, the draft's and the accept step's, from the "
-                         "generator in sampling.")
-            expect.equal(tuple(got.shape), (1, 13), "the shape of speculative_generate(target, draft, idx (1, 3), 10, "
-                         "k=3, temperature=1.0, top_k=2)")
-            with torch.no_grad():
-                allowed = sampling_probs(target(got[:, :-1])[0][0], temperature=1.0, top_k=2) > 0  # (12, V)
-            new = got[0, 3:]
-            ok = allowed[torch.arange(2, 12), new]
-            if not ok.all():
-                at = int((~ok).nonzero()[0])
-                expect.true(False, f"speculative_generate(..., temperature=1.0, top_k=2) wrote {new.tolist()}; token "
-                            f"{int(new[at])} at new position {at} is not among the target's 2 most likely tokens "
-                            "there. Every token must come from p, the target's distribution with the sampling "
-                            "settings (the accepted draft tokens, the residual and the token after the draft alike).")
+            sampled_text(fn, target, library_model(sub, target), draft, prompt, 10, k=3, top_k=2, seed=seed + trial)
 
-    first_token_distribution(sub, fn, seed)
+    sampled_generation(sub, fn, seed=1 + seed, generations=200)
 
-
-def first_token_distribution(sub, fn, seed: int) -> None:
-    """Sampled with top_k=3, the first new token is distributed as the target's (200 generations)."""
-    sizes = dict(d_model=16, n_heads=2, n_kv_heads=1, n_layers=1)
-    target = reference_model(seed=70, **sizes)
-    model, draft = library_model(sub, target), library_model(sub, reference_model(seed=71, noise_of=target))
-    prompt = torch.tensor([[21, 22]])
-    with torch.no_grad():
-        p = sampling_probs(target(prompt)[0][0, -1], temperature=1.0, top_k=3).double()
-    counts, n = torch.zeros_like(p), 200
-    with expect.blame(sub, "speculative_accept"):
-        for i in range(n):
-            got = expect.tensor(fn(model, draft, prompt, 2, k=1, temperature=1.0, top_k=3,
-                                   generator=torch.Generator().manual_seed(seed + i)), "speculative_generate")
-            counts[int(got[0, 2])] += 1
-        z = (counts - n * p) / torch.sqrt(n * p * (1 - p)).clamp(min=1e-12)
-        worst = int(z.abs().argmax())
-        expect.true(bool(counts[p == 0].sum() == 0) and float(z.abs().max()) <= 5.5,
-                    f"In {n} runs of speculative_generate(target, draft, idx, 2, k=1, temperature=1.0, top_k=3), the "
-                    f"first new token was {worst} {int(counts[worst])} times; the target alone writes it "
-                    f"{n * float(p[worst]):.1f} times on average ({float(z[worst]):+.1f} standard deviations). Draw "
-                    "each draft token from q (torch.multinomial of sampling_probs, with the generator), not its most "
-                    "likely token, and compute p and q with the same sampling settings.")
