@@ -252,6 +252,7 @@ def _load_or_train(path, model_config, train_config, corpus, device, retrain, ca
         merges=tokenizer.merges,
         num_threads=num_threads,
         end_of_text=tokenizer.end_of_text_id is not None,
+        split=tokenizer.split,
     )
     history = trainer.train(callback=callback)
     trainer.save(path)  # the model now holds the weights the run keeps (TrainConfig.keep)
@@ -343,7 +344,8 @@ def _load_or_train_variant(path, model_config, train_config, corpus, change, num
     model = build_model(model_config, train_config.seed) if change == "none" else gpt2_with(
         change, model_config, train_config.seed)
     trainer = Trainer(model, data["train"], data["val"], train_config, device="cpu", merges=tokenizer.merges,
-                      num_threads=num_threads, end_of_text=tokenizer.end_of_text_id is not None)
+                      num_threads=num_threads, end_of_text=tokenizer.end_of_text_id is not None,
+                      split=tokenizer.split)
     history = trainer.train()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(history.to_dict()), encoding="utf-8")
