@@ -12,7 +12,7 @@ from tools.execute_book import chapters, inputs_hash, library_closure, read_note
 def test_every_executed_page_of_the_table_of_contents_is_found_in_book_order():
     names = [p.stem for p in chapters()]
     assert names[:3] == ["01_language_modelling", "02_tokenization", "03_embeddings"]
-    assert {"08_tiny_gpt", "11_modern_block", "12_fast_generation", "exercises"} <= set(names)
+    assert {"08_tiny_gpt", "10_modern_block", "11_fast_generation", "exercises"} <= set(names)
     assert "intro" not in names and "notation" not in names  # no code: nothing to execute
 
 
@@ -93,7 +93,7 @@ def test_a_fresh_clone_starts_with_the_chapters_that_train_models():
 
     guesses = {p.stem: expected_seconds(p, read_notebook(p), {}) for p in chapters()}
     first_two = sorted(guesses, key=guesses.get, reverse=True)[:2]
-    assert set(first_two) <= {"08_tiny_gpt", "11_modern_block", "13_post_training"}, first_two
+    assert set(first_two) <= {"08_tiny_gpt", "10_modern_block", "12_post_training"}, first_two
     measured = {"book/04_softmax.md": {"seconds": 5000.0}}  # once measured, the measurement decides
     softmax = next(p for p in chapters() if p.stem == "04_softmax")
     assert expected_seconds(softmax, read_notebook(softmax), measured) == 5000.0

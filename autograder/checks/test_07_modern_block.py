@@ -11,7 +11,7 @@ from autograder import expect
 from autograder.forbidden import GROUPS
 from autograder.registry import check
 
-BOOK = "book/11_modern_block.html"
+BOOK = "book/10_modern_block.html"
 
 
 def loaded(make, state: dict[str, torch.Tensor], *sizes):

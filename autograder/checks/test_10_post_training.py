@@ -12,7 +12,7 @@ from autograder.api import Proxy
 from autograder.forbidden import GROUPS
 from autograder.registry import check
 
-BOOK = "book/13_post_training.html"
+BOOK = "book/12_post_training.html"
 
 
 def loss_function(sub, name: str):
