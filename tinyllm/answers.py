@@ -28,6 +28,7 @@ from tinyllm.sampling import generate
 from tinyllm.train import cpu_threads
 
 ANSWER_MARK = "\nA:"  # where a question ends and its answer begins
+QUESTION_FRAME = "Q: {question}" + ANSWER_MARK  # a question typed by a user, framed as the corpus frames it
 STRIDE = 8  # answers are generated this many tokens at a time, stopping when all have ended
 WORD = re.compile(r"[A-Za-z]+")  # a word, for the real-word measure: a run of letters
 
@@ -162,6 +163,33 @@ def _answer_group(model, prompts, group, length, batch_size, eot, written, sampl
             idx = generate(model, idx, min(STRIDE, T + 1 - idx.shape[1]), **sampling)
         for i, ids in zip(rows, idx[:, length:].tolist()):
             written[i] = ids[: ids.index(eot) + 1] if eot in ids else ids
+
+
+@torch.no_grad()
+def ask(model: nn.Module, tokenizer, question: str, **sampling) -> str:
+    """The model's answer to ``question`` as a user types it; greedy unless ``sampling`` says otherwise.
+
+    The prompt is end-of-text, then ``QUESTION_FRAME`` around the question
+    ("Q: What is a token?\\nA:"), encoded as it stands: what a tokenizer that
+    splits first also gave the model in training. The answer is what the model
+    writes after it, up to its end-of-text (or the end of its window), without
+    the space that opens it. ``sampling`` goes to :func:`tinyllm.sampling.generate`.
+    """
+    eot = tokenizer.end_of_text_id
+    if eot is None:
+        raise ValueError("asking a question needs a tokenizer with an end-of-text id")
+    sampling = sampling or {"temperature": 0.0}
+    T = model.config.context_length
+    prompt = [eot] + tokenizer.encode(QUESTION_FRAME.format(question=question))
+    if len(prompt) >= T + 1:
+        raise ValueError(f"the question fills the context window of {T} tokens: {question[:60]!r}")
+    device = next(model.parameters()).device
+    idx = torch.tensor([prompt], device=device)  # (1, length)
+    while idx.shape[1] < T + 1 and eot not in idx[0, len(prompt):]:  # as _answer_group: a few tokens at a time
+        idx = generate(model, idx, min(STRIDE, T + 1 - idx.shape[1]), **sampling)
+    written = idx[0, len(prompt):].tolist()
+    written = written[: written.index(eot)] if eot in written else written
+    return tokenizer.decode(written).removeprefix(" ")
 
 
 def exact_answer_rate(model: nn.Module, tokenizer, documents: list[str], typed: bool = False) -> float:

@@ -224,9 +224,29 @@ def trained_tiny_gpt(model_config=None, train_config=None, device="cpu", retrain
     model_config = model_config or GPTConfig()
     train_config = train_config or TrainConfig()
     corpus = read_corpus()
-    path = cache_dir() / f"tiny_gpt_{_cache_key(model_config, train_config, corpus)}.pt"
+    path = _tiny_gpt_path(model_config, train_config, corpus)
     with _training_lock(path):
         return _load_or_train(path, model_config, train_config, corpus, device, retrain, callback, num_threads)
+
+
+def tiny_gpt_checkpoint(model_config=None, train_config=None):
+    """The path of the checkpoint that :func:`trained_tiny_gpt` caches, trained first if it is missing.
+
+    It is an ordinary ``tiny-llm train`` checkpoint: ``tiny-llm evaluate``,
+    ``generate`` and ``ask`` read it.
+    """
+    from tinyllm.data import read_corpus
+    from tinyllm.model import GPTConfig
+    from tinyllm.train import TrainConfig
+
+    model_config = model_config or GPTConfig()
+    train_config = train_config or TrainConfig()
+    trained_tiny_gpt(model_config, train_config)
+    return _tiny_gpt_path(model_config, train_config, read_corpus())
+
+
+def _tiny_gpt_path(model_config, train_config, corpus):
+    return cache_dir() / f"tiny_gpt_{_cache_key(model_config, train_config, corpus)}.pt"
 
 
 def _load_or_train(path, model_config, train_config, corpus, device, retrain, callback, num_threads):
