@@ -28,18 +28,6 @@ import regex
 
 Pair = tuple[int, int]
 
-# GPT-2's pre-split (Radford et al., 2019; tiktoken's "gpt2" encoding), one alternative per kind of chunk,
-# tried in this order at each position of the text:
-GPT2_SPLIT_PATTERN = "|".join([
-    r"'s|'t|'re|'ve|'m|'ll|'d",  # an English contraction's ending (lower case only: "IT'S" gives "'", "S")
-    r" ?\p{L}+",  # a run of letters (any script), with the one space before it if there is one
-    r" ?\p{N}+",  # a run of digits or other numerals, with its space
-    r" ?[^\s\p{L}\p{N}]+",  # a run of anything else but whitespace (punctuation, emoji), with its space
-    r"\s+(?!\S)",  # whitespace, leaving the last space before a non-space to the chunk that follows
-    r"\s+",  # whatever whitespace is left: a single space or newline before a non-space
-])
-_SPLIT = regex.compile(GPT2_SPLIT_PATTERN)
-
 
 def to_bytes(text: str) -> bytes:
     """UTF-8 bytes of ``text``; a lone surrogate (not encodable) is a clear error."""
@@ -54,11 +42,28 @@ def to_bytes(text: str) -> bytes:
         ) from None
 
 
+def split_pattern() -> str:
+    r"""GPT-2's pre-split pattern, one alternative per kind of chunk (Radford et al., 2019, and their code).
+
+    At each position of the text the alternatives are tried in this order,
+    and the first that matches takes as much as it can. ``\p{L}`` (any
+    letter) and ``\p{N}`` (any numeral) need the ``regex`` package.
+    """
+    return "|".join([
+        r"'s|'t|'re|'ve|'m|'ll|'d",  # an English contraction's ending (lower case only: "IT'S" gives "'", "S")
+        r" ?\p{L}+",  # a run of letters (any script), with the one space before it if there is one
+        r" ?\p{N}+",  # a run of digits or other numerals, with its space
+        r" ?[^\s\p{L}\p{N}]+",  # a run of anything else but whitespace (punctuation, emoji), with its space
+        r"\s+(?!\S)",  # whitespace, leaving the last space before a non-space to the chunk that follows
+        r"\s+",  # the whitespace left: one newline or tab (not taken by " ?") before a non-space
+    ])
+
+
 def pre_split(text: str) -> list[str]:
     """The chunks of ``text`` under GPT-2's pattern; joined, they give the text back."""
     if not isinstance(text, str):
         raise TypeError(f"expected str, got {type(text).__name__}")
-    return _SPLIT.findall(text)
+    return regex.findall(split_pattern(), text)  # regex keeps the compiled pattern in its cache
 
 
 def pair_counts(ids: list[int]) -> dict[Pair, int]:

@@ -123,7 +123,7 @@ def tokenizer_explorer(merges: list[tuple[int, int]], token_labels: list[str], e
 
 
 def javascript_split_pattern() -> str:
-    """``GPT2_SPLIT_PATTERN`` for a JavaScript ``RegExp`` with the ``u`` flag, matching what ``regex`` matches.
+    """``tinyllm.bpe.split_pattern()`` for a JavaScript ``RegExp`` with the ``u`` flag, matching what ``regex`` does.
 
     JavaScript reads ``\\p{L}``, ``\\p{N}`` and the look-ahead the same way, but its ``\\s`` is
     another set (it has U+FEFF and lacks U+0085), so ``\\s`` and ``\\S`` are written out as the
@@ -131,9 +131,9 @@ def javascript_split_pattern() -> str:
     """
     import regex
 
-    from tinyllm.bpe import GPT2_SPLIT_PATTERN
+    from tinyllm.bpe import split_pattern
 
     spaces = "".join(f"\\u{{{ord(ch):x}}}" for ch in regex.findall(r"\s", "".join(map(chr, range(0xD800)))
                                                                   + "".join(map(chr, range(0xE000, 0x10000)))))
-    pattern = GPT2_SPLIT_PATTERN.replace(r"[^\s", "[^" + spaces)  # inside a class: its members
+    pattern = split_pattern().replace(r"[^\s", "[^" + spaces)  # inside a class: its members
     return pattern.replace(r"\S", f"[^{spaces}]").replace(r"\s", f"[{spaces}]")
