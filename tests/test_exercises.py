@@ -314,15 +314,20 @@ POST_TRAINING_MISTAKES = {
 }
 
 
-def post_training_results(names: dict) -> dict[str, tuple[str, float, str]]:
+def check_results(assignment: str, names: dict, timeout: float = 10.0) -> dict[str, tuple[str, float, str]]:
+    """Every check of the assignment run on a notebook's names: id -> (status, points, message)."""
     import autograder
     from autograder.api import LocalSubmission
 
     results = {}
-    for entry in checks_for("10_post_training"):
-        status, message = autograder.run_one(entry, LocalSubmission(names), names, 10.0)
+    for entry in checks_for(assignment):
+        status, message = autograder.run_one(entry, LocalSubmission(names), names, timeout)
         results[entry.id] = (status, entry.points, message)
     return results
+
+
+def post_training_results(names: dict) -> dict[str, tuple[str, float, str]]:
+    return check_results("10_post_training", names)
 
 
 def test_post_training_reference_scores_full_marks():
@@ -390,14 +395,7 @@ TOKENIZATION_MISTAKES = {  # name: (cell, old, new, {check id: (status, phrase)}
 
 
 def tokenization_results(names: dict) -> dict[str, tuple[str, float, str]]:
-    import autograder
-    from autograder.api import LocalSubmission
-
-    results = {}
-    for entry in checks_for("01_tokenization"):
-        status, message = autograder.run_one(entry, LocalSubmission(names), names, 30.0)
-        results[entry.id] = (status, entry.points, message)
-    return results
+    return check_results("01_tokenization", names, timeout=30.0)
 
 
 def test_tokenization_reference_scores_full_marks():

@@ -41,7 +41,7 @@ CHAPTERS = [s for s in notebooks.chapter_sources() if re.match(r"\d\d_", s.name)
 # Code spans in the prose that are not tokens the build learned.
 NOT_TOKENS = {
     # hypothetical strings of the merge rules, a placeholder, pieces of the split pattern, package names
-    "02_tokenization": {"aaa", "aaaa", "<unk>", "\\s+", "\\p{L}", "\\p{N}", "regex", "tokenizers"},
+    "02_tokenization": {"aaa", "aaaa", "<unk>", "\\s+", "\\p{L}", "\\p{N}", "regex", "tokenizers", "A:"},
     "08_tiny_gpt": {"A:"},  # a piece of text inside the separator token, not a token itself
 }
 TOKEN_MARKS = ("␣", "↵")

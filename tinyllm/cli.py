@@ -560,18 +560,27 @@ def unescape(prompt: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], prompt)
 
 
-def cmd_generate(args) -> int:
-    device = _device(args.device)
-    if args.max_new_tokens < 0:
-        raise CliError(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
-    if args.samples < 1:
-        raise CliError(f"--samples must be at least 1, got {args.samples}")
+def _sampling(args, device: torch.device, greedy: bool = False) -> dict:
+    """The sampling settings of generate and ask, checked: greedy, or the temperature, top-k, top-p and seed."""
     if args.temperature < 0:
         raise CliError(f"--temperature must be at least 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise CliError(f"--top-k must be at least 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise CliError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if greedy or args.temperature == 0:
+        return {"temperature": 0.0}
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "generator": torch.Generator(device=device).manual_seed(args.seed)}
+
+
+def cmd_generate(args) -> int:
+    device = _device(args.device)
+    if args.max_new_tokens < 0:
+        raise CliError(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
+    if args.samples < 1:
+        raise CliError(f"--samples must be at least 1, got {args.samples}")
+    sampling = _sampling(args, device, greedy=args.greedy)
     if args.repetition_penalty <= 0:
         raise CliError(f"--repetition-penalty must be positive, got {args.repetition_penalty}")
     if not args.prompt:
@@ -584,11 +593,7 @@ def cmd_generate(args) -> int:
     eot = tokenizer.end_of_text_id
     if eot is not None:  # a model trained on documents reads the prompt as the start of one
         prompt_ids = [eot] + prompt_ids
-    greedy = args.greedy or args.temperature == 0
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     idx = torch.tensor([prompt_ids] * args.samples, dtype=torch.long, device=device)  # (samples, T)
-    sampling = {"temperature": 0.0} if greedy else {
-        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "generator": generator}
     cached = not args.no_cache and idx.shape[1] + args.max_new_tokens <= model.config.context_length
     if not args.no_cache and not cached:  # the uncached generate slides a window; the cache cannot
         print(f"(without the KV cache: prompt + tokens exceed the context of {model.config.context_length})",
@@ -608,21 +613,13 @@ def cmd_generate(args) -> int:
 
 def cmd_ask(args) -> int:
     device = _device(args.device)
-    if args.temperature < 0:
-        raise CliError(f"--temperature must be at least 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise CliError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise CliError(f"--top-p must be in (0, 1], got {args.top_p}")
+    sampling = _sampling(args, device)
     if not args.question.strip():
         raise CliError("the question is empty")
     ckpt = _load(args.checkpoint)
     if not ckpt.end_of_text:
         raise CliError(f"{args.checkpoint} was trained without an end-of-text token (--samples windows): its answers "
                        "have no end; ask a model trained on documents, or use 'tiny-llm generate'")
-    sampling = {"temperature": 0.0} if args.temperature == 0 else {
-        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-        "generator": torch.Generator(device=device).manual_seed(args.seed)}
     print(ask(ckpt.model(device), ckpt.tokenizer(), unescape(args.question), **sampling))
     return 0
 
