@@ -55,7 +55,7 @@ def prose(source: Path) -> str:
     """The chapter's Markdown without directives (literalinclude, admonitions) and roles."""
     text = "\n".join(c.source for c in cells(source) if c.cell_type == "markdown")
     text = re.sub(r"^(`{3,}|:{3,})\{[\w-]+\}.*?^\1\s*$", "", text, flags=re.M | re.S)
-    return re.sub(r"\{[\w:-]+\}`[^`]*`", "", text)
+    return re.sub(r"(?<!\w)\{[\w:-]+\}`[^`]*`", "", text)  # a role, not the {L} of a span `\p{L}`
 
 
 def code(source: Path) -> str:
@@ -202,9 +202,9 @@ def test_token_literals_are_found_in_the_prose(tmp_path):
     source = tmp_path / "book" / "03_embeddings.md"
     source.parent.mkdir()
     original = (ROOT / "book" / "03_embeddings.md").read_text(encoding="utf-8")
-    source.write_text(original + "\nLike `e␣s` or `␣qzx␣`, `e` sits near `re`.\n", encoding="utf-8")
+    source.write_text(original + "\nLike `e␣s` or `␣qzx␣`, `e` sits near `er`.\n", encoding="utf-8")
     literals = token_literals(source)
-    assert {"e␣s", "␣qzx␣", "re"} <= set(literals)
+    assert {"e␣s", "␣qzx␣", "er"} <= set(literals)
     assert "␣qzx␣" not in vocabulary()  # so the first test would report it
 
 
