@@ -256,6 +256,7 @@ def save_quantized(path: str | Path, ckpt: Checkpoint, bits: int, group_size: in
         "model": model.state_dict(),
         "merges": [list(m) for m in ckpt.merges] if ckpt.merges is not None else None,
         "end_of_text": bool(ckpt.end_of_text),
+        "split": bool(ckpt.split),
         "step": int(ckpt.step),
         "history": ckpt.history.to_dict(),
         "meta": {**ckpt.meta, "quantized": f"{bits} bits, group size {group_size or 'row'}"},
@@ -298,6 +299,7 @@ def load_quantized(path: str | Path) -> QuantizedCheckpoint:
             rng={},
             meta=dict(payload.get("meta", {})),
             end_of_text=bool(payload.get("end_of_text", False)),
+            split=bool(payload.get("split", False)),
             bits=int(payload["bits"]),
             group_size=None if payload["group_size"] is None else int(payload["group_size"]),
         )
