@@ -118,7 +118,7 @@ def test_throughput_counts_the_tokens_predicted_and_the_padded_positions_apart()
     config = TrainConfig(samples="documents", batch_size=4, max_steps=6, eval_interval=3, warmup_steps=1)
     trainer = Trainer(build_model(TINY, 0), documents, documents[:5], config, device="cpu")
     seen = []
-    history = trainer.train(callback=lambda p: p.is_eval or seen.append(p))
+    history = trainer.train(callback=lambda p: None if p.is_eval else seen.append(p))
     batches = DocumentSampler(documents, 4, seed=0)  # the trainer's batches, drawn again
     scored = padded = 0
     for _ in range(6):
