@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.results_file import write_results  # noqa: E402
+from bench.results_file import add_smoke_flag, write_results  # noqa: E402
 
 from tinyllm.bpe import train_bpe, train_bpe_fast  # noqa: E402
 from tinyllm.data import read_corpus, split_documents  # noqa: E402
@@ -67,7 +67,10 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=1.0)
     parser.add_argument("--merges", type=int, default=1000)
     parser.add_argument("--skip-naive", action="store_true", help="the naive trainer takes minutes")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.megabytes, args.merges = 0.01, 20
     text = sample_text(args.megabytes)
     vocab_size = 256 + args.merges
     n_bytes = len(text.encode("utf-8"))
@@ -91,7 +94,18 @@ def main() -> None:
     for name, seconds in results["seconds"].items():
         print(f"{name:26} {seconds:8.2f} s   {seconds / fast_s:7.2f}x the time of ours")
     results["ratios"] = {name: s / fast_s for name, s in results["seconds"].items()}
-    write_results("bpe", results)
+    write_results("bpe", results, smoke=args.smoke)
+
+
+def summary(results: dict) -> list[tuple[str, str]]:
+    """The README's rows: (figure, value)."""
+    ratios = results["ratios"]
+    text = f"{results['bytes'] / 1e6:.1f} MB, {results['merges']:,} merges: " + ", ".join(
+        f"{name} {seconds:.2f} s" for name, seconds in results["seconds"].items())
+    rows = [("BPE training", text)]
+    if "naive (train_bpe)" in ratios:
+        rows.append(("BPE training, the naive trainer / ours", f"{ratios['naive (train_bpe)']:.0f}x the time"))
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/bench_build.py                  # everything (four cold builds: about 20 minutes on 2 cores)
     python bench/bench_build.py --skip-load      # without the build under load
+    python bench/bench_build.py --smoke          # a one-chapter book, built cold: checks that it runs
 
 Each build runs in a fresh copy of the checkout's tracked files, with an empty
 ``_build`` and an empty model cache, as on a fresh clone with the virtual
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.results_file import write_results  # noqa: E402
+from bench.results_file import add_smoke_flag, write_results  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -59,14 +60,18 @@ def environment(copy: Path) -> dict[str, str]:
     return env
 
 
-def build(copy: Path, jobs: int) -> dict:
-    """`make book` in the copy; returns wall seconds of each step and the chapters' execution times."""
+def build(copy: Path, jobs: int, strict: bool = True) -> dict:
+    """`make book` in the copy; returns wall seconds of each step and the chapters' execution times.
+
+    ``strict=False`` (the smoke run's one-chapter book, whose links to other chapters dangle)
+    leaves out ``-n -W``.
+    """
     env = environment(copy)
     start = time.perf_counter()
     execute = subprocess.run([str(BIN / "python"), "-m", "tools.execute_book", "--jobs", str(jobs)], cwd=copy,
                              env=env, capture_output=True, text=True)
     executed = time.perf_counter()
-    sphinx = subprocess.run([str(BIN / "jupyter-book"), "build", "-n", "-W", "--keep-going", "."], cwd=copy,
+    sphinx = subprocess.run([str(BIN / "jupyter-book"), "build", *(["-n", "-W"] if strict else []), "--keep-going", "."], cwd=copy,
                             env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     end = time.perf_counter()
     if execute.returncode or sphinx.returncode:
@@ -90,6 +95,16 @@ def glued(copy: Path) -> dict:
     return glued_values(copy / "_build" / ".jupyter_cache")
 
 
+SMOKE_CHAPTER = "book/04_softmax"
+
+
+def smoke_book(copy: Path) -> None:
+    """Cut the copy down to one short chapter (and the bibliography its citations need)."""
+    (copy / "book" / "smoke.md").write_text("# Smoke build\n\nOne chapter, to check that the benchmark runs.\n")
+    (copy / "_toc.yml").write_text(f"format: jb-book\nroot: book/smoke\nchapters:\n  - file: {SMOKE_CHAPTER}\n"
+                                   "  - file: book/bibliography\n")
+
+
 def busy_loops(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
@@ -98,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel jobs (default: cores)")
     parser.add_argument("--skip-load", action="store_true", help="leave out the cold build under two busy loops")
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        return smoke(args.jobs)
     from tools.notebooks import measured
 
     results: dict = {"machine": {"cores": os.cpu_count(), "load_before": os.getloadavg()}}
@@ -170,6 +188,31 @@ def main(argv: list[str] | None = None) -> int:
         print("glued values differ between the serial and the parallel build:", differences, file=sys.stderr)
         return 1
     return 0
+
+
+def smoke(jobs: int) -> int:
+    """A cold build of a one-chapter copy of the book: the same steps as the full run, in seconds."""
+    with tempfile.TemporaryDirectory(prefix="bench_build_smoke_") as scratch:
+        copy = checkout_copy(Path(scratch) / "book")
+        smoke_book(copy)
+        results = {"cold_parallel": build(copy, jobs=jobs, strict=False)}
+        results["cold_parallel"]["chapters"] = chapter_seconds(copy)
+    results["cold_parallel"].pop("log", None)
+    print(f"smoke: a one-chapter book built cold in {results['cold_parallel']['seconds']:.0f} s")
+    write_results("build", results, smoke=True)
+    return 0
+
+
+def summary(results: dict) -> list[tuple[str, str]]:
+    """The README's rows: (figure, value)."""
+    cores = results["machine"]["cores"]
+    rows = [(f"`make book` from a fresh clone, {cores} cores (chapters executed, then Sphinx)",
+             f"{results['cold_parallel']['seconds']:.0f} s"),
+            ("`make book` again after a prose change", f"{results['warm_prose']['seconds']:.1f} s")]
+    if "load_slowdown" in results:
+        rows.append(("`make book` from a fresh clone under two busy loops / quiet",
+                     f"{results['load_slowdown']:.2f}x"))
+    return rows
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.results_file import write_results  # noqa: E402
+from bench.results_file import add_smoke_flag, write_results  # noqa: E402
 
 from tinyllm.layers import swiglu_hidden  # noqa: E402
 from tinyllm.model import GPTConfig, make_model  # noqa: E402
@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="numbers of new tokens to generate")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.lengths, args.repeats = [1, 4], 1
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"{'new':>6} {'uncached tok/s':>14} {'cached tok/s':>14} {'speed-up':>9}")
@@ -88,8 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the cached generate is faster from {crossover} new tokens on" if crossover else "the cache never wins")
     write_results("generation", {
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "prompt_length": PROMPT_LENGTH, "repeats": args.repeats, "rows": rows, "crossover": crossover})
+        "prompt_length": PROMPT_LENGTH, "repeats": args.repeats, "rows": rows, "crossover": crossover},
+        smoke=args.smoke)
     return 0
+
+
+def summary(results: dict) -> list[tuple[str, str]]:
+    """The README's rows: (figure, value)."""
+    longest = results["rows"][-1]
+    return [(f"generation with the KV cache / without, {longest['new_tokens']} new tokens",
+             f"{longest['speedup']:.1f}x faster")]
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.results_file import write_results  # noqa: E402
+from bench.results_file import add_smoke_flag, write_results  # noqa: E402
 from tests.fixtures.submissions import all_fixtures  # noqa: E402
 from tests.nbgrader_course import Course  # noqa: E402
 
@@ -59,7 +59,10 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=50)
     parser.add_argument("--assignment", default="03_softmax")
     parser.add_argument("--jobs", type=int, default=2)
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.submissions = 2
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
     notebooks = make_submissions(args.assignment, args.submissions)
     with tempfile.TemporaryDirectory() as scratch:
@@ -95,7 +98,14 @@ def main() -> None:
     print(f"  autograder grade --jobs {args.jobs} (bwrap):  {ours:7.1f} s  ({ours / n:.2f} s per submission)")
     print(f"  speed-up: {theirs / ours:.1f}x")
     print("  in-notebook public checks: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latency.items()))
-    write_results("grading", results)
+    write_results("grading", results, smoke=args.smoke)
+
+
+def summary(results: dict) -> list[tuple[str, str]]:
+    """The README's rows: (figure, value)."""
+    return [(f"grading {results['submissions']} notebooks of `{results['assignment']}`, per notebook",
+             f"{results['autograder_per_submission']:.2f} s (sandboxed, {results['jobs']} jobs) against "
+             f"{results['nbgrader_per_submission']:.2f} s for `nbgrader autograde`: {results['speedup']:.1f}x")]
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.results_file import write_results  # noqa: E402
+from bench.results_file import add_smoke_flag, write_results  # noqa: E402
 
 from tinyllm.answers import exact_answer_rate  # noqa: E402
 from tinyllm.book import trained_tiny_gpt  # noqa: E402
@@ -37,7 +37,12 @@ from tinyllm.train import TrainConfig  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kv-heads", type=int, nargs="+", default=[4, 2, 1], help="key/value heads to try")
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    train_config = TrainConfig()
+    if args.smoke:  # a few steps, trained here rather than taken from the book's cache
+        args.kv_heads = [2]
+        train_config = TrainConfig(max_steps=4, warmup_steps=2, eval_interval=4)
     base = GPTConfig()
     configs = {"GPT-2 style": base} | {f"modern, {n} KV heads": modern_counterpart(base, n) for n in args.kv_heads}
     test_documents = split_documents(split_corpus(read_corpus()).test)
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':22} {'d_ff':>5} {'parameters':>11} {'KV bytes/token':>15} {'val loss':>9} {'exact':>7} {'seconds':>8}")
     for name, config in configs.items():
         start = time.perf_counter()
-        model, tokenizer, history = trained_tiny_gpt(config, TrainConfig())
+        model, tokenizer, history = trained_tiny_gpt(config, train_config)
         seconds = time.perf_counter() - start
         row = {"model": name, "d_ff": config.d_ff, "parameters": model.num_parameters(),
                "kv_bytes_per_token": kv_cache_bytes(config.n_layers, config.kv_heads, config.d_model // config.n_heads,
@@ -55,8 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{name:22} {row['d_ff']:5} {row['parameters']:11,} {row['kv_bytes_per_token']:15,} "
               f"{row['val_loss']:9.3f} {100 * row['exact_answer_rate']:6.1f}% {seconds:8.1f}", flush=True)
-    write_results("modern", {"train_config": TrainConfig().to_dict(), "rows": rows})
+    write_results("modern", {"train_config": train_config.to_dict(), "rows": rows}, smoke=args.smoke)
     return 0
+
+
+def summary(results: dict) -> list[tuple[str, str]]:
+    """The README's rows: (figure, value)."""
+    return [(f"validation loss after {results['train_config']['max_steps']:,} steps, one seed: " + row["model"],
+             f"{row['val_loss']:.3f} ({row['parameters']:,} parameters, "
+             f"{row['kv_bytes_per_token']:,} KV-cache bytes per token)") for row in results["rows"]]
 
 
 if __name__ == "__main__":

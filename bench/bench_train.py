@@ -4,6 +4,7 @@
     python bench/bench_train.py --part default   # only: train with the defaults, then evaluate
     python bench/bench_train.py --part speed     # only: tokens/s, ours vs nn.TransformerEncoderLayer
     python bench/bench_train.py --part samples   # only: whole documents vs windows, exact answers
+    python bench/bench_train.py --smoke          # a few steps of each: checks that it still runs
 
 1. ``default``: ``tiny-llm train`` with its defaults (the book's model), timed
    from the command's start to its end (tokenizer training included), then
@@ -42,7 +43,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.results_file import write_results  # noqa: E402
+from bench.results_file import add_smoke_flag, write_results  # noqa: E402
 
 from tinyllm.answers import answer_questions  # noqa: E402
 from tinyllm.data import read_corpus, split_corpus, split_documents, token_stream, training_data  # noqa: E402
@@ -50,12 +51,13 @@ from tinyllm.model import GPTConfig  # noqa: E402
 from tinyllm.train import Trainer, TrainConfig, build_model, make_optimizer, train_step  # noqa: E402
 
 
-def run_default(threads: int | None) -> dict:
+def run_default(threads: int | None, max_steps: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cli = [sys.executable, "-m", "tinyllm.cli"]
         thread_args = ["--threads", str(threads)] if threads else []
+        step_args = ["--max-steps", str(max_steps), "--no-progress"] if max_steps else []
         start = time.perf_counter()
-        subprocess.run([*cli, "train", "--out", tmp, *thread_args], check=True)
+        subprocess.run([*cli, "train", "--out", tmp, *thread_args, *step_args], check=True)
         train_seconds = time.perf_counter() - start
         checkpoint = str(Path(tmp) / "checkpoint.pt")
         scores = json.loads(subprocess.run([*cli, "evaluate", checkpoint, "--json", *thread_args], check=True,
@@ -98,8 +100,9 @@ class TorchEncoderGPT(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device)))  # (B, T, d_model)
         x = self.ln_f(self.blocks(x, mask=mask, is_causal=True))
         logits = self.lm_head(x)  # (B, T, V)
-        loss = nn.functional.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
-        return logits, loss
+        if targets is None:  # train_step computes the loss itself, as for TinyGPT
+            return logits, None
+        return logits, nn.functional.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
 
 
 def run_speed(threads: int | None, rounds: int, steps: int) -> dict:
@@ -130,14 +133,19 @@ def run_speed(threads: int | None, rounds: int, steps: int) -> dict:
             "threads": torch.get_num_threads(), "rounds": rounds, "steps_per_round": steps}
 
 
-def run_samples(threads: int | None) -> dict:
+def run_samples(threads: int | None, max_steps: int | None = None) -> dict:
     """Documents against windows: same model, schedule, tokenizer and token budget; exact answers on train."""
     from dataclasses import replace
 
     text = read_corpus()
     model_config, base = GPTConfig(), TrainConfig()
+    if max_steps:
+        base = replace(base, max_steps=max_steps, warmup_steps=min(base.warmup_steps, max_steps),
+                       eval_interval=max_steps)
     tokenizer, data = training_data(text, model_config.vocab_size, model_config.context_length, "documents")
     questions = split_documents(split_corpus(text).train)
+    if max_steps:  # the smoke run: a few questions are enough to exercise the code
+        questions = questions[:8]
     results = {}
     for samples in ("documents", "windows"):
         config = replace(base, samples=samples)
@@ -160,10 +168,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     parser.add_argument("--rounds", type=int, default=6, help="alternating timing rounds for the speed part")
     parser.add_argument("--steps", type=int, default=40, help="training steps per model per round")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    max_steps = None
+    if args.smoke:
+        args.rounds, args.steps, max_steps = 1, 3, 5
     results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}}
     if args.part in ("all", "default"):
-        results["default"] = d = run_default(args.threads)
+        results["default"] = d = run_default(args.threads, max_steps)
         print(f"default run: trained in {d['train_seconds']:.1f} s; test perplexity {d['test_perplexity']:.3f} "
               f"(bigram {d['bigram_perplexity']:.3f}, unigram {d['unigram_perplexity']:.2f}); "
               f"{d['test_bits_per_byte']:.3f} bits per byte")
@@ -178,12 +190,28 @@ def main() -> None:
             print(f"{name:28} {value:10,.0f} training tokens/s  ({s['parameters'][name]:,} parameters)")
         print(f"ratio ours / PyTorch: {s['ratio']:.2f}x  ({s['threads']} threads, {s['rounds']} rounds)")
     if args.part in ("all", "samples"):
-        results["samples"] = r = run_samples(args.threads)
+        results["samples"] = r = run_samples(args.threads, max_steps)
         for name, v in r.items():
             print(f"{name:10} {v['exact']} of {v['questions']} training questions answered exactly "
                   f"({100 * v['exact'] / v['questions']:.1f}%); last batches' loss {v['final_batch_loss']:.3f}; "
                   f"{v['train_seconds']:.0f} s (load {v['load_average_1min']:.1f})")
-    write_results("train", results)
+    write_results("train", results, smoke=args.smoke)
+
+
+def summary(results: dict) -> list[tuple[str, str]]:
+    """The README's rows: (figure, value)."""
+    rows = []
+    if "default" in results:
+        d = results["default"]
+        train = d["exact_answers"].get("train", {})
+        rows.append(("`tiny-llm train` with the defaults, then `evaluate`",
+                     f"{d['train_seconds']:.0f} s; test perplexity {d['test_perplexity']:.2f} "
+                     f"(bigram {d['bigram_perplexity']:.2f}); {train.get('exact', 0)} of {train.get('questions', 0)} "
+                     "training questions answered exactly"))
+    if "speed" in results:
+        rows.append(("training speed, TinyGPT / the same model from `nn.TransformerEncoderLayer`",
+                     f"{results['speed']['ratio']:.2f}x"))
+    return rows
 
 
 if __name__ == "__main__":
