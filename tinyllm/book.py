@@ -258,6 +258,56 @@ def _load_or_train(path, model_config, train_config, corpus, device, retrain, ca
     return trainer.model.eval(), tokenizer, history
 
 
+# --------------------------------------------------------------------------- chapter 8 (the training loop)
+
+def short_training_run(steps: int, warmup_steps: int, grad_clip: float, weight_decay: float, ramp: bool = True,
+                       seed: int = 0) -> dict:
+    """The book's model trained for ``steps`` steps by the training loop written out: losses, norms, result.
+
+    The book's data, model and settings (``TrainConfig``'s rates, batch size
+    and betas), with the schedule squeezed into ``steps`` steps. ``ramp=False``
+    leaves out the warm-up's ramp and nothing else: the first
+    ``warmup_steps`` steps run at the peak rate, and the cosine after them is
+    the same. ``seed`` sets the weights, the batches and the dropout masks, so
+    the runs of one seed are paired. Returns each step's batch loss and
+    gradient norm (before clipping), the final validation loss and the norm of
+    the decayed weight matrices. A run for :func:`compare_runs`.
+    """
+    import torch
+
+    from tinyllm.data import read_corpus, training_data
+    from tinyllm.model import GPTConfig
+    from tinyllm.optim import AdamW, clip_grad_norm, cosine_lr
+    from tinyllm.train import (DocumentSampler, TrainConfig, build_model, evaluate_documents, param_groups,
+                               sequence_loss)
+
+    config, defaults = GPTConfig(), TrainConfig()
+    _, data = training_data(read_corpus(), config.vocab_size, config.context_length)
+    net = build_model(config, seed)
+    optimizer = AdamW(param_groups(net, weight_decay), lr=defaults.lr, betas=(0.9, 0.95))
+    batches = DocumentSampler(data["train"], defaults.batch_size, seed)
+    losses, norms = [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)  # dropout's masks, the same in every run of this seed
+        net.train()
+        for step in range(steps):
+            at = step if ramp else max(step, warmup_steps)  # no ramp: the peak until the cosine starts
+            lr = cosine_lr(at, warmup_steps, steps, defaults.lr, defaults.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = batches.next_batch()  # (B, L) each
+            loss = sequence_loss(net(x)[0], y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norms.append(clip_grad_norm(net.parameters(), grad_clip).item())  # the norm before clipping
+            optimizer.step()
+            losses.append(loss.item())
+        val_loss = evaluate_documents(net, data["val"])
+    decayed = param_groups(net, weight_decay)[0]["params"]  # the weight matrices
+    weight_norm = torch.sqrt(sum(p.detach().pow(2).sum() for p in decayed)).item()
+    return {"losses": losses, "norms": norms, "val_loss": val_loss, "weight_norm": weight_norm}
+
+
 # --------------------------------------------------------------------------- chapter 10 (a modern block)
 
 CHANGES = ("none", "rmsnorm", "swiglu", "rope", "nope")
@@ -455,3 +505,125 @@ def variant_history(model_config, train_config, change: str = "none", seed: int 
     trainer = Trainer(model, data["train"], data["val"], train_config, device="cpu", merges=tokenizer.merges,
                       end_of_text=tokenizer.end_of_text_id is not None)
     return trainer.train().to_dict()
+
+
+# --------------------------------------------------------------------------- chapter 12 (post-training)
+
+def sft_model(masked: bool = True, steps: int = 100, batch_size: int = 32, seed: int = 0):
+    """``(model, chat)``: chapter 8's model, grown by the two role markers and fine-tuned (cached).
+
+    Supervised fine-tuning on every training question in the chat template,
+    with the loss on the answer only (``masked``) or on every token; ``seed``
+    draws the batches. The weights are cached under :func:`cache_dir` like the
+    comparisons' results, so a chapter and the runs it compares share them.
+    """
+    import torch
+
+    from tinyllm.data import read_corpus, split_corpus
+    from tinyllm.posttrain import ChatTokenizer, FineTuneConfig, FineTuner, grow_vocabulary, parse_qa
+    from tinyllm.train import cpu_threads, save_atomically
+
+    base, tokenizer, _ = trained_tiny_gpt()
+    chat = ChatTokenizer(tokenizer)
+    model = grow_vocabulary(base, 2)
+    path = _run_path(__name__, "sft_model", dict(masked=masked, steps=steps, batch_size=batch_size),
+                     seed).with_suffix(".pt")
+    with _training_lock(path):
+        if path.exists():
+            try:
+                model.load_state_dict(torch.load(path, weights_only=True))
+                return model.eval(), chat
+            except (RuntimeError, ValueError, OSError):
+                pass  # a damaged cache entry: train again and overwrite it
+        examples = [chat.example(q, a) for q, a in parse_qa(split_corpus(read_corpus()).train)]
+        config = FineTuneConfig(steps=steps, batch_size=batch_size, masked=masked, seed=seed)
+        with cpu_threads(1):
+            FineTuner(model, examples, chat.end_of_text_id, config).train()
+        save_atomically(path, model.state_dict())
+    return model.eval(), chat
+
+
+def sft_scores(masked: bool, steps: int, batch_size: int, seed: int = 0) -> dict:
+    """How :func:`sft_model` answers the training and the validation questions. A run for :func:`compare_runs`."""
+    from tinyllm.data import read_corpus, split_corpus
+    from tinyllm.posttrain import parse_qa, score_answers
+
+    model, chat = sft_model(masked, steps, batch_size, seed)
+    splits = split_corpus(read_corpus())
+    train, val = score_answers(model, chat, parse_qa(splits.train)), score_answers(model, chat, parse_qa(splits.val))
+    return {"exact": train.exact, "stops": train.stops, "ends": train.ends, "val_exact": val.exact}
+
+
+def new_facts_run(rank: int, lr: float, steps: int, alpha: float = 16.0, mix_old: bool = False,
+                  batch_size: int = 12, seed: int = 0) -> dict:
+    """Teach :data:`tinyllm.posttrain.NEW_FACTS` to the chapter's fine-tuned model; what it learns and keeps.
+
+    ``rank`` 0 is full fine-tuning, ``rank`` r >= 1 LoRA of rank r and scale
+    ``alpha``. With ``mix_old`` the training examples are the new facts, ten
+    times each, mixed with every old training question (rehearsal). Learned:
+    the share of new facts answered exactly; kept: the share of a third of the
+    old training questions still answered exactly, and how their answers went
+    wrong (a new fact's answer in place of the old one, or words that are not
+    the corpus's). ``seed`` draws the batches and LoRA's initial ``A``.
+    """
+    from tinyllm.answers import real_word_share
+    from tinyllm.data import read_corpus, split_corpus
+    from tinyllm.posttrain import (NEW_FACTS, FineTuneConfig, FineTuner, parse_qa, score_answers,
+                                   trainable_parameters)
+
+    model, chat = sft_model()
+    corpus = read_corpus()
+    old = parse_qa(split_corpus(corpus).train)
+    examples = [chat.example(q, a) for q, a in NEW_FACTS]
+    if mix_old:
+        examples = examples * 10 + [chat.example(q, a) for q, a in old]
+    config = FineTuneConfig(steps=steps, batch_size=batch_size, lr=lr, lora_rank=rank, lora_alpha=alpha, seed=seed)
+    tuner = FineTuner(model, examples, chat.end_of_text_id, config)
+    tuner.train()
+    learned = score_answers(tuner.model, chat, NEW_FACTS)
+    kept = score_answers(tuner.model, chat, old[::3])
+    new_answers = {a for _, a in NEW_FACTS}
+    wrong = [text for text, (_, answer) in zip(kept.answers, old[::3]) if text != answer]
+    return {"trainable": trainable_parameters(tuner.model), "learned": learned.exact, "kept": kept.exact,
+            "wrong": len(wrong), "wrong_is_new_fact": sum(text in new_answers for text in wrong),
+            "wrong_real_words": real_word_share(wrong, corpus) if any(w.strip() for w in wrong) else 1.0}
+
+
+def dpo_run(steps: int, beta: float = 0.1, lr: float = 5e-5, batch_size: int = 32, seed: int = 0) -> dict:
+    """DPO on the chapter's preference pairs from its fine-tuned model; margins, log-probability changes, answers.
+
+    For the training pairs and the pairs built from the validation questions:
+    the mean implicit reward margin, the share of pairs where it is positive,
+    and how the policy changed the log-probability of the chosen and of the
+    rejected answers (mean over pairs, in nats): DPO can raise the margin
+    while both fall. ``seed`` draws the batches.
+    """
+    import copy
+
+    import torch
+
+    from tinyllm.data import read_corpus, split_corpus
+    from tinyllm.posttrain import batch_logprobs, parse_qa, preference_pairs, score_answers, train_dpo
+
+    reference, chat = sft_model()
+    splits = split_corpus(read_corpus())
+    T = reference.config.context_length
+    pairs = {"train": preference_pairs(parse_qa(splits.train), chat, T),
+             "held_out": preference_pairs(parse_qa(splits.val), chat, T)}
+    policy = copy.deepcopy(reference)
+    losses = train_dpo(policy, reference, pairs["train"], chat.end_of_text_id, steps=steps,
+                       batch_size=batch_size, lr=lr, beta=beta, seed=seed)
+    result = {"loss_first": losses[0], "loss_last": losses[-1],
+              "exact": score_answers(policy, chat, parse_qa(splits.train)).exact}
+    with torch.no_grad():
+        for split, some in pairs.items():
+            (pc, pr), (rc, rr) = [[batch_logprobs(m, [pair[k] for pair in some], chat.end_of_text_id)
+                                   for k in (0, 1)] for m in (policy, reference)]
+            margin = beta * ((pc - rc) - (pr - rr))
+            result[split] = {"pairs": len(some), "margin": margin.mean().item(),
+                             "positive": (margin > 0).float().mean().item(),
+                             "chosen_change": (pc - rc).mean().item(), "rejected_change": (pr - rr).mean().item(),
+                             "policy_prefers": (pc > pr).float().mean().item(),
+                             "reference_prefers": (rc > rr).float().mean().item(),
+                             "margins": margin.tolist()}
+    return result
