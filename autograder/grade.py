@@ -27,7 +27,7 @@ graded (--force regrades). Every file is written atomically, so an interrupted r
 loses nothing that finished; one output folder serves one run at a time.
 
 Exit status: 0 when grading ran, whatever the scores; 2 for bad input (nothing is
-written) or a missing sandbox; 3 when another run holds the output folder.
+written) or a sandbox that cannot run safely; 3 when another run holds the output folder.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from pathlib import Path
 from autograder.registry import assignments, checks_for, checks_version, hidden_available
 from autograder.report import atomic_write, class_csv, file_sha256, read_report, write_report
 from autograder.submissions import Found, LatePolicy, Submission, UsageError, find_submissions, parse_time
-from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
-                               shares_a_zygote, spawner_for, stage_runtime)
+from autograder.sandbox import (PACKAGE_DIR, Limits, WorkerError, bwrap_works, close_spawners, describe,
+                               remove_stale_folders, shares_a_zygote, spawner_for, stage_runtime, user_problem)
 
 
 class OutputLock:
@@ -92,10 +92,10 @@ def limits_key(limits: Limits) -> dict:
 def run(args: argparse.Namespace) -> int:
     # The zygote imports torch for 2 s or so; so does this process, for the checks. Start the
     # zygote first (nothing of it is kept if the arguments turn out bad) and let both import at once.
-    isolation = "rlimits" if args.unsafe_no_sandbox else "bwrap"
+    isolation = "rlimits" if args.unsafe_no_sandbox else args.isolation
     limits = Limits(call_seconds=max(args.timeout, 0.001), cell_seconds=max(args.cell_timeout, 0.001),
                     memory_bytes=args.memory * 2**20)
-    runtime = stage_runtime() if isolation == "rlimits" or bwrap_works() else None  # removed at the end
+    runtime = stage_runtime() if isolation != "bwrap" or bwrap_works() else None  # removed at the end
     if runtime is not None and isolation == "bwrap" and shares_a_zygote(isolation):
         try:
             spawner_for(runtime, isolation, limits, wait=False)
@@ -124,11 +124,23 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
 
     if isolation == "bwrap" and not bwrap_works():
         print("autograder: bubblewrap (bwrap) is not available, so submissions cannot be sandboxed. Install it "
-              "(Debian/Ubuntu: apt-get install bubblewrap) or, for trusted notebooks only, pass "
-              "--unsafe-no-sandbox.", file=sys.stderr)
+              "(Debian/Ubuntu: apt-get install bubblewrap); where it cannot start (a container), run as root with "
+              "--isolation user; or, for trusted notebooks only, pass --unsafe-no-sandbox.", file=sys.stderr)
         return 2
     out = Path(args.out)
     lock = OutputLock(out)
+    if isolation == "user":
+        # The grader, the hidden checks, the reference solutions and the reports must be out of reach.
+        problem = user_problem([PACKAGE_DIR, PACKAGE_DIR.parent / "solutions", out])
+        if problem:
+            print(f"autograder: --isolation user cannot grade safely here: {problem}.", file=sys.stderr)
+            return 2
+        if args.jobs > 1 and not args.quiet:
+            print("autograder: --isolation user grades one submission at a time (its workers share one user)",
+                  file=sys.stderr)
+        args.jobs = 1
+        if not args.quiet:
+            print(f"autograder: isolation: {describe(isolation)['summary']}", file=sys.stderr)
     if not lock.acquire():
         print(f"autograder: another grading run (pid {lock.holder()}) is writing to {out}; wait for it to "
               "finish or choose another --out folder.", file=sys.stderr)
@@ -377,6 +389,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s; copies score 1.0, independent correct solutions about 0.1-0.3)")
     parser.add_argument("--gradebook", metavar="DB", help="also write the scores into this nbgrader gradebook "
                         "(a path to gradebook.db or an sqlite:/// URL)")
+    parser.add_argument("--isolation", choices=("bwrap", "user"), default="bwrap",
+                        help="how submissions are isolated: bwrap (default), or user where bubblewrap cannot start "
+                             "(containers): as root, each worker runs as the unprivileged user autograder-sandbox "
+                             "(AUTOGRADER_SANDBOX_USER), Landlocked where the kernel allows; the grader checks "
+                             "first that this user cannot reach the grader, the checks or the reports")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="run submissions without bubblewrap (only for code you trust)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")

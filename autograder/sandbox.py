@@ -19,6 +19,20 @@ Isolation, strongest available first (what a report records under "sandbox"):
   is PID 1 of its namespace, so killing it kills everything it started.
   Where a process inside bwrap may not create namespaces (see ``nesting_works``)
   each worker gets a bubblewrap sandbox, and a zygote, of its own instead.
+* ``user``: for containers that forbid the user namespaces bubblewrap needs
+  (Docker's default profile does), where the grader runs as root (Gradescope).
+  The zygote stays root (trusted code); each worker, before it runs a line of
+  the submission, confines itself with Landlock where the kernel has it (the
+  same file view as the sandbox above: the system's libraries, the Python
+  installation, the public code, nothing else; writes only to a scratch folder
+  of its own; no TCP) and then becomes a dedicated unprivileged user
+  (``autograder-sandbox``, which the Gradescope ``setup.sh`` creates), with no
+  capabilities, not dumpable. File permissions keep that user away from the
+  grader, the hidden checks and the reports even without Landlock, and the
+  grader checks that, as that user, before it grades (:func:`user_problem`).
+  Its scratch folder is on disk, so the grader stops a worker that writes more
+  than a tmpfs would hold. All its workers are one user, so a run grades one
+  submission at a time, and every process of that user dies with each worker.
 * ``rlimits``: where bubblewrap is missing (macOS, Windows/WSL without it) the
   worker is still a separate process with resource limits, but it can read
   what the grading user can read and reach the network. Use it only for work
@@ -39,6 +53,7 @@ import functools
 import itertools
 import json
 import os
+import pwd
 import select
 import shutil
 import signal
@@ -56,6 +71,12 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TMP_PREFIX = "autograder-"
+SANDBOX_USER = "autograder-sandbox"  # the "user" level's account; AUTOGRADER_SANDBOX_USER names another
+# What a worker may read besides the Python installation and the public code (as bubblewrap shows it).
+SYSTEM_PATHS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/alternatives",
+                "/sys/devices/system/cpu")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+MAX_SCRATCH_ENTRIES = 10_000  # files and folders in a "user" worker's scratch folder
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,163 @@ def python_prefixes() -> list[str]:
     return sorted({sys.base_prefix, sys.prefix, os.path.dirname(os.path.dirname(os.path.realpath(python)))})
 
 
+# ---------------------------------------------------------------- the "user" level
+
+@dataclass(frozen=True)
+class SandboxUser:
+    name: str
+    uid: int
+    gid: int
+
+
+def sandbox_user() -> SandboxUser | None:
+    name = os.environ.get("AUTOGRADER_SANDBOX_USER", SANDBOX_USER)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return SandboxUser(name, entry.pw_uid, entry.pw_gid)
+
+
+def landlock_abi() -> int:
+    """The Landlock ABI the "user" level confines workers with (0: none; AUTOGRADER_NO_LANDLOCK=1 forces 0)."""
+    from autograder.zygote import landlock_abi as kernel_abi
+
+    return 0 if os.environ.get("AUTOGRADER_NO_LANDLOCK") == "1" else kernel_abi()
+
+
+# Run as the sandbox user, without Landlock: what do file permissions alone let it reach?
+# Arguments: "private:PATH" (neither read nor write) or "readonly:PATH" (no write).
+_REACH_PROBE = r"""
+import json, os, sys
+reached = []
+for argument in sys.argv[1:]:
+    kind, path = argument.split(":", 1)
+    try:
+        if kind == "private":
+            if os.path.isdir(path):
+                os.listdir(path)
+            else:
+                open(path, "rb").close()
+            reached.append(["read", path])
+    except OSError:
+        pass
+    try:
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        probe = os.path.join(folder, ".autograder-write-probe")
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+        reached.append(["write", path])
+    except OSError:
+        pass
+print(json.dumps(reached))
+"""
+
+
+def as_user(user: SandboxUser, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, user=user.uid, group=user.gid, extra_groups=[], env={"PATH": "/usr/bin:/bin"},
+                          cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def user_problem(protected: list[Path]) -> str | None:
+    """Why the "user" level cannot grade safely here, or None when it can.
+
+    It needs Linux, root (to start workers as another user), the sandbox user, a
+    Python installation that user can run but not change (the grader imports
+    from it), and file permissions that keep the ``protected`` paths (the grader,
+    the hidden checks, the reports) out of that user's reach, tried as that
+    user; Landlock is not counted on for them.
+    """
+    if not sys.platform.startswith("linux"):
+        return "it needs Linux"
+    if os.geteuid() != 0:
+        return "the grader must run as root to start each worker as the sandbox user"
+    user = sandbox_user()
+    if user is None:
+        name = os.environ.get("AUTOGRADER_SANDBOX_USER", SANDBOX_USER)
+        return (f"there is no user {name!r} (create it: useradd --system --user-group --no-create-home "
+                f"--shell /usr/sbin/nologin {name})")
+    if user.uid == 0 or user.gid == 0:
+        return f"the sandbox user {user.name!r} is root"
+    import sysconfig
+
+    installation = {*python_prefixes(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    paths = [f"private:{p}" for p in protected if os.path.lexists(p)]
+    paths += [f"readonly:{p}" for p in sorted(installation) if os.path.isdir(p)]
+    try:
+        probe = as_user(user, [sys.executable, "-S", "-c", _REACH_PROBE, *paths])
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"Python could not start as {user.name!r} ({error})"
+    if probe.returncode != 0:
+        return (f"Python ({sys.executable}) could not start as {user.name!r}, so that user cannot read the "
+                f"Python installation: {probe.stderr.strip()[-300:]}")
+    reached = json.loads(probe.stdout)
+    if reached:
+        how, path = reached[0]
+        fix = "chmod go-rwx" if how == "read" else "chmod -R go-w"
+        return f"the sandbox user {user.name!r} can {how} {path} ({fix} it)"
+    return None
+
+
+def cgroups_work() -> bool:
+    """May this process make a pids cgroup for each worker (root, cgroup v1 or v2 writable)?"""
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        return False
+    groups = _cgroup_for(os.getpid(), Limits(), probe=True)
+    for group in groups:
+        _remove_cgroup(group)
+    return bool(groups)
+
+
+def describe(isolation: str) -> dict:
+    """What isolated the workers, for the reports (extra_data) and the Gradescope output."""
+    info: dict = {"level": isolation}
+    if isolation == "bwrap":
+        info["summary"] = "bubblewrap: namespaces of its own, a read-only view of the public code only, no network"
+    elif isolation == "user":
+        user, abi = sandbox_user(), landlock_abi()
+        info.update(user=user.name if user else None, landlock_abi=abi, pids_cgroup=cgroups_work())
+        confined = (f"Landlock (ABI {abi}): reads only the public code and the system's libraries, writes only "
+                    "its scratch folder" + (", no TCP" if abi >= 4 else "")) if abi else \
+            "no Landlock here (the kernel or a seccomp filter lacks it): file permissions alone keep the grader, " \
+            "the checks and the results out of its reach"
+        info["summary"] = f"an unprivileged user ({info['user']}), no capabilities; {confined}"
+    else:
+        info["summary"] = "resource limits only, as the grading user: for trusted code"
+    return info
+
+
+def _scratch_overflows(folder: Path, limit: int) -> bool:
+    """More than ``limit`` bytes (or MAX_SCRATCH_ENTRIES entries) under folder?"""
+    total, entries, stack = 0, 0, [str(folder)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as listing:
+                for entry in listing:
+                    entries += 1
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += info.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    if total > limit or entries > MAX_SCRATCH_ENTRIES:
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def kill_user_processes(user: SandboxUser) -> None:
+    """SIGKILL every process of the sandbox user (kill(-1) sent as that user: it reaches nothing else)."""
+    try:
+        as_user(user, [sys.executable, "-S", "-c", "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\n"
+                                                   "except ProcessLookupError:\n    pass"])
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
 # ---------------------------------------------------------------- temp folders
 
 def _pid_alive(pid: int) -> bool:
@@ -184,12 +362,17 @@ def stage_runtime() -> Path:
     shutil.copytree(Path(tinyllm.__file__).resolve().parent, root / "tinyllm", ignore=ignore)
     shutil.copytree(PACKAGE_DIR, root / "autograder", ignore=ignore)
     assert not (root / "autograder" / "hidden").exists()
+    # Public code: readable by the "user" level's worker, writable by nobody but the grader.
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
     return root
 
 
 # ---------------------------------------------------------------- cgroups
 
-def _cgroup_for(pid: int, limits: Limits) -> list[Path]:
+def _cgroup_for(pid: int, limits: Limits, probe: bool = False) -> list[Path]:
     """Put a worker in its own pids cgroup when allowed (root on cgroup v1/v2); [] otherwise."""
     v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
     base = Path("/sys/fs/cgroup") if v2 else Path("/sys/fs/cgroup/pids")
@@ -200,14 +383,33 @@ def _cgroup_for(pid: int, limits: Limits) -> list[Path]:
         return []
     try:
         (group / "pids.max").write_text(str(limits.processes))
-        (group / "cgroup.procs").write_text(str(pid))
+        if not probe:
+            (group / "cgroup.procs").write_text(str(pid))
     except OSError:
         _remove_cgroup(group)
         return []
     return [group]
 
 
+def _kill_cgroup(group: Path) -> None:
+    """SIGKILL every process in the group: those that left the worker's session and process group too."""
+    for _ in range(50):
+        try:
+            pids = [int(line) for line in (group / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
 def _remove_cgroup(group: Path) -> None:
+    _kill_cgroup(group)
     for _ in range(50):
         try:
             group.rmdir()
@@ -268,7 +470,7 @@ class Spawner:
                    "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
                    "--clearenv", "--proc", "/proc"]
         # Only the device nodes Python needs; a writable /dev could be filled.
-        for device in ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"):
+        for device in DEVICES:
             command += ["--dev-bind", device, device]
         for name, value in env.items():
             command += ["--setenv", name, value]
@@ -279,8 +481,7 @@ class Spawner:
             command += ["--ro-bind", str(self.submission_file), "/submission/submission.ipynb"]
         else:
             command += ["--dir", "/submission"]
-        for path in ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache",
-                     "/etc/alternatives", "/sys/devices/system/cpu"):
+        for path in SYSTEM_PATHS:
             command += ["--ro-bind-try", path, path]
         for prefix in python_prefixes():
             command += ["--ro-bind", prefix, prefix]
@@ -408,7 +609,7 @@ class Worker:
     runtime: Path
     submission_file: Path | None
     limits: Limits = field(default_factory=Limits)
-    isolation: str = "bwrap"  # or "rlimits"
+    isolation: str = "bwrap"  # or "user", "rlimits"
 
     @property
     def nested(self) -> bool:
@@ -416,8 +617,8 @@ class Worker:
         return self.isolation == "bwrap" and self.own_spawner is None
 
     def setup(self) -> dict:
-        home = "/tmp" if self.isolation == "bwrap" else str(self.home)
-        return {
+        home = "/tmp" if self.isolation == "bwrap" else str(self.scratch or self.home)
+        setup = {
             "isolated": self.nested,
             "home": home,
             "environment": {"HOME": home, "TMPDIR": home, "MPLCONFIGDIR": f"{home}/matplotlib"},
@@ -428,9 +629,24 @@ class Worker:
                        "CPU": int(self.limits.startup_seconds + 2 * self.limits.cell_seconds
                                   + 20 * self.limits.call_seconds)},
         }
+        if self.isolation == "user":
+            setup["user"] = {"uid": self.user.uid, "gid": self.user.gid}
+            # What bubblewrap would show it, through Landlock: the same system paths, Python and public code.
+            setup["landlock"] = {"read": [*SYSTEM_PATHS, *python_prefixes(), str(self.runtime)],
+                                 "write": [home], "devices": list(DEVICES)} if landlock_abi() else None
+        return setup
 
     def start(self) -> None:
         self.home = make_folder("worker")
+        self.scratch: Path | None = None
+        self.user: SandboxUser | None = None
+        if self.isolation == "user":
+            self.user = sandbox_user()
+            if self.user is None:
+                raise WorkerError("crashed", "the sandbox user does not exist")
+            # Its HOME and TMPDIR, the one folder it may write (the grader's files stay in self.home).
+            self.scratch = make_folder("scratch")
+            os.chown(self.scratch, self.user.uid, self.user.gid)
         self.id = next(_worker_ids)
         self.pid = self.pidfd = None
         self.cgroups: list[Path] = []
@@ -535,13 +751,23 @@ class Worker:
     def _wait(self, fd: int, event: int, deadline: float) -> None:
         poller = select.poll()
         poller.register(fd, event | select.POLLHUP | select.POLLERR)
+        step = 0.1 if self.scratch is not None else 1.0  # how often a scratch folder on disk is measured
         while True:
+            self._check_scratch()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
                 raise WorkerError("timeout", "time limit exceeded")
-            if poller.poll(min(remaining, 1.0) * 1000):
+            if poller.poll(min(remaining, step) * 1000):
+                self._check_scratch()
                 return
+
+    def _check_scratch(self) -> None:
+        """A scratch folder on disk has no size of its own: stop a worker that fills it past a tmpfs's size."""
+        if self.scratch is not None and _scratch_overflows(self.scratch, self.limits.scratch_bytes):
+            self.kill()
+            raise WorkerError("crashed", f"the worker was stopped: it wrote more than "
+                                         f"{self.limits.scratch_bytes >> 20} MB of files")
 
     def _outcome(self, timeout: float) -> dict | None:
         if self.finished is None:
@@ -595,12 +821,21 @@ class Worker:
                 pass
         self.spawner.kill(self.id)  # its keeper, whose death takes the worker along
         self._outcome(10.0)
+        self._kill_strays()
+
+    def _kill_strays(self) -> None:
+        """Processes the submission started that left the worker's process group (daemons)."""
+        for group in self.cgroups:
+            _kill_cgroup(group)
+        if self.user is not None:  # one submission at a time: every process of this user is the worker's
+            kill_user_processes(self.user)
 
     def close(self) -> None:
         """Kill the worker and free what it held; safe after a failed start, and twice."""
         if getattr(self, "home", None) is None:
             return
         self.kill()
+        self._kill_strays()  # also when the worker itself had ended
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -614,4 +849,6 @@ class Worker:
             _remove_cgroup(group)
         self.cgroups = []
         shutil.rmtree(self.home, ignore_errors=True)
-        self.home = self.spawner = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        self.home = self.spawner = self.scratch = None

@@ -14,7 +14,11 @@ worker the zygote forks a small *keeper* process, which
 
 The worker drops every capability, starts its own session, sets its resource
 limits and only then answers the grader's requests (:func:`autograder.worker.serve`)
-on a socket the grader passed in. The zygote, the keepers and the workers' setup
+on a socket the grader passed in. Where bubblewrap cannot start, the sandbox's
+``user`` level runs this zygote as root, with no namespaces; each worker then
+confines itself with Landlock where the kernel has it (:func:`confine`) and
+becomes the dedicated unprivileged user (:func:`become_user`) before it runs a
+line of the submission. The zygote, the keepers and the workers' setup
 are trusted code; the submission's code runs only in the worker, after all of it.
 
 Control messages are JSON over a SOCK_SEQPACKET socket, file descriptors
@@ -33,6 +37,7 @@ import resource
 import selectors
 import signal
 import socket
+import stat
 import sys
 import traceback
 
@@ -128,12 +133,120 @@ def drop_capabilities() -> None:
     _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
 
 
-def apply_limits(limits: dict) -> None:
-    """Hard limits, so the submission cannot raise them again."""
+def apply_limits(limits: dict, for_another_user: bool = False) -> None:
+    """Hard limits, so the submission cannot raise them again.
+
+    RLIMIT_NPROC counts the processes of the real user; root is exempt, so it is
+    left alone there unless the worker is about to become another user.
+    """
     for name, value in limits.items():
         limit = getattr(resource, f"RLIMIT_{name}", None)
-        if limit is not None and not (name == "NPROC" and os.getuid() == 0):
+        if limit is not None and not (name == "NPROC" and os.getuid() == 0 and not for_another_user):
             resource.setrlimit(limit, (int(value), int(value)))
+
+
+# ---------------------------------------------------------------- the "user" level: Landlock, then another user
+
+# Landlock (Linux 5.13+, Documentation/userspace-api/landlock.rst): an unprivileged process
+# restricts what it, and every process it starts, may do to files (and, from ABI 4, TCP).
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
+FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+FS_ABI1 = (1 << 13) - 1  # execute .. make_sym: every right of ABI 1
+FS_REFER, FS_TRUNCATE = 1 << 13, 1 << 14  # ABI 2, ABI 3
+NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _syscall(*args) -> int:
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    return libc.syscall(*args)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 where there is none (or a seccomp filter forbids it)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    version = _syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                       ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    return max(int(version), 0)
+
+
+def confine(read: list[str], write: list[str], devices: list[str]) -> int:
+    """Landlock this process and its children: read ``read``, read and write ``write``, use ``devices``.
+
+    Everything else on the file system is out of reach (even what file permissions
+    allow), as are TCP connections and bindings from ABI 4 on, and abstract Unix
+    sockets and signals to processes outside the sandbox from ABI 6 on. Returns the
+    ABI used. Needs no privilege; the caller must have set no_new_privs.
+    """
+    abi = landlock_abi()
+    if abi < 1:
+        raise OSError("Landlock is not available on this kernel")
+    handled = FS_ABI1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
+    attr = _RulesetAttr(handled, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
+                        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
+    ruleset = _syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+                       ctypes.c_uint32(0))
+    if ruleset < 0:
+        _check(-1, "landlock_create_ruleset")
+    file_rights = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | (FS_TRUNCATE if abi >= 3 else 0)
+    reading = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+    try:
+        rules = [(p, reading) for p in read] + [(p, handled) for p in write] + \
+                [(p, FS_READ_FILE | FS_WRITE_FILE) for p in devices]
+        for path, rights in rules:
+            try:
+                target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                if not stat.S_ISDIR(os.fstat(target).st_mode):
+                    rights &= file_rights  # a file takes only file rights
+                rule = _PathBeneath(rights, target)
+                _check(0 if _syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH,
+                                     ctypes.byref(rule), ctypes.c_uint32(0)) == 0 else -1, f"landlock rule {path}")
+            finally:
+                os.close(target)
+        _check(0 if _syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) == 0 else -1,
+               "landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+    return abi
+
+
+def become_user(user: dict, landlock: dict | None) -> None:
+    """Leave root for the sandbox's unprivileged user, for good (Landlocked first, where asked)."""
+    libc = _libc()
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    if landlock is not None:
+        confine(landlock["read"], landlock["write"], landlock["devices"])
+    uid, gid = int(user["uid"]), int(user["gid"])
+    if uid == 0 or gid == 0:
+        raise RuntimeError("the sandbox user must not be root")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # a change of every user id from root clears every capability
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise RuntimeError("the worker could take root back")
+    die_with_parent()  # a change of user clears the parent-death signal
+    # Not dumpable: another process of this user may not read its memory.
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
 
 
 # ---------------------------------------------------------------- keeper and worker
@@ -153,7 +266,9 @@ def run_worker(setup: dict, sock: int, stderr: int) -> None:
             drop_capabilities()
         os.chdir(setup["home"])
         os.environ.update(setup["environment"])
-        apply_limits(setup["limits"])
+        apply_limits(setup["limits"], for_another_user=bool(setup.get("user")))
+        if setup.get("user"):
+            become_user(setup["user"], setup.get("landlock"))
         # The grader takes this process's PID from the kernel (SCM_CREDENTIALS) where it
         # can; the number written here serves platforms without that.
         os.write(sock, str(os.getpid()).encode())

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -138,47 +137,6 @@ def test_scores_go_into_the_nbgrader_gradebook_and_export(tmp_path):
     rows = {line.split(",")[3]: line for line in (course.folder / "export.csv").read_text().splitlines()[1:]}
     full, bob = float(MAX["03_softmax"]), float(fixtures["fails_softmax_wrong_axis"].score)
     assert f",{full},{full}" in rows["alice"] and f",{bob},{full}" in rows["bob"]
-
-
-@pytest.mark.slow
-def test_gradescope_zip_grades_in_a_fake_autograder_root(tmp_path):
-    from autograder.gradescope import build
-
-    (zip_path,) = build(tmp_path / "zips", ["03_softmax"])
-    with zipfile.ZipFile(zip_path) as archive:
-        names = archive.namelist()
-        assert {"setup.sh", "run_autograder", "source/ASSIGNMENT"} <= set(names)
-        assert any(n.startswith("source/autograder/hidden/") for n in names)  # the instructor's package
-        assert (archive.getinfo("run_autograder").external_attr >> 16) & 0o111
-    assert subprocess.run(["bash", "-n", "-c", zipfile.ZipFile(zip_path).read("setup.sh").decode()]).returncode == 0
-    full = MAX["03_softmax"]
-    wrong_axis = [f for f in FIXTURES if f.name == "fails_softmax_wrong_axis"][0]
-    # name -> (files uploaded, expected score): one notebook under any name; several, of which the rule
-    # grades the one named for the assignment (not the best-scoring), listing the rest as not graded.
-    cases = {"passes_all": ({"my_notebook.ipynb": "passes_all"}, full),
-             "prints_perfect_score": ({"my_notebook.ipynb": "prints_perfect_score"}, full - 4),
-             "stray_copy": ({"03_softmax.ipynb": "fails_softmax_wrong_axis", "Untitled.ipynb": "passes_all"},
-                            wrong_axis.score)}
-    for case, (files, score) in cases.items():
-        root = tmp_path / case / "autograder"
-        with zipfile.ZipFile(zip_path) as archive:
-            archive.extractall(root)
-        (root / "run_autograder").chmod(0o755)
-        (root / "submission").mkdir()
-        for file_name, name in files.items():
-            source = [f for f in FIXTURES if f.assignment == "03_softmax" and f.name == name]
-            notebook = source[0].build() if source else [c for c in hostile.CASES if c.name == name][0].build()
-            (root / "submission" / file_name).write_text(json.dumps(notebook))
-        result = subprocess.run([str(root / "run_autograder")], capture_output=True, text=True, timeout=600,
-                                env={**os.environ, "AUTOGRADER_ROOT": str(root), "AUTOGRADER_PYTHON": sys.executable})
-        assert result.returncode == 0, result.stderr
-        results = json.loads((root / "results" / "results.json").read_text())
-        assert results["score"] == score, (case, results["output"])
-        assert {t["status"] for t in results["tests"]} <= {"passed", "failed"}
-        hidden = [t for t in results["tests"] if t["name"].endswith("_hidden")]
-        assert hidden and all(t["visibility"] == "after_published" for t in hidden)
-        if case == "stray_copy":
-            assert "Not graded: Untitled.ipynb" in results["output"]
 
 
 # ---------------------------------------------------------------- units
