@@ -191,7 +191,14 @@
 
   /* ------------------------------------------------------------------ tokenizer */
 
-  // BPETokenizer.encode: UTF-8 bytes, then every merge in the order it was learned.
+  // BPETokenizer.encode: the text cut by GPT-2's pattern when the figure has one (tinyllm.bpe.pre_split;
+  // its \s spelled out in the data as Python's regex package reads it), then each chunk on its own.
+  function encode(text, merges, pattern) {
+    if (!pattern) return bpeEncode(text, merges);
+    return (text.match(new RegExp(pattern, "gu")) || []).flatMap((chunk) => bpeEncode(chunk, merges));
+  }
+
+  // bpe_encode: UTF-8 bytes, then every merge in the order it was learned.
   function bpeEncode(text, merges) {
     let ids = Array.from(new TextEncoder().encode(text));
     merges.forEach(([a, b], i) => {
@@ -218,7 +225,7 @@
     const idList = element("pre", { class: "tinyllm-ids" });
     root.append(control("Type any text: ", input), tokens, summary, idList);
     function update() {
-      const ids = bpeEncode(input.value, data.merges);
+      const ids = encode(input.value, data.merges, data.pattern);
       tokens.replaceChildren(...ids.map((id, i) => {
         const span = element("span", { class: `tinyllm-token tinyllm-token-${i % 4}`, title: `id ${id}` },
                              data.tokens[id]);

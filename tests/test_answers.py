@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinyllm.answers import answer_questions, askable, question_prompt, real_word_share, words
+from tinyllm.answers import (QUESTION_FRAME, answer_questions, ask, askable, question_prompt, real_word_share,
+                             typed_prompt, words)
 from tinyllm.bpe import END_OF_TEXT, BPETokenizer
 from tinyllm.data import document_sequences, read_corpus, split_corpus, split_documents, token_stream
 from tinyllm.model import GPTConfig
@@ -24,7 +25,14 @@ DOCS = ["Q: What is a cat?\nA: A small animal.", "Q: What is a dog?\nA: A loyal 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> BPETokenizer:
+    """BPE over the whole text: its merges cross the questions' ends."""
     return BPETokenizer.train("\n\n".join(DOCS * 3), 300, end_of_text=True)
+
+
+@pytest.fixture(scope="module")
+def split_tokenizer() -> BPETokenizer:
+    """The book's kind: GPT-2's pre-split, then BPE within chunks."""
+    return BPETokenizer.train("\n\n".join(DOCS * 3), 300, end_of_text=True, split=True)
 
 
 def test_end_of_text_is_the_last_id_spells_no_bytes_and_shows_when_decoded(tokenizer):
@@ -114,18 +122,38 @@ def test_question_prompt_cuts_the_trained_sequence_after_the_question(tokenizer)
     assert askable(tokenizer, DOCS, 1) == []
 
 
-def test_a_model_that_memorised_the_documents_answers_them_exactly(tokenizer):
+def test_a_typed_question_is_the_trained_prompt_only_when_the_tokenizer_splits_first(tokenizer, split_tokenizer):
+    eot = split_tokenizer.end_of_text_id
+    for doc in DOCS:
+        prompt, expected = typed_prompt(split_tokenizer, doc, 64)
+        assert (prompt, expected) == question_prompt(split_tokenizer, doc, 64)
+        assert prompt == [eot, *split_tokenizer.encode(doc[: doc.index("\nA:") + 3])]
+        # Unsplit, "?\nA: A" was merged in training: typed alone, the question ends in other tokens.
+        typed, _ = typed_prompt(tokenizer, doc, 64)
+        trained = [eot, *tokenizer.encode(doc), eot]
+        assert trained[: len(typed)] != typed
+    prompt, expected = typed_prompt(split_tokenizer, DOCS[2], 12)  # cut to the window, as training cuts
+    assert len(prompt) + len(expected) == 13
+    with pytest.raises(ValueError, match="fills the context window"):
+        typed_prompt(split_tokenizer, DOCS[2], 4)
+
+
+def test_a_model_that_memorised_the_documents_answers_them_exactly(split_tokenizer):
+    tokenizer = split_tokenizer
     sequences = document_sequences(DOCS, tokenizer, 64)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=64, d_model=32, n_layers=1, n_heads=2,
                        d_ff=64, dropout=0.0)
     trainer = Trainer(build_model(config, seed=0), sequences, sequences[:1],
-                      TrainConfig(batch_size=4, max_steps=150, warmup_steps=10, lr=1e-2, min_lr=1e-3,
+                      TrainConfig(batch_size=4, max_steps=300, warmup_steps=10, lr=1e-2, min_lr=1e-3,
                                   eval_interval=50, patience=100), device="cpu", merges=tokenizer.merges,
-                      num_threads=1, end_of_text=True)
+                      num_threads=1, end_of_text=True, split=True)
     trainer.train()
     answers = answer_questions(trainer.model, tokenizer, DOCS)
     assert [a.exact for a in answers] == [True] * 4, answers
     assert answers[3].question == "Q: What is a hen?" and answers[3].answer == answers[3].expected == "A bird that lays eggs."
+    assert [a.exact for a in answer_questions(trainer.model, tokenizer, DOCS, typed=True)] == [True] * 4
+    assert ask(trainer.model, tokenizer, "What is a cow?") == "A big animal that gives milk."
+    assert QUESTION_FRAME.format(question="What is a cow?") == DOCS[2][: DOCS[2].index("\nA:") + 3]
     # An untrained model answers nothing exactly, and what it writes is cut at its first end-of-text.
     fresh = answer_questions(build_model(config, seed=1), tokenizer, DOCS)
     assert not any(a.exact for a in fresh)
@@ -146,12 +174,13 @@ def test_checkpoints_remember_the_end_of_text_token(tmp_path, tokenizer):
     config = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, d_model=16, n_layers=1, n_heads=2,
                        d_ff=32)
     trainer = Trainer(build_model(config, seed=0), sequences, sequences, TrainConfig(max_steps=2, batch_size=2),
-                      device="cpu", merges=tokenizer.merges, end_of_text=True)
+                      device="cpu", merges=tokenizer.merges, end_of_text=True, split=True)
     trainer.train()
     trainer.save(tmp_path / "c.pt")
     ckpt = load_checkpoint(tmp_path / "c.pt")
     assert ckpt.end_of_text and ckpt.train_config.samples == "documents"
     assert ckpt.tokenizer().end_of_text_id == tokenizer.end_of_text_id
+    assert ckpt.split and ckpt.tokenizer().split  # the checkpoint remembers the pre-split too
 
 
 # ---------------------------------------------------------------- the goal: the book's model
@@ -159,7 +188,8 @@ def test_checkpoints_remember_the_end_of_text_token(tmp_path, tokenizer):
 
 @pytest.mark.slow
 def test_the_books_model_answers_what_it_was_taught_in_real_words():
-    """>= 90% of a fixed sample of training questions answered exactly (greedy), >= 98% real words (tau 0.8).
+    """>= 90% of a fixed sample of training questions answered exactly (greedy), >= 98% real words (tau 0.8);
+    >= 90% of all training questions answered exactly when typed (end-of-text, then "Q: ...\\nA:" encoded alone).
 
     The model is the book's (``trained_tiny_gpt``): loaded from the build's
     cache when the book has been built, else trained here with the book's
@@ -183,6 +213,11 @@ def test_the_books_model_answers_what_it_was_taught_in_real_words():
     print(f"training questions answered exactly: {exact:.1%}; real words when sampled: {real:.1%}; "
           f"held-out questions answered exactly: {report}")
     assert all(held_out.values())  # measured, on non-empty splits; how many are right is the chapter's lesson
+    typed = answer_questions(model, tokenizer, split_documents(splits.train), typed=True)
+    typed_exact = sum(a.exact for a in typed) / len(typed)
+    print(f"typed training questions answered exactly: {sum(a.exact for a in typed)} of {len(typed)}")
     wrong = [a for a in greedy if not a.exact][:3]
     assert exact >= 0.90, f"only {exact:.0%} answered exactly, e.g. {wrong}"
     assert real >= 0.98, f"only {real:.1%} of the sampled words are corpus words"
+    wrong = [a for a in typed if not a.exact][:3]
+    assert typed_exact >= 0.90, f"only {typed_exact:.0%} of the typed questions answered exactly, e.g. {wrong}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinyllm.cli import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser, main
+from tinyllm.cli import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser, main, unescape
 from tinyllm.data import read_corpus, split_documents
 from tinyllm.train import load_checkpoint
 
@@ -42,10 +42,12 @@ def trained(tmp_path_factory, small_corpus) -> Path:
 
 
 def test_help_explains_every_option(capsys):
-    for command, options in (("train", [*MODEL_OPTIONS, *TRAIN_OPTIONS, "resume", "until", "out", "corpus", "device"]),
+    for command, options in (("train", [*MODEL_OPTIONS, *TRAIN_OPTIONS, "resume", "until", "out", "corpus", "device",
+                                        "no_split"]),
                              ("evaluate", ["split", "corpus", "json"]),
                              ("generate", ["prompt", "max_new_tokens", "greedy", "temperature", "top_k", "top_p",
                                            "seed", "repetition_penalty"]),
+                             ("ask", ["question", "temperature", "top_k", "top_p", "seed", "device"]),
                              ("finetune", ["qa", "out", "steps", "batch_size", "lr", "lora_rank", "lora_alpha",
                                            "unmasked", "resume", "until", "seed", "save_every"])):
         with pytest.raises(SystemExit) as exit_info:
@@ -68,6 +70,19 @@ def test_a_tiny_model_trains_and_its_validation_loss_falls(trained):
     assert len(val) == 4 and val[-1] < val[0] - 0.5, val
     assert ckpt.model_config.d_model == 16 and ckpt.model_config.vocab_size == 270
     assert len(ckpt.merges) == 13 and ckpt.end_of_text and ckpt.meta["corpus_sha256"]  # 256 + 13 + end-of-text
+    assert ckpt.split and ckpt.tokenizer().split  # the book's tokenizer: GPT-2's pre-split, then BPE
+
+
+def test_no_split_trains_the_unsplit_tokenizer(tmp_path, small_corpus):
+    from tinyllm.bpe import BPETokenizer
+    from tinyllm.data import split_corpus
+
+    assert train(tmp_path, small_corpus, "--max-steps", "2", "--no-split") == 0
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert not ckpt.split
+    assert ckpt.merges == BPETokenizer.train(split_corpus(small_corpus.read_text()).train, 269).merges
+    assert main(["train", "--out", str(tmp_path), "--corpus", str(small_corpus), *TINY, "--resume",
+                 "--no-split"]) == 0  # the same setting: it resumes (and finds the run finished)
 
 
 def test_same_seed_same_run_other_seed_another(tmp_path, small_corpus, trained):
@@ -143,22 +158,31 @@ def test_evaluate_reports_the_model_and_the_baselines(trained, small_corpus, cap
     assert scores["exact_answers"] == {}  # with a context of 8 tokens no question fits: nothing to ask
 
 
-def test_evaluate_reports_exact_answers_per_split(tmp_path, small_corpus, capsys):
+@pytest.fixture(scope="module")
+def questions_fit(tmp_path_factory, small_corpus) -> Path:
+    """A run with the default context of 64, which the corpus's questions fit."""
+    out = tmp_path_factory.mktemp("run64")
+    at = TINY.index("--context-length")
+    args = TINY[:at] + TINY[at + 2 :]
+    assert main(["train", "--out", str(out), "--corpus", str(small_corpus), *args, "--max-steps", "5"]) == 0
+    return out / "checkpoint.pt"
+
+
+def test_evaluate_reports_exact_answers_per_split(questions_fit, small_corpus, capsys):
     from tinyllm.data import split_corpus
 
-    at = TINY.index("--context-length")
-    args = TINY[:at] + TINY[at + 2 :]  # the default context of 64: the questions fit
-    assert main(["train", "--out", str(tmp_path), "--corpus", str(small_corpus), *args, "--max-steps", "5"]) == 0
     capsys.readouterr()
-    assert main(["evaluate", str(tmp_path / "checkpoint.pt"), "--corpus", str(small_corpus), "--json",
+    assert main(["evaluate", str(questions_fit), "--corpus", str(small_corpus), "--json",
                  "--threads", "1"]) == 0
     exact = json.loads(capsys.readouterr().out)["exact_answers"]
     splits = split_corpus(small_corpus.read_text())
     for name in ("train", "val", "test"):
         assert exact[name]["questions"] == len(split_documents(getattr(splits, name)))
         assert 0 <= exact[name]["exact"] <= exact[name]["questions"]
-    assert main(["evaluate", str(tmp_path / "checkpoint.pt"), "--corpus", str(small_corpus), "--threads", "1"]) == 0
-    assert "questions answered exactly" in capsys.readouterr().out
+        assert 0 <= exact[name]["typed"] <= exact[name]["questions"]
+    assert main(["evaluate", str(questions_fit), "--corpus", str(small_corpus), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "questions answered exactly" in out and "cut from training" in out and "typed" in out
 
 
 def test_evaluate_warns_about_another_corpus(trained, capsys):
@@ -178,6 +202,26 @@ def test_generate_continues_any_prompt_reproducibly(trained, capsys):
     assert main(["generate", str(trained), "--greedy", "--max-new-tokens", "5", "--samples", "2"]) == 0
     greedy = capsys.readouterr().out.split("--- sample 2\n")
     assert greedy[0].removeprefix("--- sample 1\n") == greedy[1]
+
+
+def test_a_prompt_is_read_as_typed_in_a_shell(trained, capsys):
+    assert unescape(r"Q: Why?\nA:") == "Q: Why?\nA:" and unescape(r"a\tb") == "a\tb"
+    assert unescape(r"C:\\new \x") == r"C:\new \x"  # a doubled backslash is one; other escapes stay
+    assert main(["generate", str(trained), "--prompt", r"Q: Why?\nA:", "--max-new-tokens", "3", "--greedy"]) == 0
+    assert capsys.readouterr().out.startswith("Q: Why?\nA:")
+
+
+def test_ask_frames_the_question_and_answers_greedily(questions_fit, capsys):
+    from tinyllm.answers import ask
+
+    ckpt = load_checkpoint(questions_fit)
+    capsys.readouterr()
+    assert main(["ask", str(questions_fit), "What is a token?", "--threads", "1"]) == 0
+    assert capsys.readouterr().out == ask(ckpt.model(), ckpt.tokenizer(), "What is a token?") + "\n"
+    sampled = ["ask", str(questions_fit), "What is a token?", "--temperature", "0.9", "--seed", "2", "--threads", "1"]
+    assert main(sampled) == 0
+    first = capsys.readouterr().out
+    assert main(sampled) == 0 and capsys.readouterr().out == first  # same seed, same answer
 
 
 @pytest.fixture(scope="module")
@@ -213,14 +257,26 @@ BAD_INPUTS = {
     "empty prompt": (["generate", "{checkpoint}", "--prompt", ""], "--prompt is empty"),
     "bad top-p": (["generate", "{checkpoint}", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
     "bad temperature": (["generate", "{checkpoint}", "--temperature", "-1"], "--temperature must be at least 0"),
+    "empty question": (["ask", "{checkpoint}", "  "], "the question is empty"),
+    "ask with a bad temperature": (["ask", "{checkpoint}", "Why?", "--temperature", "-1"],
+                                   "--temperature must be at least 0"),
+    "ask a model without end-of-text": (["ask", "{windows}", "Why?"], "without an end-of-text token"),
+    "question longer than the context": (["ask", "{checkpoint}", "What is a token?"],
+                                         "the question fills the context window of 8 tokens"),
+    "resume unsplit from a split run": (["train", "--out", "{run}", "--resume", "--no-split"],
+                                        "these differ from it: --no-split"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_gets_a_clear_message(case, bad_files, trained, tmp_path, capsys):
+def test_bad_input_gets_a_clear_message(case, bad_files, trained, small_corpus, tmp_path, capsys):
     argv, message = BAD_INPUTS[case]
     names = {**{k: str(v) for k, v in bad_files.items()}, "missing": str(tmp_path / "missing.txt"),
              "nowhere": str(tmp_path / "nowhere"), "run": str(trained.parent), "checkpoint": str(trained)}
+    if "{windows}" in argv:  # a model trained on windows: no end-of-text token
+        assert train(tmp_path / "windows", small_corpus, "--samples", "windows", "--max-steps", "1") == 0
+        names["windows"] = str(tmp_path / "windows" / "checkpoint.pt")
+        capsys.readouterr()
     assert main([a.format(**names) for a in argv]) == 1
     err = capsys.readouterr().err
     assert message in err, err
@@ -322,3 +378,27 @@ def test_generate_and_evaluate_name_a_fine_tuning_checkpoint(chat_ready, tmp_pat
         assert main([*command, str(tmp_path / "run/finetune.pt")]) == 1
         err = capsys.readouterr().err
         assert "is a fine-tuning checkpoint" in err and err.count("\n") == 1, err
+
+
+# --------------------------------------------------------------------------- the book's model, asked as typed
+
+
+@pytest.mark.slow
+def test_the_books_model_answers_typed_questions_from_the_command_line(capsys):
+    """``tiny-llm evaluate`` measures >= 90% of the training questions answered exactly, cut from training and
+    typed; ``ask`` and ``generate`` with a typed question give the corpus's answer (the book's model: from the
+    build's cache, or trained here)."""
+    from tinyllm.book import tiny_gpt_checkpoint
+    from tinyllm.data import split_corpus
+    from tinyllm.posttrain import parse_qa
+
+    checkpoint = str(tiny_gpt_checkpoint())
+    capsys.readouterr()
+    assert main(["evaluate", checkpoint, "--json", "--threads", "1"]) == 0
+    train = json.loads(capsys.readouterr().out)["exact_answers"]["train"]
+    assert train["exact"] >= 0.9 * train["questions"] and train["typed"] >= 0.9 * train["questions"], train
+    question, answer = parse_qa(split_corpus(read_corpus()).train)[0]  # "What do we mean by a token?"
+    assert main(["ask", checkpoint, question, "--threads", "1"]) == 0
+    assert capsys.readouterr().out == answer + "\n"
+    assert main(["generate", checkpoint, "--prompt", f"Q: {question}\\nA:", "--greedy", "--threads", "1"]) == 0
+    assert capsys.readouterr().out == f"Q: {question}\nA: {answer}\n"

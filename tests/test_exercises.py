@@ -314,15 +314,20 @@ POST_TRAINING_MISTAKES = {
 }
 
 
-def post_training_results(names: dict) -> dict[str, tuple[str, float, str]]:
+def check_results(assignment: str, names: dict, timeout: float = 10.0) -> dict[str, tuple[str, float, str]]:
+    """Every check of the assignment run on a notebook's names: id -> (status, points, message)."""
     import autograder
     from autograder.api import LocalSubmission
 
     results = {}
-    for entry in checks_for("10_post_training"):
-        status, message = autograder.run_one(entry, LocalSubmission(names), names, 10.0)
+    for entry in checks_for(assignment):
+        status, message = autograder.run_one(entry, LocalSubmission(names), names, timeout)
         results[entry.id] = (status, entry.points, message)
     return results
+
+
+def post_training_results(names: dict) -> dict[str, tuple[str, float, str]]:
+    return check_results("10_post_training", names)
 
 
 def test_post_training_reference_scores_full_marks():
@@ -335,6 +340,75 @@ def test_post_training_reference_scores_full_marks():
 def test_post_training_mistake_loses_exactly_its_points(mistake):
     cell, old, new, fails, score = POST_TRAINING_MISTAKES[mistake]
     results = post_training_results(exercises.solution_namespace("10_post_training", cell, old, new))
+    failed = {check_id: (status, message) for check_id, (status, _, message) in results.items() if status != "passed"}
+    assert sorted(failed) == sorted(fails), {k: v[1][:300] for k, v in failed.items()}
+    for check_id, (status, phrase) in fails.items():
+        assert failed[check_id][0] == status and phrase in failed[check_id][1], failed[check_id][1]
+    assert sum(points for status, points, _ in results.values() if status == "passed") == score
+
+
+# ---------------------------------------------------------------- 01_tokenization: the pre-split's mistakes
+
+PATTERN = '''        r"'s|'t|'re|'ve|'m|'ll|'d",  # an English contraction's ending (lower case only: "IT'S" gives "'", "S")
+        r" ?\\p{L}+",  # a run of letters (any script), with the one space before it if there is one
+        r" ?\\p{N}+",  # a run of digits or other numerals, with its space
+        r" ?[^\\s\\p{L}\\p{N}]+",  # a run of anything else but whitespace (punctuation, emoji), with its space
+        r"\\s+(?!\\S)",  # whitespace, leaving the last space before a non-space to the chunk that follows
+'''
+BLAMED = "your `pre_split` is the cause"  # what the checks that encode through a wrong split say
+WRONG_SPLIT = {"pre_split_hidden": ("failed", "returned the wrong result"),
+               "bpe_encode_split_public": ("failed", BLAMED), "bpe_encode_split_hidden": ("failed", BLAMED)}
+TOKENIZATION_MISTAKES = {  # name: (cell, old, new, {check id: (status, phrase)}, score); the other checks pass
+    "no_leading_space": ("split_pattern_pre_split", PATTERN,
+                         PATTERN.replace('r" ?\\p{L}+"', 'r"\\p{L}+"').replace('r" ?\\p{N}+"', 'r"\\p{N}+"')
+                         .replace('r" ?[^', 'r"[^'),
+                         {"pre_split_public": ("failed", "A word keeps the one space before it"), **WRONG_SPLIT}, 17),
+    "greedy_whitespace": ("split_pattern_pre_split", 'r"\\s+(?!\\S)",', "",
+                          {"pre_split_public": ("failed", "leaves its last space to the word after it"),
+                           **WRONG_SPLIT}, 17),
+    "digits_joined_to_letters": ("split_pattern_pre_split", 'r" ?\\p{L}+"', 'r" ?[\\p{L}\\p{N}]+"',
+                                 {"pre_split_public": ("failed", "never joined to letters"),
+                                  "pre_split_hidden": ("failed", "returned the wrong result")}, 19),
+    "digits_three_at_a_time": ("split_pattern_pre_split", 'r" ?\\p{N}+"', 'r" ?\\p{N}{1,3}"',
+                               {"pre_split_public": ("failed", "any numeral, any length"),
+                                "pre_split_hidden": ("failed", "returned the wrong result")}, 19),
+    "contractions_any_case": ("split_pattern_pre_split", "return regex.findall(split_pattern(), text)",
+                              "return regex.findall(split_pattern(), text, flags=regex.IGNORECASE)",
+                              {"pre_split_public": ("failed", "Only lower-case endings"),
+                               "pre_split_hidden": ("failed", "returned the wrong result")}, 19),
+    "no_contractions": ("split_pattern_pre_split", "r\"'s|'t|'re|'ve|'m|'ll|'d\",  #", "#",
+                        {"pre_split_public": ("failed", "are chunks of their own"),
+                         "pre_split_hidden": ("failed", "returned the wrong result")}, 19),
+    "merges_across_chunks": ("train_bpe_chunks", "    sequences = [list(to_bytes(chunk)) for chunk in chunks]\n",
+                             "    sequences = [list(to_bytes(''.join(chunks)))]\n",
+                             {"train_bpe_chunks_public": ("failed", "never across two"),
+                              "train_bpe_chunks_hidden": ("failed", "never across two")}, 18),
+    "distinct_chunks_counted_once": ("train_bpe_chunks",
+                                     "    sequences = [list(to_bytes(chunk)) for chunk in chunks]\n",
+                                     "    sequences = [list(to_bytes(chunk)) for chunk in dict.fromkeys(chunks)]\n",
+                                     {"train_bpe_chunks_public": ("failed", "Each occurrence of a chunk counts"),
+                                      "train_bpe_chunks_hidden": ("failed", "Each occurrence of a chunk counts")}, 18),
+    "encodes_without_splitting": ("bpe_encode_split", "for chunk in pre_split(text)", "for chunk in [text]",
+                                  {"bpe_encode_split_public": ("failed", "split it with pre_split first"),
+                                   "bpe_encode_split_hidden": ("failed", "returned the wrong result")}, 20),
+}
+
+
+def tokenization_results(names: dict) -> dict[str, tuple[str, float, str]]:
+    return check_results("01_tokenization", names, timeout=30.0)
+
+
+def test_tokenization_reference_scores_full_marks():
+    results = tokenization_results(exercises.solution_namespace("01_tokenization"))
+    assert {status for status, _, _ in results.values()} == {"passed"}, results
+    assert sum(points for _, points, _ in results.values()) == MAX["01_tokenization"]
+
+
+@pytest.mark.parametrize("mistake", list(TOKENIZATION_MISTAKES))
+def test_tokenization_mistake_loses_exactly_its_points(mistake):
+    """Each mistake of the second part fails its checks with a message naming it, and costs exactly their points."""
+    cell, old, new, fails, score = TOKENIZATION_MISTAKES[mistake]
+    results = tokenization_results(exercises.solution_namespace("01_tokenization", cell, old, new))
     failed = {check_id: (status, message) for check_id, (status, _, message) in results.items() if status != "passed"}
     assert sorted(failed) == sorted(fails), {k: v[1][:300] for k, v in failed.items()}
     for check_id, (status, phrase) in fails.items():

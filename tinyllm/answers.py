@@ -8,7 +8,10 @@ by ``tiny-llm evaluate``:
   after the end-of-text id that starts every training sequence), decode
   greedily until it writes end-of-text, and compare with the document's own
   answer, token for token. A sequence the model cannot finish inside its
-  context window is compared up to the window.
+  context window is compared up to the window. The question is either cut
+  from the very sequence the model was trained on (:func:`question_prompt`)
+  or encoded on its own, as a user types it (:func:`typed_prompt`); with the
+  book's pre-splitting tokenizer the two are the same ids.
 - **real words**: the share of the words in some texts (sampled answers, say)
   that occur anywhere in the corpus; invented words ("cros-entropy") do not.
 """
@@ -25,6 +28,7 @@ from tinyllm.sampling import generate
 from tinyllm.train import cpu_threads
 
 ANSWER_MARK = "\nA:"  # where a question ends and its answer begins
+QUESTION_FRAME = "Q: {question}" + ANSWER_MARK  # a question typed by a user, framed as the corpus frames it
 STRIDE = 8  # answers are generated this many tokens at a time, stopping when all have ended
 WORD = re.compile(r"[A-Za-z]+")  # a word, for the real-word measure: a run of letters
 
@@ -68,6 +72,30 @@ def question_prompt(tokenizer, document: str, context_length: int) -> tuple[list
     return sequence[: n + 1], sequence[n + 1 :]
 
 
+def typed_prompt(tokenizer, document: str, context_length: int) -> tuple[list[int], list[int]]:
+    """``(prompt, expected)`` ids for one document's question as a user types it.
+
+    The prompt is end-of-text and the question (up to and including "A:")
+    encoded on its own; the expected continuation is the rest of the document
+    encoded on its own, then end-of-text, cut so that both fit in
+    ``context_length + 1`` ids as the trained sequence does. A tokenizer that
+    splits the text first ends a chunk at "A:", so these are the very ids of
+    the trained sequence; one that merges across the question's end (the
+    unsplit BPE) gives the model a prompt it never read.
+    """
+    if ANSWER_MARK not in document:
+        raise ValueError(f"not a question and answer (no {ANSWER_MARK!r}): {document[:60]!r}")
+    eot = tokenizer.end_of_text_id
+    if eot is None:
+        raise ValueError("exact answers need a tokenizer with an end-of-text id")
+    end = document.index(ANSWER_MARK) + len(ANSWER_MARK)
+    prompt = [eot] + tokenizer.encode(document[:end])
+    if len(prompt) >= context_length + 1:
+        raise ValueError(f"the question fills the context window of {context_length}: {document[:60]!r}")
+    expected = (tokenizer.encode(document[end:]) + [eot])[: context_length + 1 - len(prompt)]
+    return prompt, expected
+
+
 def askable(tokenizer, documents: list[str], context_length: int) -> list[str]:
     """The documents that are a question and an answer whose question fits the context window."""
     kept = []
@@ -82,8 +110,11 @@ def askable(tokenizer, documents: list[str], context_length: int) -> list[str]:
 
 @torch.no_grad()
 def answer_questions(model: nn.Module, tokenizer, documents: list[str], batch_size: int = 64,
-                     num_threads: int | None = 1, **sampling) -> list[Answer]:
+                     num_threads: int | None = 1, typed: bool = False, **sampling) -> list[Answer]:
     """Ask the model each document's question; greedy unless ``sampling`` says otherwise.
+
+    The prompt is cut from the trained sequence (:func:`question_prompt`), or
+    with ``typed`` the question encoded on its own (:func:`typed_prompt`).
 
     ``sampling`` goes to :func:`tinyllm.sampling.generate` (temperature,
     top_k, top_p, generator); the default is greedy (temperature 0).
@@ -95,7 +126,8 @@ def answer_questions(model: nn.Module, tokenizer, documents: list[str], batch_si
     sampling = sampling or {"temperature": 0.0}
     T = model.config.context_length
     eot = tokenizer.end_of_text_id
-    prompts = [question_prompt(tokenizer, doc, T) for doc in documents]
+    ask = typed_prompt if typed else question_prompt
+    prompts = [ask(tokenizer, doc, T) for doc in documents]
     by_length: dict[int, list[int]] = {}
     for i, (prompt, _) in enumerate(prompts):
         by_length.setdefault(len(prompt), []).append(i)
@@ -133,9 +165,36 @@ def _answer_group(model, prompts, group, length, batch_size, eot, written, sampl
             written[i] = ids[: ids.index(eot) + 1] if eot in ids else ids
 
 
-def exact_answer_rate(model: nn.Module, tokenizer, documents: list[str]) -> float:
+@torch.no_grad()
+def ask(model: nn.Module, tokenizer, question: str, **sampling) -> str:
+    """The model's answer to ``question`` as a user types it; greedy unless ``sampling`` says otherwise.
+
+    The prompt is end-of-text, then ``QUESTION_FRAME`` around the question
+    ("Q: What is a token?\\nA:"), encoded as it stands: what a tokenizer that
+    splits first also gave the model in training. The answer is what the model
+    writes after it, up to its end-of-text (or the end of its window), without
+    the space that opens it. ``sampling`` goes to :func:`tinyllm.sampling.generate`.
+    """
+    eot = tokenizer.end_of_text_id
+    if eot is None:
+        raise ValueError("asking a question needs a tokenizer with an end-of-text id")
+    sampling = sampling or {"temperature": 0.0}
+    T = model.config.context_length
+    prompt = [eot] + tokenizer.encode(QUESTION_FRAME.format(question=question))
+    if len(prompt) >= T + 1:
+        raise ValueError(f"the question fills the context window of {T} tokens: {question[:60]!r}")
+    device = next(model.parameters()).device
+    idx = torch.tensor([prompt], device=device)  # (1, length)
+    while idx.shape[1] < T + 1 and eot not in idx[0, len(prompt):]:  # as _answer_group: a few tokens at a time
+        idx = generate(model, idx, min(STRIDE, T + 1 - idx.shape[1]), **sampling)
+    written = idx[0, len(prompt):].tolist()
+    written = written[: written.index(eot)] if eot in written else written
+    return tokenizer.decode(written).removeprefix(" ")
+
+
+def exact_answer_rate(model: nn.Module, tokenizer, documents: list[str], typed: bool = False) -> float:
     """Share of the documents whose question the model answers exactly, greedily."""
-    answers = answer_questions(model, tokenizer, documents)
+    answers = answer_questions(model, tokenizer, documents, typed=typed)
     return sum(a.exact for a in answers) / len(answers)
 
 

@@ -224,9 +224,29 @@ def trained_tiny_gpt(model_config=None, train_config=None, device="cpu", retrain
     model_config = model_config or GPTConfig()
     train_config = train_config or TrainConfig()
     corpus = read_corpus()
-    path = cache_dir() / f"tiny_gpt_{_cache_key(model_config, train_config, corpus)}.pt"
+    path = _tiny_gpt_path(model_config, train_config, corpus)
     with _training_lock(path):
         return _load_or_train(path, model_config, train_config, corpus, device, retrain, callback, num_threads)
+
+
+def tiny_gpt_checkpoint(model_config=None, train_config=None):
+    """The path of the checkpoint that :func:`trained_tiny_gpt` caches, trained first if it is missing.
+
+    It is an ordinary ``tiny-llm train`` checkpoint: ``tiny-llm evaluate``,
+    ``generate`` and ``ask`` read it.
+    """
+    from tinyllm.data import read_corpus
+    from tinyllm.model import GPTConfig
+    from tinyllm.train import TrainConfig
+
+    model_config = model_config or GPTConfig()
+    train_config = train_config or TrainConfig()
+    trained_tiny_gpt(model_config, train_config)
+    return _tiny_gpt_path(model_config, train_config, read_corpus())
+
+
+def _tiny_gpt_path(model_config, train_config, corpus):
+    return cache_dir() / f"tiny_gpt_{_cache_key(model_config, train_config, corpus)}.pt"
 
 
 def _load_or_train(path, model_config, train_config, corpus, device, retrain, callback, num_threads):
@@ -252,6 +272,7 @@ def _load_or_train(path, model_config, train_config, corpus, device, retrain, ca
         merges=tokenizer.merges,
         num_threads=num_threads,
         end_of_text=tokenizer.end_of_text_id is not None,
+        split=tokenizer.split,
     )
     history = trainer.train(callback=callback)
     trainer.save(path)  # the model now holds the weights the run keeps (TrainConfig.keep)
@@ -503,7 +524,7 @@ def variant_history(model_config, train_config, change: str = "none", seed: int 
                                     train_config.samples)
     model = build_model(model_config, seed) if change == "none" else gpt2_with(change, model_config, seed)
     trainer = Trainer(model, data["train"], data["val"], train_config, device="cpu", merges=tokenizer.merges,
-                      end_of_text=tokenizer.end_of_text_id is not None)
+                      end_of_text=tokenizer.end_of_text_id is not None, split=tokenizer.split)
     return trainer.train().to_dict()
 
 

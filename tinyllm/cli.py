@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import signal
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from tinyllm.bpe import BPETokenizer
-from tinyllm.answers import answer_questions, askable
+from tinyllm.answers import QUESTION_FRAME, answer_questions, ask, askable
 from tinyllm.data import corpus_path, encode_splits, read_corpus, split_corpus, split_documents, token_stream
 from tinyllm.model import ARCHITECTURES, GPTConfig
 from tinyllm.ngram import NGramLM
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         sizes.add_argument(_flag(name), type=OPTION_TYPES.get(name, type(default)), default=None,
                            choices=ARCHITECTURES if name == "arch" else None,
                            help=text if "(default:" in text else f"{text} (default: {default})")
+    tokenizing = train.add_argument_group("tokenizer")
+    tokenizing.add_argument("--no-split", action="store_true",
+                            help="run BPE over the whole text, so that merges may cross words and lines (chapter 2's "
+                            "first tokenizer); by default the text is first split with GPT-2's pattern")
     training = train.add_argument_group("training")
     for name, text in TRAIN_OPTIONS.items():
         default = CLI_TRAIN_DEFAULTS.get(name, _defaults(TrainConfig)[name])
@@ -161,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="test perplexity and bits per byte, against unigram and bigram baselines",
         description="Score a trained model on a held-out split of the corpus it was trained on: mean loss, "
         "perplexity per token and bits per byte (comparable across tokenizers), beside unigram and "
-        "bigram models counted on the same training split with the same tokenizer.",
+        "bigram models counted on the same training split with the same tokenizer. A model trained on documents "
+        "is also asked every question of each split, greedily: cut from the very sequence it was trained on, and "
+        "typed (end-of-text, then 'Q: ...\\nA:' encoded on its own); it counts the answers that are the "
+        "corpus's, token for token.",
         formatter_class=_HelpFormatter,
     )
     evaluate_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
@@ -179,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     generate_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
-    generate_cmd.add_argument("--prompt", default="Q: What is", help="text to continue (any Unicode)")
+    generate_cmd.add_argument("--prompt", default="Q: What is",
+                              help="text to continue (any Unicode); \\n in it is a newline and \\t a tab, as typed "
+                              "in a shell (\\\\ for a backslash), so \"Q: What is a token?\\nA:\" asks a question")
     generate_cmd.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate")
     generate_cmd.add_argument("--greedy", action="store_true", help="always take the most likely token")
     generate_cmd.add_argument("--temperature", type=float, default=1.0,
@@ -195,6 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
                               help="recompute the whole sequence for every token instead of using the KV cache "
                               "(the same text, slower; the cache needs prompt + tokens within the context)")
     _device_options(generate_cmd)
+
+    ask_cmd = commands.add_parser(
+        "ask",
+        help="ask a trained model a question, as the corpus frames one",
+        description="Ask a question: the model reads it as the corpus writes its questions, "
+        f"{QUESTION_FRAME.format(question='QUESTION')!r} after end-of-text, and its answer is what it writes up to "
+        "its own end-of-text. Greedy unless --temperature is above 0.",
+        formatter_class=_HelpFormatter,
+    )
+    ask_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train' (on documents)")
+    ask_cmd.add_argument("question", help="the question, as you would type it (\"What is a token?\")")
+    ask_cmd.add_argument("--temperature", type=float, default=0.0,
+                         help="0: the most likely token every time (the answer as trained); above 0: sample")
+    ask_cmd.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    ask_cmd.add_argument("--top-p", type=float, default=None,
+                         help="sample only from the smallest set of tokens whose probability reaches p")
+    ask_cmd.add_argument("--seed", type=int, default=0, help="seed for sampling: same seed, same answer")
+    _device_options(ask_cmd)
 
     finetune = commands.add_parser(
         "finetune",
@@ -341,6 +369,8 @@ def cmd_train(args) -> int:
         model_cfg, train_cfg, given = _configs(args, ckpt.model_config.to_dict(), ckpt.train_config.to_dict())
         changed = [n for n in given if (model_cfg | train_cfg)[n] != (ckpt.model_config.to_dict()
                                                                     | ckpt.train_config.to_dict())[n]]
+        if args.no_split and ckpt.split:
+            changed.append("no_split")
         if changed:
             raise CliError("--resume continues the saved run with its own settings; these differ from it: "
                            + ", ".join(_flag(n) for n in changed))
@@ -365,7 +395,8 @@ def cmd_train(args) -> int:
         start = time.perf_counter()
         splits = split_corpus(text)
         documents = train_config.samples == "documents"
-        tokenizer = BPETokenizer.train(splits.train, model_config.vocab_size, end_of_text=documents)
+        tokenizer = BPETokenizer.train(splits.train, model_config.vocab_size, end_of_text=documents,
+                                       split=not args.no_split)
         if tokenizer.vocab_size < model_config.vocab_size:
             raise CliError(f"the training split is too small for --vocab-size {model_config.vocab_size}: "
                            f"it supports only {tokenizer.vocab_size}")
@@ -377,7 +408,7 @@ def cmd_train(args) -> int:
             train_config = TrainConfig(**(train_cfg | {"eval_interval": max(1, len(ids["train"]) // per_step)}))
         model = build_model(model_config, train_config.seed)
         trainer = Trainer(model, ids["train"], ids["val"], train_config, device=device, merges=tokenizer.merges,
-                          end_of_text=documents)
+                          end_of_text=documents, split=tokenizer.split)
         trainer.meta = {"corpus": str(corpus_file), "corpus_sha256": _digest(text)}
         print(f"model: {model.num_parameters():,} parameters on {device}; "
               f"{len(ids['train']):,} training and {len(ids['val']):,} validation "
@@ -479,7 +510,9 @@ def evaluation_scores(ckpt: Checkpoint, text: str, split: str, device: torch.dev
             questions = askable(tokenizer, split_documents(getattr(splits, name)), config.context_length)
             if questions:  # documents that are a question and its answer, the question inside the window
                 answers = answer_questions(model, tokenizer, questions)
-                exact[name] = {"questions": len(answers), "exact": sum(a.exact for a in answers)}
+                typed = answer_questions(model, tokenizer, questions, typed=True)
+                exact[name] = {"questions": len(answers), "exact": sum(a.exact for a in answers),
+                               "typed": sum(a.exact for a in typed)}
     return {
         "split": split,
         "tokens": len(held_out),
@@ -511,13 +544,34 @@ def cmd_evaluate(args) -> int:
     for name, s in scores["models"].items():
         print(f"{name:10} {s['loss']:8.4f} {s['perplexity']:11.3f} {s['bits_per_byte']:10.4f}")
     if scores["exact_answers"]:
-        print("questions answered exactly (greedy decoding, the corpus's answer):")
+        print("questions answered exactly (greedy decoding, the corpus's answer), the question")
+        print(f"  {'':5} {'':9} {'cut from training':>17} {'typed':>15}")
         for name, e in scores["exact_answers"].items():
-            print(f"  {name:5} {e['exact']:5,} of {e['questions']:5,}  {100 * e['exact'] / e['questions']:5.1f}%")
+            print(f"  {name:5} {e['questions']:5,} asked {e['exact']:9,} {100 * e['exact'] / e['questions']:6.1f}% "
+                  f"{e['typed']:7,} {100 * e['typed'] / e['questions']:6.1f}%")
     return 0
 
 
-# --------------------------------------------------------------------------- generate
+# --------------------------------------------------------------------------- generate and ask
+
+
+def unescape(prompt: str) -> str:
+    """A prompt as typed in a shell: ``\\n`` is a newline, ``\\t`` a tab, ``\\\\`` one backslash; the rest stays."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], prompt)
+
+
+def _sampling(args, device: torch.device, greedy: bool = False) -> dict:
+    """The sampling settings of generate and ask, checked: greedy, or the temperature, top-k, top-p and seed."""
+    if args.temperature < 0:
+        raise CliError(f"--temperature must be at least 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CliError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CliError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if greedy or args.temperature == 0:
+        return {"temperature": 0.0}
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "generator": torch.Generator(device=device).manual_seed(args.seed)}
 
 
 def cmd_generate(args) -> int:
@@ -526,28 +580,20 @@ def cmd_generate(args) -> int:
         raise CliError(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
     if args.samples < 1:
         raise CliError(f"--samples must be at least 1, got {args.samples}")
-    if args.temperature < 0:
-        raise CliError(f"--temperature must be at least 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise CliError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise CliError(f"--top-p must be in (0, 1], got {args.top_p}")
+    sampling = _sampling(args, device, greedy=args.greedy)
     if args.repetition_penalty <= 0:
         raise CliError(f"--repetition-penalty must be positive, got {args.repetition_penalty}")
     if not args.prompt:
         raise CliError("--prompt is empty: the model needs at least one token to continue")
+    prompt = unescape(args.prompt)
     ckpt = _load(args.checkpoint)
     tokenizer = ckpt.tokenizer()
     model = ckpt.model(device)
-    prompt_ids = tokenizer.encode(args.prompt)  # byte-level: every character has bytes to fall back on
+    prompt_ids = tokenizer.encode(prompt)  # byte-level: every character has bytes to fall back on
     eot = tokenizer.end_of_text_id
     if eot is not None:  # a model trained on documents reads the prompt as the start of one
         prompt_ids = [eot] + prompt_ids
-    greedy = args.greedy or args.temperature == 0
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     idx = torch.tensor([prompt_ids] * args.samples, dtype=torch.long, device=device)  # (samples, T)
-    sampling = {"temperature": 0.0} if greedy else {
-        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "generator": generator}
     cached = not args.no_cache and idx.shape[1] + args.max_new_tokens <= model.config.context_length
     if not args.no_cache and not cached:  # the uncached generate slides a window; the cache cannot
         print(f"(without the KV cache: prompt + tokens exceed the context of {model.config.context_length})",
@@ -562,6 +608,19 @@ def cmd_generate(args) -> int:
             written = row[len(prompt_ids) - 1 :]
             row = row[: len(prompt_ids) - 1 + (written.index(eot) if eot in written else len(written))]
         print(tokenizer.decode(row))
+    return 0
+
+
+def cmd_ask(args) -> int:
+    device = _device(args.device)
+    sampling = _sampling(args, device)
+    if not args.question.strip():
+        raise CliError("the question is empty")
+    ckpt = _load(args.checkpoint)
+    if not ckpt.end_of_text:
+        raise CliError(f"{args.checkpoint} was trained without an end-of-text token (--samples windows): its answers "
+                       "have no end; ask a model trained on documents, or use 'tiny-llm generate'")
+    print(ask(ckpt.model(device), ckpt.tokenizer(), unescape(args.question), **sampling))
     return 0
 
 
@@ -661,7 +720,8 @@ def cmd_finetune(args) -> int:
 # --------------------------------------------------------------------------- main
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "finetune": cmd_finetune}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "ask": cmd_ask,
+            "finetune": cmd_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,11 +157,13 @@ def encode_splits(text: str, tokenizer, context_length: int, samples: str = "doc
 def training_data(text: str, vocab_size: int, context_length: int, samples: str = "documents"):
     """The tokenizer and the encoded splits a run trains on: ``(tokenizer, encode_splits(...))``.
 
-    The tokenizer is trained on the training split only; with document
+    The tokenizer is the book's (chapter 2): GPT-2's pre-split, then BPE
+    within the chunks, trained on the training split only; with document
     samples (the default) its last id is end-of-text. The book and
     ``tiny-llm train`` both prepare their data here.
     """
     from tinyllm.bpe import BPETokenizer
 
-    tokenizer = BPETokenizer.train(split_corpus(text).train, vocab_size, end_of_text=samples == "documents")
+    tokenizer = BPETokenizer.train(split_corpus(text).train, vocab_size, end_of_text=samples == "documents",
+                                   split=True)
     return tokenizer, encode_splits(text, tokenizer, context_length, samples)

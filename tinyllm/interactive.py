@@ -104,10 +104,12 @@ def sampling_explorer(logits, token_labels: list[str], context: str, *, show: in
 
 
 def tokenizer_explorer(merges: list[tuple[int, int]], token_labels: list[str], example: str, example_ids: list[int],
-                       *, alt: str = "") -> InteractiveFigure:
+                       *, split: bool = False, alt: str = "") -> InteractiveFigure:
     """A text box whose contents the page tokenizes with ``merges``, exactly as ``BPETokenizer.encode``.
 
-    Without JavaScript the reader sees ``example`` cut into ``example_ids``, as static HTML.
+    With ``split`` the page first cuts the text with GPT-2's pattern (``tinyllm.bpe.pre_split``),
+    given to JavaScript as :func:`javascript_split_pattern` writes it. Without JavaScript the
+    reader sees ``example`` cut into ``example_ids``, as static HTML.
     """
     if len(token_labels) != 256 + len(merges):
         raise ValueError(f"need one label per id: {256 + len(merges)}, got {len(token_labels)}")
@@ -116,4 +118,22 @@ def tokenizer_explorer(merges: list[tuple[int, int]], token_labels: list[str], e
     static = (f'<div class="tinyllm-tokens">{spans}</div>'
               f'<pre class="tinyllm-ids">[{", ".join(map(str, example_ids))}]</pre>')
     return InteractiveFigure("tokenizer", {"merges": [list(m) for m in merges], "tokens": list(token_labels),
-                                           "example": example}, static, alt)
+                                           "example": example, "pattern": javascript_split_pattern() if split else None},
+                             static, alt)
+
+
+def javascript_split_pattern() -> str:
+    """``tinyllm.bpe.split_pattern()`` for a JavaScript ``RegExp`` with the ``u`` flag, matching what ``regex`` does.
+
+    JavaScript reads ``\\p{L}``, ``\\p{N}`` and the look-ahead the same way, but its ``\\s`` is
+    another set (it has U+FEFF and lacks U+0085), so ``\\s`` and ``\\S`` are written out as the
+    characters the regex package calls whitespace (all in the Basic Multilingual Plane).
+    """
+    import regex
+
+    from tinyllm.bpe import split_pattern
+
+    spaces = "".join(f"\\u{{{ord(ch):x}}}" for ch in regex.findall(r"\s", "".join(map(chr, range(0xD800)))
+                                                                  + "".join(map(chr, range(0xE000, 0x10000)))))
+    pattern = split_pattern().replace(r"[^\s", "[^" + spaces)  # inside a class: its members
+    return pattern.replace(r"\S", f"[^{spaces}]").replace(r"\s", f"[{spaces}]")

@@ -412,6 +412,7 @@ class Trainer:
         merges: list[tuple[int, int]] | None = None,
         num_threads: int | None = None,
         end_of_text: bool = False,
+        split: bool = False,
     ):
         self.config = config or TrainConfig()
         self.num_threads = num_threads  # CPU threads while train() runs; None: leave torch's setting
@@ -419,6 +420,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.merges = [tuple(m) for m in merges] if merges is not None else None
         self.end_of_text = end_of_text  # whether the tokenizer has the end-of-text id after its merges
+        self.split = split  # whether the tokenizer pre-splits the text (tinyllm.bpe.pre_split)
         T = model.config.context_length
         if self.config.samples == "documents":  # train_ids, val_ids: lists of document sequences
             self.sampler = DocumentSampler(train_ids, self.config.batch_size, self.config.seed)
@@ -558,6 +560,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "merges": self.merges,
             "end_of_text": self.end_of_text,
+            "split": self.split,
             "step": self.step,
             "best_val_loss": self.history.best_val_loss,
             "best_model": self.best_state,
@@ -588,7 +591,7 @@ class Trainer:
         ckpt = load_checkpoint(path)
         model = build_model(ckpt.model_config, seed=0)  # overwritten by the saved weights
         trainer = cls(model, train_ids, val_ids, ckpt.train_config, device, ckpt.merges, num_threads,
-                      end_of_text=ckpt.end_of_text)
+                      end_of_text=ckpt.end_of_text, split=ckpt.split)
         try:
             trainer.model.load_state_dict(ckpt.model_state)
             trainer.optimizer.load_state_dict(ckpt.optimizer_state)
@@ -630,6 +633,7 @@ class Checkpoint:
     rng: dict[str, Tensor]
     meta: dict[str, str] = field(default_factory=dict)
     end_of_text: bool = False  # the tokenizer has an end-of-text id after its merges
+    split: bool = False  # the tokenizer pre-splits the text (checkpoints from before the pre-split do not)
 
     def model(self, device: str | torch.device = "cpu") -> TinyGPT:
         """The saved model (the weights the run kept, if it finished), in eval mode."""
@@ -638,12 +642,12 @@ class Checkpoint:
         return model.to(device).eval()
 
     def tokenizer(self):
-        """The run's BPE tokenizer (its merges, and the end-of-text id if it had one)."""
+        """The run's BPE tokenizer (its merges, its pre-split if it had one, and the end-of-text id if it had one)."""
         from tinyllm.bpe import BPETokenizer
 
         if self.merges is None:
             raise ValueError("this checkpoint holds no tokenizer merges")
-        return BPETokenizer(self.merges, end_of_text=self.end_of_text)
+        return BPETokenizer(self.merges, end_of_text=self.end_of_text, split=self.split)
 
 
 def save_checkpoint(
@@ -655,6 +659,7 @@ def save_checkpoint(
     optimizer: dict | None = None,
     merges: list[tuple[int, int]] | None = None,
     end_of_text: bool = False,
+    split: bool = False,
     step: int = 0,
     best_val_loss: float = math.inf,
     best_model: dict[str, Tensor] | None = None,
@@ -680,6 +685,7 @@ def save_checkpoint(
         "optimizer": optimizer,
         "merges": [list(m) for m in merges] if merges is not None else None,
         "end_of_text": bool(end_of_text),
+        "split": bool(split),
         "step": int(step),
         "best_val_loss": float(best_val_loss),
         "best_model": best_model,
@@ -748,6 +754,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             rng=payload["rng"],
             meta=dict(payload.get("meta", {})),
             end_of_text=bool(payload.get("end_of_text", False)),
+            split=bool(payload.get("split", False)),
         )
         if merges is not None and 256 + len(ckpt.merges) + ckpt.end_of_text != model_config.vocab_size:
             raise ValueError(
