@@ -24,7 +24,7 @@ help:
 	@echo "make exercises  regenerate the student notebooks (exercises/) with nbgrader"
 	@echo "make gradescope build Gradescope autograder zips into _build/gradescope/"
 	@echo "make grade SUBMISSIONS=path  grade notebooks (or an nbgrader submitted/ folder) into grades/"
-	@echo "                  (GRADE_FLAGS='--due 2026-11-01T23:59 --late-penalty 10%/day' and the like)"
+	@echo "                  (dates, late policy and extensions from course.toml when it exists; GRADE_FLAGS='...')"
 	@echo "make preview    serve _build/html on http://localhost:8000"
 	@echo "make clean      remove _build and the virtual environment"
 
@@ -92,12 +92,14 @@ gradescope: $(VENV)/.test-installed
 
 # Everything an instructor needs from one command: reports, grades.csv, feedback/, the class
 # summary and similarity report per assignment, and the gradebook's scores when there is one.
+# The course file (due dates, late policy, extensions: autograder/course.py) when there is one.
 SUBMISSIONS ?= submitted
 GRADEBOOK ?= $(wildcard gradebook.db)
+COURSE ?= $(wildcard course.toml)
 GRADE_FLAGS ?=
 grade: $(VENV)/.grade-installed
 	@tools/system_deps.sh grade
-	$(BIN)/python -m autograder grade $(SUBMISSIONS) --out grades $(if $(GRADEBOOK),--gradebook $(GRADEBOOK)) $(GRADE_FLAGS)
+	$(BIN)/python -m autograder grade $(SUBMISSIONS) --out grades $(if $(COURSE),--course $(COURSE)) $(if $(GRADEBOOK),--gradebook $(GRADEBOOK)) $(GRADE_FLAGS)
 
 preview:
 	@echo "Serving _build/html on http://localhost:8000 (Ctrl-C stops)"

@@ -21,3 +21,15 @@ c.CourseDirectory.feedback_directory = "feedback"
 # Students' code may legitimately take a few seconds (training a tiny model in a cell).
 c.ExecutePreprocessor.timeout = 120
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# Safety for nbgrader's own commands in this directory (autograder/nbgrader_hooks.py): the `alembic`
+# beside nbgrader's Python is found without an activated virtual environment (or the command stops
+# with one line before touching anything), and a failed `generate_assignment --force` puts back the
+# committed exercises/ notebooks it had deleted.
+import os as _os  # noqa: E402
+import sys as _sys  # noqa: E402
+
+_sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))  # noqa: F821 - set by traitlets' loader
+from autograder.nbgrader_hooks import install as _install  # noqa: E402
+
+_install(c)

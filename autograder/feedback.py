@@ -22,6 +22,13 @@ What a student must never see, and the rule that keeps it out
   entirely. Web addresses are left alone.
 * **Hidden-check code.** Reports never carry a check's source, only its title
   and message; the frame rule above removes any that a crash would drag in.
+* **Hidden checks' data** (with ``hide_hidden``, the default; the grader's
+  ``--hide-hidden-inputs``). A hidden check that found a wrong value says so in
+  words, without the inputs, expected values or values returned; one whose call
+  raised keeps the student's own frames and the exception's type, not its
+  message (which can quote the inputs). Messages that carry no data (not
+  defined, wrong signature, a forbidden built-in, out of time or memory) stay.
+  The instructor's JSON reports keep everything.
 
 Every piece of text (titles, messages, names) is escaped, for HTML or
 Markdown, since a student controls the messages of their own exceptions. The
@@ -35,6 +42,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -146,7 +154,43 @@ class CheckResult:
 _SEE = re.compile(r"^See: ([\w./#%:?=&+~-]+)\s*$")
 
 
-def parse_test(test: dict) -> CheckResult:
+HIDDEN_FAILED = ("This is a hidden check: its inputs and expected values are not shown. Your code gave a wrong "
+                 "result on them; the public check of the same function shows a worked case, and the book section "
+                 "below explains what is expected.")
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Warning|Interrupt|Exit))(?::.*)?$")
+
+
+def hide_data(message: str, status: str) -> str:
+    """A hidden check's message without the data it was run on (see the module docstring)."""
+    if status == "failed":
+        return HIDDEN_FAILED
+    if status != "exception":
+        return message
+    lines = message.splitlines()
+    kept, in_frame = [], False
+    for line in lines:
+        frame = _FRAME.match(line)
+        if frame:
+            in_frame = True
+            kept.append(line)
+            continue
+        if in_frame and line.startswith((" ", "\t")):
+            kept.append(line)
+            continue
+        in_frame = False
+        found = _EXCEPTION_LINE.match(line.strip())
+        if found:
+            kept.append(f"{found.group('type')} (its message is not shown for a hidden check)")
+        elif line.strip() == FRAMES_HIDDEN or line.startswith("Traceback"):
+            kept.append(line)
+    first = lines[0] if lines and not _FRAME.match(lines[0]) and not _EXCEPTION_LINE.match(lines[0].strip()) \
+        and not lines[0].startswith("Traceback") else ""
+    if first and not re.search(r"\d", first):
+        kept.insert(0, first)  # "`softmax` raised an exception:", never a line with numbers in it
+    return "\n".join(kept) or "Your code raised an exception on the hidden check's inputs (not shown)."
+
+
+def parse_test(test: dict, hide_hidden: bool = True) -> CheckResult:
     """Split a check's output into its title line, its message and its book link."""
     output = str(test.get("output") or "")
     lines = output.splitlines()
@@ -161,15 +205,20 @@ def parse_test(test: dict) -> CheckResult:
             url = see.group(1)
             body.pop()
     name = str(test.get("name") or "check")
+    status = str(test.get("status") or ("passed" if test.get("score") == test.get("max_score") else "failed"))
+    hidden = test.get("visibility") not in (None, "visible")
+    message = sanitize("\n".join(body).strip("\n"))
+    if hidden and hide_hidden and status != "passed":
+        message = hide_data(message, status)
     return CheckResult(
         name=name,
         title=sanitize(title) or name,
         score=float(test.get("score") or 0.0),
         max_score=float(test.get("max_score") or 0.0),
-        status=str(test.get("status") or ("passed" if test.get("score") == test.get("max_score") else "failed")),
-        message=sanitize("\n".join(body).strip("\n")),
+        status=status,
+        message=message,
         book_url=url,
-        hidden=test.get("visibility") not in (None, "visible"),
+        hidden=hidden,
     )
 
 
@@ -190,12 +239,18 @@ def points(value: float) -> str:
 
 
 def describe_late(late: dict) -> str:
+    due = f"due {late.get('due', '?')}" + (" (your extension)" if late.get("extension") else "")
+    if late.get("timestamp") is None:
+        return ("Canvas marked this submission late; its download does not say when it was submitted, so any "
+                "late penalty is applied in Canvas.")
     seconds = int(late.get("seconds_late") or 0)
+    if not late.get("late", seconds > 0):
+        return f"Submitted {late.get('timestamp')}, {due}: on time."
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes = rest // 60
     parts = [f"{days} d"] * bool(days) + [f"{hours} h"] * bool(hours) + [f"{minutes} min"] * bool(minutes or not (days or hours))
-    text = f"Submitted {late.get('timestamp', '?')}, due {late.get('due', '?')}: {' '.join(parts)} late."
+    text = f"Submitted {late.get('timestamp', '?')}, {due}: {' '.join(parts)} late."
     penalty = float(late.get("penalty") or 0.0)
     text += f" Late penalty: {points(penalty)} point{'' if penalty == 1 else 's'} taken off the total." if penalty \
         else " No late penalty."
@@ -279,8 +334,11 @@ def table(caption: str, columns: list[str], rows: list[list[str]], numeric: set[
 
 
 def write_text(path: Path, text: str) -> None:
-    """Atomically, and readable by others: feedback and summaries are meant to be handed out."""
-    atomic_write(path, text.encode("utf-8"))
+    """Atomically, and readable by others: feedback and summaries are meant to be handed out.
+
+    Without fsync: these pages are derived from the reports, and a rerun writes them again.
+    """
+    atomic_write(path, text.encode("utf-8"), durable=False)
     os.chmod(path, 0o644)
 
 
@@ -301,7 +359,7 @@ class Feedback:
     checks: list[CheckResult]
 
 
-def read_feedback(report: dict) -> Feedback:
+def read_feedback(report: dict, hide_hidden: bool = True) -> Feedback:
     extra = report.get("extra_data") or {}
     ignored = [(sanitize(str(item.get("path", ""))), sanitize(str(item.get("reason", ""))))
                for item in extra.get("ignored") or [] if isinstance(item, dict)]
@@ -314,7 +372,7 @@ def read_feedback(report: dict) -> Feedback:
         late=extra.get("late") or None,
         notes=report_notes(report),
         ignored=ignored,
-        checks=[parse_test(test) for test in report.get("tests") or [] if isinstance(test, dict)],
+        checks=[parse_test(test, hide_hidden) for test in report.get("tests") or [] if isinstance(test, dict)],
     )
 
 
@@ -400,27 +458,49 @@ def feedback_markdown(fb: Feedback) -> str:
     return "\n".join(out)
 
 
-def write_feedback(folder: Path, reports: list[dict]) -> list[Path]:
+def write_feedback(folder: Path, reports: list[dict], hide_hidden: bool = True, cache=None,
+                   prune: bool = False) -> list[Path]:
     """Write ``<folder>/<student or submission>/<assignment>.html`` and ``.md`` for each report.
 
     Returns the paths written (HTML then Markdown for each report, in the order of
     ``reports``). Two reports that would share a file name (the same submission
     name in two folders, no student) are told apart by a numeric suffix, in order.
+    With ``cache`` (an :class:`autograder.report.OutputCache`) a file whose report
+    has not changed is not written again; ``prune`` removes files in ``folder``
+    that no report produces (a student's feedback never outlives their report).
     """
+    from autograder.report import digest, module_digest, report_key
+
     folder = Path(folder)
     written: list[Path] = []
     taken: set[Path] = set()
+    version = module_digest(sys.modules[__name__])
     for report in reports:
-        fb = read_feedback(report)
-        owner = safe_name(fb.student or PurePosixPath(fb.submission).stem, "submission")
-        base = folder / owner / safe_name(fb.assignment, "unknown_assignment")
+        extra = report.get("extra_data") or {}
+        owner = safe_name(extra.get("student") or PurePosixPath(submission_label(report)).stem, "submission")
+        base = folder / owner / safe_name(str(extra.get("assignment") or "unknown_assignment"), "unknown_assignment")
         candidate, n = base, 1
         while candidate in taken:
             n += 1
             candidate = base.with_name(f"{base.name}-{n}")
         taken.add(candidate)
-        for suffix, text in ((".html", feedback_html(fb)), (".md", feedback_markdown(fb))):
+        key = digest(version, hide_hidden, report_key(report))
+        fb = None
+        for suffix, render in ((".html", feedback_html), (".md", feedback_markdown)):
             path = candidate.with_name(candidate.name + suffix)
-            write_text(path, text)
+            if cache is None or not cache.fresh(path, key):
+                fb = fb or read_feedback(report, hide_hidden)
+                write_text(path, render(fb))
+                if cache is not None:
+                    cache.record(path, key)
             written.append(path)
+    if prune and folder.is_dir():
+        keep = set(written)
+        for path in sorted(folder.rglob("*"), reverse=True):
+            if path.is_file() and path not in keep:
+                path.unlink()
+                if cache is not None:
+                    cache.forget(path)
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
     return written

@@ -92,6 +92,15 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "tinyllm.posttrain.sequence_logprob": ("tinyllm.posttrain", "sequence_logprob"),
     "tinyllm.posttrain.dpo_loss": ("tinyllm.posttrain", "dpo_loss"),
     "tinyllm.posttrain.LoRALinear": ("tinyllm.posttrain.LoRALinear", "forward"),
+    # 11_inference.
+    "tinyllm.quantize.quantize_int8": ("tinyllm.quantize", "quantize_int8"),
+    "tinyllm.quantize.dequantize": ("tinyllm.quantize", "dequantize"),
+    "tinyllm.quantize.quantize_int4": ("tinyllm.quantize", "quantize_int4"),
+    "tinyllm.quantize.dequantize_int4": ("tinyllm.quantize", "dequantize_int4"),
+    "tinyllm.quantize.quantize_weight": ("tinyllm.quantize", "quantize_weight"),
+    "tinyllm.quantize.dequantize_weight": ("tinyllm.quantize", "dequantize_weight"),
+    "tinyllm.speculative.speculative_accept": ("tinyllm.speculative", "speculative_accept"),
+    "tinyllm.speculative.speculative_generate": ("tinyllm.speculative", "speculative_generate"),
 }
 
 # What each exercise may not use: built-in families and the book library's own answer.
@@ -129,6 +138,10 @@ GROUPS: dict[str, list[str]] = {
                       "torch.special.log_softmax", "tinyllm.softmax.cross_entropy", "tinyllm.posttrain.sft_loss",
                       "tinyllm.posttrain.sequence_logprob", "tinyllm.posttrain.dpo_loss",
                       "tinyllm.posttrain.LoRALinear"],
+    "quantize": ["tinyllm.quantize.quantize_int8", "tinyllm.quantize.dequantize", "tinyllm.quantize.quantize_int4",
+                 "tinyllm.quantize.dequantize_int4", "tinyllm.quantize.quantize_weight",
+                 "tinyllm.quantize.dequantize_weight"],
+    "speculative": ["tinyllm.speculative.speculative_accept", "tinyllm.speculative.speculative_generate"],
 }
 
 # Readable names for messages: nn.Embedding and nn.LayerNorm reach these functions.

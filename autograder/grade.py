@@ -6,7 +6,16 @@ What it writes into --out (default grades/):
                        extra_data the student, the notebook graded, the notebooks ignored
                        and why, lateness (timestamp.txt against --due) and any penalty
   grades.csv           the class table: one row per student and assignment (every report in
-                       the folder, so regrading one student updates only that row)
+                       the folder, so regrading one student updates only that row), with the
+                       raw score, hours late, late penalty and notes
+  grades-wide.csv      one row per student: per assignment the score, raw score, hours late,
+                       penalty and notes (ignored files, timeouts, cells left out); the totals
+  grades-canvas.csv    the same scores in Canvas's gradebook import format (see autograder/course.py)
+  autograded/<student>/<assignment>/<assignment>.ipynb
+                       each student's notebook as graded, in nbgrader's autograded/ layout, each
+                       test cell showing its check's result, for nbgrader generate_feedback,
+                       release_feedback and the formgrader (with --gradebook); --autograded DIR
+                       writes them elsewhere (e.g. the course's own autograded/)
   feedback/<student>/<assignment>.html and .md
                        what to send each student: score per check, the teaching message,
                        the book link; never hidden-check code, tracebacks or paths
@@ -14,16 +23,22 @@ What it writes into --out (default grades/):
                        the class at a glance: score distribution, each check's pass rate,
                        the commonest failure messages, late and ungradable submissions
   similarity-<assignment>.html
-                       pairs of submissions whose own code (starter code excluded) is
-                       suspiciously alike, side by side
+                       submissions whose own code (starter code excluded) is suspiciously alike:
+                       clusters, the closest pairs side by side, and matches with the reference
+                       solution and the book's library
+Dates and the late policy come from a course file (--course course.toml: due dates, the late
+policy, per-student extensions; see autograder/course.py), or for one assignment from --due
+and --late-penalty, or from the gradebook's due dates. Hidden checks' inputs and expected values
+stay out of what students see (--hide-hidden-inputs, the default).
 With --gradebook, the scores (and timestamps and late penalties) also go into the
 nbgrader gradebook, so `nbgrader export` and the formgrader show them.
 
 In an nbgrader tree each student and assignment gives one graded notebook: the one
 named after the assignment, else the only one whose name starts with it (a renamed
 copy), else the only notebook there; checkpoints never. Reports are keyed by the
-notebook's bytes, the checks' version and the limits: a rerun skips what is already
-graded (--force regrades). Every file is written atomically, so an interrupted run
+notebook's bytes, the version of that assignment's checks and the limits: a rerun skips
+what is already graded (--force regrades), and editing one assignment's checks regrades
+only that assignment. Every file is written atomically, so an interrupted run
 loses nothing that finished; one output folder serves one run at a time.
 
 Exit status: 0 when grading ran, whatever the scores; 2 for bad input (nothing is
@@ -33,6 +48,7 @@ written) or a sandbox that cannot run safely; 3 when another run holds the outpu
 from __future__ import annotations
 
 import argparse
+import difflib
 import fcntl
 import json
 import os
@@ -43,9 +59,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from autograder.course import LatePolicy, Schedule, load_course, parse_instant, utc_text
 from autograder.registry import assignments, checks_for, checks_version, hidden_available
-from autograder.report import atomic_write, class_csv, file_sha256, read_report, write_report
-from autograder.submissions import Found, LatePolicy, Submission, UsageError, find_submissions, parse_time
+from autograder.report import atomic_write, file_sha256, read_report, write_report
+from autograder.submissions import Found, Submission, UsageError, find_submissions, parse_time
 from autograder.sandbox import (PACKAGE_DIR, Limits, WorkerError, bwrap_works, close_spawners, describe,
                                remove_stale_folders, shares_a_zygote, spawner_for, stage_runtime, user_problem)
 
@@ -76,11 +93,17 @@ class OutputLock:
             return "?"
 
 
-def up_to_date(report: dict | None, sha256: str | None, version: str, isolation: str, limits: dict) -> bool:
-    """Same notebook bytes, same checks, same sandbox and same limits: the score cannot differ."""
+def up_to_date(report: dict | None, sha256: str | None, assignment: str | None, isolation: str,
+               limits: dict) -> bool:
+    """Same notebook bytes, same checks of its assignment, same sandbox and limits: the score cannot differ.
+
+    A report whose notebook timed out is kept like any other: it is graded again only when its
+    notebook, its assignment's checks or the limits change (never for another assignment's edit).
+    """
     if not report or sha256 is None:
         return False
     extra = report.get("extra_data", {})
+    version = checks_version(assignment or extra.get("assignment"))
     return extra.get("sha256") == sha256 and extra.get("checks_version") == version and \
         extra.get("sandbox") in (isolation, None) and extra.get("limits") == limits
 
@@ -145,7 +168,7 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
         print(f"autograder: another grading run (pid {lock.holder()}) is writing to {out}; wait for it to "
               "finish or choose another --out folder.", file=sys.stderr)
         return 3
-    for leftover in out.glob(".*.tmp"):  # a report being written when a previous run was killed
+    for leftover in out.rglob(".*.tmp"):  # a file being written when a previous run was killed
         leftover.unlink(missing_ok=True)
     submissions = plan.found.submissions
     if not hidden_available():
@@ -154,14 +177,13 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
     for warning in plan.found.warnings:  # even with --quiet: a misspelt folder must not pass unnoticed
         print(f"autograder: warning: {warning}", file=sys.stderr)
     remove_stale_folders()
-    version = checks_version()
     todo, rows = [], {}
     for submission in submissions:
         report = read_report(out / submission.report_name)
         sha256 = file_sha256(submission.path) if submission.path else None
         if submission.path is None:  # nothing to run: say why, every time (it costs nothing)
             rows[submission.label] = (submission, unchosen_report(submission))
-        elif not args.force and up_to_date(report, sha256, version, isolation, limits_key(limits)):
+        elif not args.force and up_to_date(report, sha256, submission.assignment, isolation, limits_key(limits)):
             rows[submission.label] = (submission, report)
         else:
             todo.append(submission)
@@ -212,12 +234,19 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
         if report != before:  # lateness and ignored files are re-derived every run (the due date may change)
             write_report(out / submission.report_name, report)
         ordered.append((submission, report))
-    everything = class_reports(out)
-    atomic_write(out / "grades.csv", class_csv([(r["extra_data"].get("submission") or name,
-                                                 r["extra_data"].get("student"), r["extra_data"].get("assignment"),
-                                                 r) for name, r in everything]))
-    written = write_instructor_files(out, [with_notebook(r, plan.found) for _, r in everything],
-                                     args.similarity_threshold)
+    loaded: dict[Path, dict | None] = {}
+    if plan.rederive_all:  # a course file: every report in the folder follows it, not only this run's
+        this_run = {s.report_name for s in submissions}
+        for path in sorted(out.glob("*.json")):
+            report = loaded[path] = read_report(path)
+            if path.name in this_run or not report or not isinstance(report.get("extra_data"), dict):
+                continue
+            updated = rederive(report, plan.schedule)
+            if updated != report:
+                write_report(path, updated)
+                loaded[path] = updated
+    everything = class_reports(out, loaded)
+    written = write_outputs(out, [with_notebook(r, plan.found) for _, r in everything], plan, args)
     if args.gradebook:
         from autograder.gradebook import write_scores
 
@@ -227,15 +256,17 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
                   file=sys.stderr)
     if not args.quiet:
         print(f"autograder: {len(ordered)} submission(s) graded or checked; {len(everything)} report(s) in {out}/, "
-              f"class table {out / 'grades.csv'}" + (f"; {written}" if written else ""), file=sys.stderr)
+              f"class tables {out / 'grades.csv'}, grades-wide.csv and grades-canvas.csv"
+              + (f"; {written}" if written else ""), file=sys.stderr)
     return 0
 
 
 @dataclass
 class Plan:
     found: Found
-    due: dict[str, datetime]  # assignment -> due date (naive UTC, nbgrader's convention)
-    policy: LatePolicy
+    schedule: Schedule
+    rederive_all: bool = False  # a course file: re-derive lateness of every report in --out
+    autograded: Path | None = None
 
 
 def _plan(args: argparse.Namespace) -> Plan:
@@ -244,8 +275,13 @@ def _plan(args: argparse.Namespace) -> Plan:
     if args.assignment is not None and args.assignment not in known:
         raise UsageError(f"--assignment {args.assignment}: not an assignment this grader knows "
                          f"({', '.join(known)})")
-    policy = LatePolicy.parse(args.late_penalty)
-    due_for_all = parse_time(args.due, "--due") if args.due else None
+    if args.course and (args.due or args.late_penalty):
+        given = " and ".join(o for o, v in (("--due", args.due), ("--late-penalty", args.late_penalty)) if v)
+        raise UsageError(f"{given} cannot be combined with --course: the course file holds every due date and the "
+                         "late policy (edit it there)")
+    policy = LatePolicy.parse(args.late_penalty) if args.late_penalty else LatePolicy()
+    due_for_all = parse_instant(args.due, "--due") if args.due else None
+    schedule = load_course(args.course, known) if args.course else Schedule(default_policy=policy)
     if args.timeout <= 0 or args.cell_timeout <= 0 or args.jobs < 1 or args.memory < 256:
         raise UsageError("--timeout and --cell-timeout must be positive, --jobs at least 1, --memory at least 256")
     if not 0 < args.similarity_threshold <= 1:
@@ -256,14 +292,28 @@ def _plan(args: argparse.Namespace) -> Plan:
         raise UsageError(f"no notebooks to grade in {' '.join(args.paths)}{detail}")
     names = {s.assignment for s in found.submissions if s.assignment}
     if due_for_all is not None:
-        due = {name: due_for_all for name in names}
+        if len(names) > 1:
+            raise UsageError(f"--due gives one assignment's due date, and {' '.join(args.paths)} holds "
+                             f"{len(names)} ({', '.join(sorted(names))}): give each its own in a course file "
+                             "(--course course.toml), or grade one with --assignment NAME")
+        schedule.due = {name: due_for_all for name in names}
+        schedule.source = "--due"
+    elif args.course:
+        students = {s.student for s in found.submissions if s.student}
+        if args.student is None:
+            for student, assignment in sorted(schedule.extensions):
+                if student not in students:
+                    close = difflib.get_close_matches(student, sorted(students), n=1)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    found.warnings.append(f"{schedule.source}: the extension for {student!r} ({assignment}) "
+                                          f"matches no student in the submissions{hint}")
     elif args.gradebook:
         from autograder.gradebook import due_dates
 
-        due = due_dates(args.gradebook, names)
-    else:
-        due = {}
-    return Plan(found, due, policy)
+        schedule.due = due_dates(args.gradebook, names)
+        schedule.source = "the gradebook"
+    autograded = Path(args.autograded) if args.autograded else None
+    return Plan(found, schedule, rederive_all=bool(args.course), autograded=autograded)
 
 
 def unchosen_report(submission: Submission) -> dict:
@@ -275,36 +325,80 @@ def unchosen_report(submission: Submission) -> dict:
 
 
 def finish(submission: Submission, report: dict, plan: Plan) -> dict:
-    """The report with what the class folder says about it: student, ignored files, lateness."""
+    """The report with what the class folder says about it: student, ignored files, notes, lateness."""
     report = json.loads(json.dumps(report))  # a copy
     extra = report.setdefault("extra_data", {})
     extra["student"] = submission.student
     extra["ignored"] = [{"path": path, "reason": why} for path, why in submission.ignored]
-    raw = sum(t["score"] for t in report.get("tests", []))
-    late = None
-    due = plan.due.get(submission.assignment)
+    if submission.canvas_user_id:
+        extra["canvas_user_id"] = submission.canvas_user_id
+    lines = [line for line in report.get("output", "").splitlines()
+             if not line.startswith(("Late:", "Note: timestamp.txt", "Note: your folder is named"))]
+    if submission.note:
+        lines.append(submission.note)
+    stamp = None
     if submission.timestamp is not None:
         try:
             stamp = parse_time(submission.timestamp, "timestamp.txt")
         except UsageError:
-            stamp = None
-            report["output"] = report.get("output", "") + f"\nNote: timestamp.txt ({submission.timestamp!r}) " \
-                "could not be read, so lateness was not judged."
-        if stamp is not None:
-            seconds = max(0.0, (stamp - due).total_seconds()) if due is not None else None
-            penalty = plan.policy.penalty(raw, report.get("max_score", 0.0), seconds or 0.0)
-            late = {"timestamp": stamp.isoformat() + "+00:00", "due": due.isoformat() + "+00:00" if due else None,
-                    "seconds_late": seconds, "penalty": penalty, "policy": plan.policy.describe(),
-                    "raw_score": raw}
+            lines.append(f"Note: timestamp.txt ({submission.timestamp!r}) could not be read, so lateness was "
+                         "not judged.")
+    report["output"] = "\n".join(lines)
+    late = None
+    if stamp is not None or submission.marked_late:
+        late = {"timestamp": utc_text(stamp), "marked_late": submission.marked_late}
+    extra["late"] = late
+    return apply_lateness(report, plan.schedule)
+
+
+def rederive(report: dict, schedule: Schedule) -> dict:
+    """A report of an earlier run, its lateness judged again by ``schedule`` (from its stored timestamp)."""
+    return apply_lateness(report, schedule)
+
+
+def apply_lateness(report: dict, schedule: Schedule) -> dict:
+    """The report with ``extra_data.late``, the score and the "Late:" line set from its stored timestamp
+    and ``schedule`` (a new dict; ``report`` is not changed)."""
+    report = {**report, "extra_data": dict(report.get("extra_data") or {})}
+    extra = report["extra_data"]
+    raw = sum(t["score"] for t in report.get("tests", []))
+    max_score = report.get("max_score", 0.0)
+    late, stored = None, extra.get("late")
+    if stored and (stored.get("timestamp") or stored.get("marked_late")):
+        assignment, student = extra.get("assignment"), extra.get("student")
+        due = schedule.due_for(student, assignment)
+        policy = schedule.policy_for(assignment)
+        late = {"timestamp": stored.get("timestamp"), "due": utc_text(due.at),
+                "extension": due.extended_from is not None, "class_due": utc_text(due.extended_from),
+                "policy": policy.describe(), "raw_score": raw, "marked_late": bool(stored.get("marked_late"))}
+        if stored.get("timestamp"):
+            stamp = stored_time(stored["timestamp"])
+            seconds = max(0.0, (stamp - due.at).total_seconds()) if due.at is not None else None
+            late.update(seconds_late=seconds, late=policy.is_late(seconds),
+                        penalty=policy.penalty(raw, max_score, seconds or 0.0))
+        else:  # Canvas marked it late, and its download does not say when it was submitted
+            late.update(seconds_late=None, late=True, penalty=0.0)
     extra["late"] = late
     report["score"] = raw - (late["penalty"] if late else 0.0)
     lines = [line for line in report.get("output", "").splitlines() if not line.startswith("Late:")]
-    if late and late["seconds_late"]:
-        lines.append(f"Late: submitted {format_duration(late['seconds_late'])} after the due date; "
-                     f"{late['policy']}: -{late['penalty']:g} point(s), {report['score']:g} / "
-                     f"{report.get('max_score', 0):g}")
+    if late and late["late"] and late["seconds_late"]:
+        whose = " (your extended due date)" if late["extension"] else ""
+        lines.append(f"Late: submitted {format_duration(late['seconds_late'])} after the due date{whose}; "
+                     f"{late['policy']}: -{late['penalty']:g} point(s), {report['score']:g} / {max_score:g}")
+    elif late and late["late"]:
+        lines.append("Late: Canvas marked this submission late; its download does not say when it was "
+                     "submitted, so no penalty was taken here (Canvas's late policy applies in Canvas)")
     report["output"] = "\n".join(lines)
     return report
+
+
+def stored_time(text: str) -> datetime:
+    """A timestamp as reports store it (ISO 8601, UTC offset) as naive UTC; other forms as nbgrader's."""
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        return parse_time(text, "timestamp")
+    return (stamp - stamp.utcoffset()).replace(tzinfo=None) if stamp.utcoffset() is not None else stamp
 
 
 def format_duration(seconds: float) -> str:
@@ -315,11 +409,15 @@ def format_duration(seconds: float) -> str:
     return " ".join(p for p in parts if p)
 
 
-def class_reports(out: Path) -> list[tuple[str, dict]]:
-    """Every report in the output folder (this run's and earlier ones'), in a stable order."""
+def class_reports(out: Path, loaded: dict[Path, dict | None] | None = None) -> list[tuple[str, dict]]:
+    """Every report in the output folder (this run's and earlier ones'), in a stable order.
+
+    ``loaded``: reports already read from the folder this run (path -> report), not read again.
+    """
     found = []
+    loaded = loaded or {}
     for path in sorted(out.glob("*.json")):
-        report = read_report(path)
+        report = loaded[path] if path in loaded else read_report(path)
         if report and isinstance(report.get("tests"), list) and isinstance(report.get("extra_data"), dict):
             found.append((path.stem, report))
     key = lambda item: (item[1]["extra_data"].get("assignment") or "", item[1]["extra_data"].get("student") or "",  # noqa: E731
@@ -330,24 +428,49 @@ def class_reports(out: Path) -> list[tuple[str, dict]]:
 def with_notebook(report: dict, found: Found) -> dict:
     """The report, with where its notebook lies for the similarity report (in memory only: a report
     itself names no path on the grader's disk, so it reads the same from any folder)."""
+    from autograder.report import report_key
+
     notebook = found.notebook_of(report["extra_data"].get("submission") or "")
-    return {**report, "extra_data": {**report["extra_data"], "notebook": str(notebook) if notebook else None}}
+    return {**report, "extra_data": {**report["extra_data"], "notebook": str(notebook) if notebook else None},
+            "__key": report_key(report)}
 
 
-def write_instructor_files(out: Path, reports: list[dict], threshold: float) -> str:
-    """Feedback for each student, and the class summary and similarity report per assignment."""
+def write_outputs(out: Path, reports: list[dict], plan: Plan, args: argparse.Namespace) -> str:
+    """The class tables and exports, and each student's feedback and autograded notebook."""
+    from autograder.exports import canvas_csv, long_csv, unmatched_students, wide_csv
+
+    missing = unmatched_students(reports, plan.schedule)
+    if missing:
+        print(f"autograder: warning: {len(missing)} student(s) are not in the Canvas roster "
+              f"{plan.schedule.roster.name} ({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}): "
+              "grades-canvas.csv names them by their folder (SIS Login ID)", file=sys.stderr)
+    atomic_write(out / "grades.csv", long_csv(reports))
+    atomic_write(out / "grades-wide.csv", wide_csv(reports))
+    atomic_write(out / "grades-canvas.csv", canvas_csv(reports, plan.schedule))
+    return write_instructor_files(out, reports, args.similarity_threshold, hide_hidden=args.hide_hidden_inputs,
+                                  autograded=plan.autograded or out / "autograded")
+
+
+def write_instructor_files(out: Path, reports: list[dict], threshold: float, hide_hidden: bool = True,
+                           autograded: Path | None = None) -> str:
+    """Feedback for each student, the class summary and similarity report per assignment, and the
+    autograded notebooks; each file rewritten only when what it shows changed."""
     from autograder.feedback import write_feedback
+    from autograder.nbgrader_out import write_autograded
+    from autograder.report import OutputCache
     from autograder.similarity import write_similarity
     from autograder.summary import write_summary
 
+    cache = OutputCache(out)
     feedback_folder = out / "feedback"
-    if feedback_folder.is_dir():  # rebuilt whole from the reports: nothing stale survives a regrade
-        shutil.rmtree(feedback_folder)
-    feedback = write_feedback(feedback_folder, reports)
-    summaries = write_summary(out, reports)
-    similarity = write_similarity(out, reports, threshold=threshold)
+    feedback = write_feedback(feedback_folder, reports, hide_hidden=hide_hidden, cache=cache, prune=True)
+    summaries = write_summary(out, reports, cache=cache)
+    similarity = write_similarity(out, reports, threshold=threshold, cache=cache)
+    notebooks = write_autograded(autograded, reports, hide_hidden=hide_hidden, cache=cache) if autograded else []
+    cache.save()
     return (f"feedback for {len(feedback) // 2} submission(s) in {feedback_folder}/, "
-            f"{len(summaries)} class summary page(s) and {len(similarity)} similarity report(s) in {out}/")
+            f"{len(summaries)} class summary page(s) and {len(similarity)} similarity report(s) in {out}/"
+            + (f", {len(notebooks)} autograded notebook(s) in {autograded}/" if autograded else ""))
 
 
 def _progress(total: int, quiet: bool):
@@ -358,7 +481,8 @@ def _progress(total: int, quiet: bool):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="a notebook, a folder of notebooks, or an nbgrader submitted/ folder")
+                        help="a notebook, a folder of notebooks, an nbgrader submitted/ folder, or a folder of "
+                             "Canvas's Download Submissions (<name>[_late]_<user id>_<file id>_<file>.ipynb)")
     parser.add_argument("--out", default="grades", help="folder for the reports and grades.csv (default: grades)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="submissions graded in parallel (default: the number of CPUs)")
@@ -373,16 +497,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", type=int, default=Limits.memory_bytes // 2**20,
                         help="address-space limit per worker in MB (default: %(default)s)")
     parser.add_argument("--assignment", help="the assignment, when file names do not say (e.g. 03_softmax)")
-    parser.add_argument("--student", metavar="NAME", help="in an nbgrader submitted/ folder, grade only this student "
-                        "(a name, or a path inside the folder); the class table keeps everyone else's row")
+    parser.add_argument("--student", metavar="NAME", help="in an nbgrader submitted/ folder or a Canvas download, grade "
+                        "only this student (a name, a path inside the folder, or a Canvas user id); the class "
+                        "tables keep everyone else's row")
     parser.add_argument("--one-submission", action="store_true",
                         help="each folder is one student's upload (Gradescope): grade the one notebook the "
                              "README's rule chooses, list the others as ignored")
-    parser.add_argument("--due", metavar="WHEN", help="the due date, ISO 8601 (e.g. 2026-11-01T23:59:00+00:00; no "
-                        "time zone means UTC); default: the assignment's due date in --gradebook, if any")
-    parser.add_argument("--late-penalty", default="none", metavar="POLICY",
-                        help="what lateness (timestamp.txt after the due date) costs: none (default), zero, or a "
-                             "percentage of the points per day or part of a day, e.g. 10%%/day")
+    parser.add_argument("--course", metavar="FILE", help="the course file (TOML): each assignment's due date, the "
+                        "late policy (per-day percentage, grace period, cap), per-student extensions, Canvas "
+                        "columns; every run honours it (see autograder/course.py)")
+    parser.add_argument("--due", metavar="WHEN", help="one assignment's due date, ISO 8601 with a time zone (e.g. "
+                        "2026-11-01T23:59:00-05:00, or ...Z for UTC); an error where the submissions hold several "
+                        "assignments (use --course); default: the assignment's due date in --gradebook, if any")
+    parser.add_argument("--late-penalty", metavar="POLICY",
+                        help="with --due: what lateness (timestamp.txt after the due date) costs: none (default), "
+                             "zero, or a percentage of the points per day or part of a day, e.g. 10%%/day")
     parser.add_argument("--force", action="store_true", help="regrade submissions whose report is up to date")
     parser.add_argument("--similarity-threshold", type=float, default=0.6, metavar="SHARE",
                         help="flag pairs whose own code (starter code excluded) is at least this share alike "
@@ -394,6 +523,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(containers): as root, each worker runs as the unprivileged user autograder-sandbox "
                              "(AUTOGRADER_SANDBOX_USER), Landlocked where the kernel allows; the grader checks "
                              "first that this user cannot reach the grader, the checks or the reports")
+    parser.add_argument("--autograded", metavar="DIR", help="where the autograded notebooks go, in nbgrader's "
+                        "<student>/<assignment>/ layout (default: OUT/autograded; the course's autograded/ folder "
+                        "lets nbgrader generate_feedback and the formgrader find them)")
+    parser.add_argument("--hide-hidden-inputs", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep hidden checks' inputs and expected values out of what students see (feedback "
+                             "files, autograded notebooks): they learn which hidden check failed and why in "
+                             "words, not its data (default: on; --no-hide-hidden-inputs shows everything)")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="run submissions without bubblewrap (only for code you trust)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")

@@ -130,17 +130,86 @@ def assignment_of_target(target: str) -> str:
 # worker imports for submissions. Editing another module (the training loop, the
 # book's helpers) must not invalidate every report.
 ORACLE_MODULES = ["tinyllm.attention", "tinyllm.bpe", "tinyllm.embedding", "tinyllm.layers", "tinyllm.model",
-                  "tinyllm.optim", "tinyllm.positional", "tinyllm.posttrain", "tinyllm.sampling", "tinyllm.softmax",
-                  "tinyllm.train"]
+                  "tinyllm.ngram", "tinyllm.optim", "tinyllm.positional", "tinyllm.posttrain", "tinyllm.quantize",
+                  "tinyllm.sampling", "tinyllm.softmax", "tinyllm.speculative", "tinyllm.train"]
 
 
-@functools.lru_cache(maxsize=None)  # once per process: every report of a run carries one version
-def checks_version() -> str:
-    """A hash of everything that decides a grade: checks, oracle library, sandbox, runner."""
+# Modules that write the outputs of a run (tables, pages, exports, the command line) but never
+# decide a score: editing them must not regrade anyone. Every other module of the package
+# (the sandbox, the runner, the worker, the check helpers: including any added later) does.
+OUTPUT_MODULES = frozenset({"__main__.py", "canvas.py", "course.py", "exports.py", "feedback.py", "grade.py",
+                            "gradebook.py", "gradescope.py", "nbgrader_hooks.py", "nbgrader_out.py", "report.py",
+                            "similarity.py", "submissions.py", "summary.py"})
+CHECK_FOLDERS = ("checks", "hidden")
+_CHECK_FILE = re.compile(r"test_(\d\d_[a-z0-9_]+)\.py")
+
+
+def _grading_files(package_dir: Path) -> tuple[list[Path], dict[str, list[Path]]]:
+    """(the files every assignment's grade depends on, assignment -> its own check files)."""
+    shared, own = [], {}
+    for path in sorted(p for p in package_dir.rglob("*.py") if "__pycache__" not in p.parts):
+        relative = path.relative_to(package_dir)
+        match = _CHECK_FILE.fullmatch(path.name)
+        if relative.parts[0] in CHECK_FOLDERS and len(relative.parts) == 2 and match:
+            own.setdefault(match.group(1), []).append(path)
+        elif not (len(relative.parts) == 1 and path.name in OUTPUT_MODULES):
+            shared.append(path)
+    return shared, own
+
+
+def _digest(files: list[Path], package_dir: Path) -> "hashlib._Hash":
     digest = hashlib.sha256()
-    files = [p for p in sorted(PACKAGE_DIR.rglob("*.py")) if "__pycache__" not in p.parts]
-    files += [Path(importlib.util.find_spec(name).origin) for name in ORACLE_MODULES]
     for path in files:
-        digest.update(path.name.encode())
+        name = path.relative_to(package_dir).as_posix() if path.is_relative_to(package_dir) else path.name
+        digest.update(name.encode() + b"\0")
         digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return digest
+
+
+def checks_version(assignment: str | None = None, package_dir: Path | None = None) -> str:
+    """A hash of everything that decides an assignment's grades.
+
+    That is the assignment's own check files (public and hidden), the modules
+    every check runs through (sandbox, runner, worker, check helpers) and the
+    library modules the checks use as their oracle. Other assignments' checks
+    and the modules that only write outputs (:data:`OUTPUT_MODULES`) are left
+    out, so fixing one assignment's check regrades that assignment only, and a
+    submission that timed out is not run again unless its notebook, its checks
+    or the limits changed. ``assignment=None``: every assignment's checks.
+    ``package_dir``: another copy of this package (default: this one, read once
+    per process, so every report of a run carries one version).
+    """
+    if package_dir is None:
+        return _installed_version(assignment)
+    return _version(assignment, Path(package_dir))
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_version(assignment: str | None) -> str:
+    return _version(assignment, PACKAGE_DIR)
+
+
+def _version(assignment: str | None, package_dir: Path) -> str:
+    shared, own = _grading_files(package_dir)
+    files = shared + [Path(importlib.util.find_spec(name).origin) for name in ORACLE_MODULES]
+    if assignment is None:
+        files += [p for name in sorted(own) for p in own[name]]
+    else:
+        files += sorted(_with_imports(own.get(assignment, []), package_dir))
+    return _digest(files, package_dir).hexdigest()[:16]
+
+
+_CHECK_IMPORT = re.compile(r"autograder\.(checks|hidden)\.(test_\d\d_[a-z0-9_]+)")
+
+
+def _with_imports(files: list[Path], package_dir: Path) -> set[Path]:
+    """The check files and every other check file they import, transitively (05's checks reuse 04's)."""
+    found, todo = set(), list(files)
+    while todo:
+        path = todo.pop()
+        if path in found or not path.is_file():
+            continue
+        found.add(path)
+        for folder, module in _CHECK_IMPORT.findall(path.read_text(encoding="utf-8")):
+            todo.append(package_dir / folder / f"{module}.py")
+    return found

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``.
+
+    ``durable=False`` skips the two fsyncs: for files derived from the reports (feedback, pages,
+    caches), which a rerun rewrites, where a thousand fsyncs would cost more than the grading.
+    A reader still never sees a half-written file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -19,7 +22,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -27,6 +31,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+    if not durable:
+        return
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # the rename itself survives a crash
@@ -66,20 +72,78 @@ def read_report(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def class_csv(rows: list[tuple[str, str | None, str | None, dict]]) -> bytes:
-    """One row per submission: who, which assignment, the total and each check's points."""
-    check_names: list[str] = []
-    for _, _, _, report in rows:
-        for test in report.get("tests", []):
-            if test["name"] not in check_names:
-                check_names.append(test["name"])
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["submission", "student", "assignment", "score", "max_score", "notes"] + check_names)
-    for submission, student, assignment, report in rows:
-        scores = {t["name"]: t["score"] for t in report.get("tests", [])}
-        statuses = sorted({t["status"] for t in report.get("tests", []) if t["status"] != "passed"})
-        writer.writerow([submission, student or "", assignment or report.get("extra_data", {}).get("assignment") or "",
-                         f"{report.get('score', 0):g}", f"{report.get('max_score', 0):g}", " ".join(statuses)]
-                        + [f"{scores[name]:g}" if name in scores else "" for name in check_names])
-    return out.getvalue().encode("utf-8")
+class OutputCache:
+    """What each derived file of an output folder was made from, so a run rewrites only what changed.
+
+    ``fresh(path, key)`` is true when ``path`` exists and was last written from inputs whose
+    digest is ``key``; ``record(path, key)`` notes a write. Kept in ``OUT/.cache/outputs.json``;
+    a missing or damaged record only means files are written again.
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.root = os.path.abspath(self.out)
+        self.path = self.out / ".cache" / "outputs.json"
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        self.keys: dict[str, str] = data if isinstance(data, dict) else {}
+        self.changed = False
+
+    def _name(self, path: Path) -> str:
+        path = os.path.abspath(path)  # no resolve(): a thousand files, no symlinks to follow
+        return path[len(self.root) + 1:] if path.startswith(self.root + os.sep) else path
+
+    def fresh(self, path: Path, key: str) -> bool:
+        if self.keys.get(self._name(path)) != key:
+            return False
+        try:  # derived files are written without fsync: after a crash one may be empty
+            return os.stat(path).st_size > 0
+        except OSError:
+            return False
+
+    def record(self, path: Path, key: str) -> None:
+        name = self._name(path)
+        if self.keys.get(name) != key:
+            self.keys[name] = key
+            self.changed = True
+
+    def forget(self, path: Path) -> None:
+        if self.keys.pop(self._name(path), None) is not None:
+            self.changed = True
+
+    def save(self) -> None:
+        if self.changed:
+            atomic_write(self.path, json.dumps(self.keys, sort_keys=True).encode("utf-8"), durable=False)
+            self.changed = False
+
+
+def report_key(report: dict) -> str:
+    """A digest of what a report says (its notebook's whereabouts aside).
+
+    The writers of a run's derived files all key on it. A run computes it once per report and
+    keeps it on its in-memory copy as ``__key`` (see ``grade.with_notebook``); a dict without one
+    is digested here.
+    """
+    if "__key" in report:
+        return report["__key"]
+    extra = {k: v for k, v in (report.get("extra_data") or {}).items() if k != "notebook"}
+    return digest({k: v for k, v in report.items() if k != "extra_data"}, extra)
+
+
+def digest(*parts) -> str:
+    """A short key for ``OutputCache``: the SHA-256 of the parts, JSON-encoded."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
+
+
+def module_digest(*modules) -> str:
+    """The bytes of the modules that write a file: editing one of them rewrites its files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]

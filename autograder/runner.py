@@ -217,7 +217,7 @@ def finish_report(submission: str, assignment: str | None, tests: list[dict], sh
             "submission": submission,
             "assignment": assignment,
             "sha256": sha256,
-            "checks_version": checks_version(),
+            "checks_version": checks_version(assignment),
             "sandbox": sandbox,
         },
     }

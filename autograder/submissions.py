@@ -14,11 +14,23 @@ reason; a folder where the rule chooses nothing (several notebooks, none named
 for the assignment) gets a report that says so and scores 0, so the student's
 row is never silently missing. A folder inside a student's folder that is not
 an assignment the grader knows (``04_attenton``) is reported with the closest
-name, never graded as an unnamed submission.
+name. When the student has no folder by that closest name, the misspelt one
+is graded as that assignment, with a note in the report and a warning (the
+student keeps their row); otherwise it is not graded, and the warning says so.
+
+**Canvas downloads.** A folder of notebooks named as Canvas's "Download
+Submissions" names them (``<name>[_late]_<canvas user id>_<file id>_<file>``,
+e.g. ``smithalice_12345_678901_07_modern_block.ipynb``) is read as one
+submission per Canvas user: the student is the name part (the user id where
+Canvas left the name out, under anonymous grading, or where two students share
+a name), the same rule picks the notebook among a student's files, and the
+report carries the Canvas user id (for the Canvas gradebook export) and
+Canvas's own "late" mark.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -41,6 +53,9 @@ class Submission:
     ignored: tuple[tuple[str, str], ...] = ()  # (path relative to the tree, why it was not graded)
     timestamp: str | None = None  # nbgrader's timestamp.txt, as written
     problem: str | None = None  # why no notebook could be chosen
+    note: str | None = None  # said in the report (e.g. a misspelt folder graded under its assignment's name)
+    canvas_user_id: str | None = None  # a Canvas download's user id
+    marked_late: bool = False  # Canvas's download named the file as late
 
     @property
     def report_name(self) -> str:
@@ -116,21 +131,27 @@ def choose_notebook(folder: Path, assignment: str) -> tuple[Path | None, list[tu
     top = [p for p in everything if p.parent == folder]
     ignored += [(p, "in a subfolder of the assignment folder") for p in everything
                 if p.parent != folder and CHECKPOINTS not in p.relative_to(folder).parts]
-    named = folder / f"{assignment}.ipynb"
-    prefixed = [p for p in top if p.stem.startswith(assignment)]
-    if named in top:
-        chosen, reason = named, f"not the assignment's notebook ({named.name} is graded)"
+    chosen, more, problem = choose_among([(p, p.name) for p in top], assignment)
+    return chosen, sorted(ignored + more), problem
+
+
+def choose_among(candidates: list[tuple[Path, str]], assignment: str
+                 ) -> tuple[Path | None, list[tuple[Path, str]], str | None]:
+    """The rule above, over (path, the name the student gave the file) pairs at one level."""
+    expected = f"{assignment}.ipynb"
+    named = [p for p, name in candidates if name == expected]
+    prefixed = [(p, name) for p, name in candidates if Path(name).stem.startswith(assignment)]
+    if named:
+        chosen, reason = named[0], f"not the assignment's notebook ({expected} is graded)"
     elif len(prefixed) == 1:
-        chosen, reason = prefixed[0], f"{prefixed[0].name} is graded (the only copy of {named.name})"
-    elif len(top) == 1:
-        chosen, reason = top[0], ""
+        chosen, reason = prefixed[0][0], f"{prefixed[0][1]} is graded (the only copy of {expected})"
+    elif len(candidates) == 1:
+        chosen, reason = candidates[0][0], ""
     else:
-        chosen = None
-        reason = (f"{len(top)} notebooks and none named {named.name}: rename the one to grade" if top
-                  else f"no notebook ({named.name} was expected)")
-        return None, ignored + [(p, "ambiguous: " + reason) for p in top], reason
-    ignored += [(p, reason) for p in top if p != chosen]
-    return chosen, sorted(ignored), None
+        reason = (f"{len(candidates)} notebooks and none named {expected}: rename the one to grade" if candidates
+                  else f"no notebook ({expected} was expected)")
+        return None, [(p, "ambiguous: " + reason) for p, _ in candidates], reason
+    return chosen, [(p, reason) for p, _ in candidates if p != chosen], None
 
 
 def read_timestamp(folder: Path) -> str | None:
@@ -146,27 +167,75 @@ def _tree_submissions(root: Path, known: dict, students: list[Path], only_assign
                       found: Found) -> None:
     for student_folder in students:
         folders = sorted(p for p in student_folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = {folder.name for folder in folders}
         for folder in folders:
             student, name = student_folder.name, folder.name
+            note = None
             if name not in known:
                 close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]}?)" if close else ""
                 count = len(_notebooks(folder))
-                found.warnings.append(f"{student}/{name}/ is not an assignment this grader knows{hint}: its "
-                                      f"{count} notebook(s) were not graded")
-                continue
+                if close and close[0] not in names and count:
+                    if only_assignment and close[0] != only_assignment:
+                        continue
+                    found.warnings.append(f"{student}/{name}/ is not an assignment this grader knows: graded as "
+                                          f"{close[0]} (the closest name), and its report says so")
+                    note = (f"Note: your folder is named {name}, not {close[0]}; it was graded as {close[0]}. "
+                            "Name it exactly so next time.")
+                    name = close[0]
+                else:
+                    hint = f" (did you mean {close[0]}? {student} has a {close[0]}/ folder too)" if close else ""
+                    found.warnings.append(f"{student}/{name}/ is not an assignment this grader knows{hint}: its "
+                                          f"{count} notebook(s) were not graded")
+                    continue
             if only_assignment and name != only_assignment:
                 continue
             chosen, ignored, problem = choose_notebook(folder, name)
-            label = f"{student}/{name}/{chosen.name if chosen else ''}"
+            label = f"{student}/{folder.name}/{chosen.name if chosen else ''}"
             found.submissions.append(Submission(
                 chosen, label, student, name,
                 tuple((p.relative_to(root).as_posix(), why) for p, why in ignored),
-                read_timestamp(folder), problem))
+                read_timestamp(folder), problem, note))
         stray = [p for p in student_folder.glob("*.ipynb")]
         for path in stray:
             found.warnings.append(f"{path.relative_to(root).as_posix()} is not inside an assignment folder: "
                                   "not graded")
+
+
+# Canvas's "Download Submissions": <sortable name, only word characters, lower case>[_late]_<user id>_<file id>_<the
+# file's name>; the name is left out under anonymous grading.
+CANVAS_FILE = re.compile(r"^(?:(?P<name>.+?)_)??(?P<late>late_)?(?P<uid>\d+)_(?P<fid>\d+)_(?P<file>.+\.ipynb)$")
+
+
+def is_canvas_download(folder: Path) -> bool:
+    notebooks = [p for p in folder.glob("*.ipynb")]
+    return bool(notebooks) and all(CANVAS_FILE.match(p.name) for p in notebooks)
+
+
+def _canvas_submissions(folder: Path, known: dict, assignment: str | None, found: Found) -> None:
+    """One submission per Canvas user in a flat download folder."""
+    by_user: dict[str, list[tuple[Path, re.Match]]] = {}
+    for path in sorted(folder.glob("*.ipynb")):
+        match = CANVAS_FILE.match(path.name)
+        by_user.setdefault(match.group("uid"), []).append((path, match))
+    if assignment is None:
+        guesses = {a for files in by_user.values() for _, m in files for a in known if m.group("file").startswith(a)}
+        if len(guesses) != 1:
+            raise UsageError(f"{folder} is a Canvas download: say which assignment it holds with --assignment "
+                             f"({', '.join(sorted(guesses)) or 'its file names do not say'})")
+        assignment = guesses.pop()
+    slugs: dict[str, set[str]] = {}
+    for uid, files in by_user.items():
+        slugs.setdefault(files[0][1].group("name") or uid, set()).add(uid)
+    for uid, files in sorted(by_user.items()):
+        slug = files[0][1].group("name") or uid
+        student = slug if len(slugs[slug]) == 1 else f"{slug}-{uid}"
+        chosen, ignored, problem = choose_among([(p, m.group("file")) for p, m in files], assignment)
+        late = any(m.group("late") for p, m in files if p == chosen)
+        label = chosen.name if chosen else f"{student}/{assignment}.ipynb"
+        found.submissions.append(Submission(
+            chosen, label, student, assignment, tuple((p.name, why) for p, why in ignored), None, problem,
+            canvas_user_id=uid, marked_late=late))
+    found.roots.append(folder)
 
 
 def find_submissions(paths: list[str], known: dict, assignment: str | None = None,
@@ -203,9 +272,22 @@ def find_submissions(paths: list[str], known: dict, assignment: str | None = Non
             _tree_submissions(root, known, students, only_assignment, found)
             found.roots.append(root)
             continue
+        if path.is_dir() and is_canvas_download(path):
+            everyone = Found()
+            _canvas_submissions(path, known, assignment, everyone)
+            if student is not None:
+                chosen = [s for s in everyone.submissions if student in (s.student, s.canvas_user_id)]
+                if not chosen:
+                    close = difflib.get_close_matches(student, [s.student for s in everyone.submissions], n=1)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    raise UsageError(f"--student {student}: no such student in the Canvas download {raw}{hint}")
+                everyone.submissions = chosen
+            found.submissions += everyone.submissions
+            found.roots += everyone.roots
+            continue
         if student is not None:
-            raise UsageError(f"--student needs an nbgrader submitted/ folder (<student>/<assignment>/), and "
-                             f"{raw} is not one")
+            raise UsageError(f"--student needs an nbgrader submitted/ folder (<student>/<assignment>/) or a Canvas "
+                             f"download, and {raw} is neither")
         if path.is_file():
             found.submissions.append(Submission(path, path.name, None, assignment))
             continue
@@ -214,8 +296,8 @@ def find_submissions(paths: list[str], known: dict, assignment: str | None = Non
             found.submissions.append(Submission(notebook, notebook.relative_to(path).as_posix(), None, assignment))
     labels = [s.label for s in found.submissions]
     if len(set(labels)) != len(labels):  # two folders with the same relative names: prefix with the argument
-        found.submissions = [Submission(s.path, s.path.as_posix() if s.path else s.label, s.student, s.assignment,
-                                        s.ignored, s.timestamp, s.problem) for s in found.submissions]
+        found.submissions = [dataclasses.replace(s, label=s.path.as_posix() if s.path else s.label)
+                             for s in found.submissions]
     return found
 
 
@@ -270,34 +352,3 @@ def parse_time(text: str, what: str) -> datetime:
 def _offset_seconds(zone: str) -> int:
     sign = -1 if zone[0] == "-" else 1
     return sign * (int(zone[1:3]) * 3600 + int(zone[3:5]) * 60)
-
-
-@dataclass(frozen=True)
-class LatePolicy:
-    """What lateness costs: nothing (default), everything, or a percentage of the points per day or part."""
-
-    kind: str = "none"  # none | zero | percent
-    percent_per_day: float = 0.0
-
-    @classmethod
-    def parse(cls, text: str) -> "LatePolicy":
-        text = text.strip().lower()
-        if text in ("none", "zero"):
-            return cls(text)
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)%/day", text)
-        if not match or not 0 < float(match.group(1)) <= 100:
-            raise UsageError(f"--late-penalty {text!r}: use none, zero, or a percentage per day such as 10%/day")
-        return cls("percent", float(match.group(1)))
-
-    def penalty(self, score: float, max_score: float, seconds_late: float) -> float:
-        """Points taken off a score (never below zero)."""
-        if seconds_late <= 0 or self.kind == "none":
-            return 0.0
-        if self.kind == "zero":
-            return score
-        days = -(-seconds_late // 86400)  # a day or part of one
-        return min(score, round(max_score * self.percent_per_day / 100 * days, 6))
-
-    def describe(self) -> str:
-        return {"none": "no penalty", "zero": "late work scores 0"}.get(
-            self.kind, f"{self.percent_per_day:g}% of the points per day or part of a day late")

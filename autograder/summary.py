@@ -22,6 +22,7 @@ import html
 import io
 import math
 import statistics
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -46,6 +47,18 @@ def first_meaningful_line(message: str, status: str) -> str:
         if len(unindented) > 1:
             return unindented[-1]
     return lines[0]
+
+
+def is_late(late: dict | None) -> bool:
+    """Submitted after the student's due date (past any grace period), or marked late by Canvas.
+
+    A report records a timestamp for every submission, on time or not; only the late ones count.
+    """
+    if not isinstance(late, dict):
+        return False
+    if "late" in late:
+        return bool(late["late"])
+    return bool(late.get("seconds_late"))  # a report written before the "late" field
 
 
 def _bins(max_score: float) -> list[tuple[float, float]]:
@@ -98,10 +111,11 @@ def summarise(reports: list[dict]) -> dict[str, dict]:
                     failures[key] += 1
                     failure_who[key].append(label)
             extra = report.get("extra_data") or {}
-            if extra.get("late"):
-                late.append({"submission": label, "seconds_late": int(extra["late"].get("seconds_late") or 0),
+            if is_late(extra.get("late")):
+                late.append({"submission": label, "seconds_late": extra["late"].get("seconds_late"),
                              "penalty": float(extra["late"].get("penalty") or 0.0),
-                             "score": float(report.get("score") or 0.0)})
+                             "score": float(report.get("score") or 0.0),
+                             "extension": bool(extra["late"].get("extension"))})
             if tests and all(t.status in UNGRADABLE for t in tests):
                 ungradable.append({"submission": label, "status": tests[0].status,
                                    "reason": first_meaningful_line(tests[0].message, tests[0].status)})
@@ -198,8 +212,10 @@ def _bin_label(d: dict, last: bool) -> str:
 # The page
 
 
-def _duration(seconds: int) -> str:
-    days, rest = divmod(seconds, 86400)
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "marked late by Canvas"
+    days, rest = divmod(int(seconds), 86400)
     hours, rest = divmod(rest, 3600)
     return f"{days} d {hours} h" if days else f"{hours} h {rest // 60} min"
 
@@ -233,10 +249,10 @@ def summary_html(summary: dict) -> str:
          ["check", "message", "count", "submissions"], {2},
          [[f"<code>{e(f['check'])}</code>", e(f["message"]), str(f["count"]), e(", ".join(f["submissions"]))]
           for f in summary["failures"]]),
-        ("Late submissions", "None.", "Submitted after the due date",
-         ["submission", "late by", "penalty (points)", "score"], {1, 2, 3},
-         [[e(x["submission"]), _duration(x["seconds_late"]), points(x["penalty"]), points(x["score"])]
-          for x in summary["late"]]),
+        ("Late submissions", "None.", "Submitted after the due date (the student's own, where they have an "
+         "extension)", ["submission", "late by", "penalty (points)", "score"], {1, 2, 3},
+         [[e(x["submission"]) + (" (extension)" if x.get("extension") else ""), _duration(x["seconds_late"]),
+           points(x["penalty"]), points(x["score"])] for x in summary["late"]]),
         ("Ungradable submissions", "None.", "Submissions no check could run on", ["submission", "status", "why"], set(),
          [[e(u["submission"]), e(u["status"]), e(u["reason"])] for u in summary["ungradable"]]),
     ]
@@ -246,11 +262,25 @@ def summary_html(summary: dict) -> str:
     return page(f"{summary['assignment']}: class summary", "\n".join(body))
 
 
-def write_summary(folder: Path, reports: list[dict]) -> list[Path]:
-    """Write ``<folder>/summary-<assignment>.html`` for each assignment in ``reports``; return the paths."""
+def write_summary(folder: Path, reports: list[dict], cache=None) -> list[Path]:
+    """Write ``<folder>/summary-<assignment>.html`` for each assignment in ``reports``; return the paths.
+
+    With ``cache`` (an :class:`autograder.report.OutputCache`), a page whose reports have not
+    changed is not drawn again.
+    """
+    from autograder.report import digest, module_digest, report_key
+
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for report in reports:
+        groups[str((report.get("extra_data") or {}).get("assignment") or "unknown_assignment")].append(report)
+    version = module_digest(sys.modules[__name__], sys.modules["autograder.feedback"])
     written = []
-    for assignment, summary in summarise(reports).items():
+    for assignment, group in sorted(groups.items()):
         path = Path(folder) / f"summary-{safe_name(assignment, 'unknown_assignment')}.html"
-        write_text(path, summary_html(summary))
+        key = digest(version, [report_key(r) for r in group])
+        if cache is None or not cache.fresh(path, key):
+            write_text(path, summary_html(summarise(group)[assignment]))
+            if cache is not None:
+                cache.record(path, key)
         written.append(path)
     return written

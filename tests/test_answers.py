@@ -221,3 +221,30 @@ def test_the_books_model_answers_what_it_was_taught_in_real_words():
     assert real >= 0.98, f"only {real:.1%} of the sampled words are corpus words"
     wrong = [a for a in typed if not a.exact][:3]
     assert typed_exact >= 0.90, f"only {typed_exact:.0%} of the typed questions answered exactly, e.g. {wrong}"
+
+
+@pytest.mark.slow
+def test_teacher_forcing_decides_exactly_what_greedy_answering_decides():
+    """exact_by_teacher_forcing (one forward pass) gives answer_questions' exact flags, where answers are right
+    and where they are wrong: the book's model and a copy quantized coarsely enough to lose answers."""
+    import copy
+
+    from tinyllm.answers import exact_by_teacher_forcing
+    from tinyllm.book import trained_tiny_gpt
+    from tinyllm.quantize import quantize_int4
+
+    model, tokenizer, _ = trained_tiny_gpt()
+    splits = split_corpus(read_corpus())
+    documents = split_documents(splits.train)[:40] + split_documents(splits.val)[:10]
+    coarse = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, w in coarse.named_parameters():
+            if w.dim() == 2:  # int4 with one scale per tensor: the chapter's worst scheme
+                codes, scale = quantize_int4(w.reshape(1, -1), w.numel())
+                w.copy_((codes.float() * scale).reshape(w.shape))
+    mixed = 0
+    for m in (model, coarse):
+        greedy = [a.exact for a in answer_questions(m, tokenizer, documents)]
+        assert exact_by_teacher_forcing(m, tokenizer, documents) == greedy
+        mixed += 0 < sum(greedy) < len(greedy)
+    assert mixed == 2  # both right and wrong answers were decided

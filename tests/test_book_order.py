@@ -53,6 +53,9 @@ LIBRARY = {
     "tinyllm.sampling": 9,
     "tinyllm.posttrain": 12,
     "tinyllm.scaling": 13,
+    "tinyllm.quantize": 14,
+    "tinyllm.speculative": 14,
+    "tinyllm.answers.exact_by_teacher_forcing": 14,
 }
 # The book's machinery, not its subject: usable anywhere.
 INFRASTRUCTURE = ("tinyllm.book.glue", "tinyllm.book.setup_plots", "tinyllm.book.quote_tokens",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -46,8 +47,9 @@ def test_help_explains_every_option(capsys):
                                         "no_split"]),
                              ("evaluate", ["split", "corpus", "json"]),
                              ("generate", ["prompt", "max_new_tokens", "greedy", "temperature", "top_k", "top_p",
-                                           "seed", "repetition_penalty"]),
+                                           "seed", "repetition_penalty", "draft", "draft_tokens"]),
                              ("ask", ["question", "temperature", "top_k", "top_p", "seed", "device"]),
+                             ("quantize", ["bits", "group_size", "out"]),
                              ("finetune", ["qa", "out", "steps", "batch_size", "lr", "lora_rank", "lora_alpha",
                                            "unmasked", "resume", "until", "seed", "save_every"])):
         with pytest.raises(SystemExit) as exit_info:
@@ -402,3 +404,87 @@ def test_the_books_model_answers_typed_questions_from_the_command_line(capsys):
     assert capsys.readouterr().out == answer + "\n"
     assert main(["generate", checkpoint, "--prompt", f"Q: {question}\\nA:", "--greedy", "--threads", "1"]) == 0
     assert capsys.readouterr().out == f"Q: {question}\nA: {answer}\n"
+
+
+# --------------------------------------------------------------------------- quantize, and generate --draft
+
+
+@pytest.fixture(scope="module")
+def quantized(chat_ready, small_corpus, tmp_path_factory) -> dict[str, Path]:
+    """The chat-ready model (context 40) quantized two ways, and a model with another tokenizer."""
+    checkpoint, _ = chat_ready
+    folder = tmp_path_factory.mktemp("quantized")
+    files = {"float": checkpoint, "int8": folder / "int8.pt", "int4": folder / "int4.pt"}
+    assert main(["quantize", str(checkpoint), "--bits", "8", "--out", str(files["int8"])]) == 0
+    assert main(["quantize", str(checkpoint), "--bits", "4", "--group-size", "8", "--out", str(files["int4"])]) == 0
+    assert train(folder / "other", small_corpus, "--vocab-size", "266", "--context-length", "40", "--max-steps", "2",
+                 "--eval-interval", "2") == 0
+    files["other"] = folder / "other" / "checkpoint.pt"
+    return files
+
+
+def test_quantize_writes_a_model_that_generate_and_evaluate_read(quantized, small_corpus, capsys):
+    from tinyllm.quantize import load_quantized
+
+    for name, bits, group in (("int8", 8, None), ("int4", 4, 8)):
+        ckpt = load_quantized(quantized[name])
+        assert (ckpt.bits, ckpt.group_size) == (bits, group)
+        assert quantized[name].stat().st_size < quantized["float"].stat().st_size / 3  # no optimiser, small codes
+        capsys.readouterr()
+        assert main(["generate", str(quantized[name]), "--prompt", "Q", "--greedy", "--max-new-tokens", "6",
+                     "--threads", "1"]) == 0
+        assert capsys.readouterr().out.startswith("Q")
+        assert main(["evaluate", str(quantized[name]), "--corpus", str(small_corpus), "--json", "--threads", "1"]) == 0
+        scores = json.loads(capsys.readouterr().out)
+        assert math.isfinite(scores["models"]["tiny GPT"]["loss"]) and scores["exact_answers"]
+
+
+def test_generate_with_a_draft_writes_the_models_greedy_text(quantized, capsys):
+    base = ["generate", str(quantized["float"]), "--prompt", "Q: What", "--max-new-tokens", "20", "--threads", "1"]
+    assert main([*base, "--greedy"]) == 0
+    alone = capsys.readouterr().out
+    for draft in ("int4", "int8"):
+        assert main([*base, "--greedy", "--draft", str(quantized[draft]), "--draft-tokens", "3"]) == 0
+        captured = capsys.readouterr()
+        assert captured.out == alone
+        assert re.search(r"speculative decoding: 20 tokens in \d+ calls of the model", captured.err), captured.err
+    sampled = [*base, "--draft", str(quantized["int4"]), "--seed", "5", "--samples", "2"]
+    assert main(sampled) == 0
+    first = capsys.readouterr().out
+    assert main(sampled) == 0
+    assert capsys.readouterr().out == first and first.count("--- sample") == 2
+
+
+QUANTIZE_ERRORS = {  # options that cannot work: one line, exit status 2
+    "bit width": (["quantize", "{float}", "--bits", "3"], "--bits must be 8 or 4, got 3"),
+    "group size 0": (["quantize", "{float}", "--bits", "4", "--group-size", "0"], "--group-size must be at least 1"),
+    "group size that does not divide": (["quantize", "{float}", "--bits", "4", "--group-size", "5"],
+                                        "group size 5 does not divide the 16 input features of"),
+    "draft with another tokenizer": (["generate", "{float}", "--draft", "{other}"],
+                                     "was trained with another tokenizer than"),
+    "no tokens drafted": (["generate", "{float}", "--draft", "{int4}", "--draft-tokens", "0"],
+                          "--draft-tokens must be at least 1"),
+    "draft without the cache": (["generate", "{float}", "--draft", "{int4}", "--no-cache"],
+                                "--draft cannot be combined with --no-cache"),
+    "draft past the context": (["generate", "{float}", "--draft", "{int4}", "--max-new-tokens", "60"],
+                               "exceed the context of 40 tokens"),
+}
+
+
+@pytest.mark.parametrize("case", QUANTIZE_ERRORS)
+def test_quantize_and_draft_errors_are_one_line_with_status_2(case, quantized, capsys):
+    argv, message = QUANTIZE_ERRORS[case]
+    capsys.readouterr()
+    assert main([a.format(**{k: str(v) for k, v in quantized.items()}) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.startswith(f"tiny-llm {argv[0]}: error: ") and err.count("\n") == 1, err
+
+
+def test_a_quantized_checkpoint_is_not_a_training_checkpoint(quantized, capsys):
+    for argv in (["quantize", str(quantized["int8"]), "--bits", "4"],
+                 ["finetune", str(quantized["int8"]), "--out", str(quantized["int8"].parent / "ft")]):
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "is a quantized checkpoint (from 'tiny-llm quantize')" in err and err.count("\n") == 1, err

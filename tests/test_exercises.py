@@ -414,3 +414,71 @@ def test_tokenization_mistake_loses_exactly_its_points(mistake):
     for check_id, (status, phrase) in fails.items():
         assert failed[check_id][0] == status and phrase in failed[check_id][1], failed[check_id][1]
     assert sum(points for status, points, _ in results.values() if status == "passed") == score
+# ---------------------------------------------------------------- 11_inference: more mistakes, each costing its points
+
+INFERENCE_MISTAKES = {  # beside the graded fixtures of tests/fixtures/submissions.py
+    "scale from the largest value, not magnitude": (
+        "quantize_int8_dequantize", "w.abs().amax(dim=1, keepdim=True)", "w.amax(dim=1, keepdim=True)",
+        {"quantize_int8_public": ("failed", "largest ABSOLUTE value"), "quantize_int8_hidden": ("failed", "wrong values")},
+        19),
+    "a zero row divided by zero": (
+        "quantize_int8_dequantize", "    scale = torch.where(scale == 0, torch.ones_like(scale), scale)\n    codes",
+        "    codes",
+        {"quantize_int8_public": ("failed", "a row of zeros"), "quantize_int8_hidden": ("failed", "wrong values")}, 19),
+    "codes left as floats": (
+        "quantize_int8_dequantize", "-127, 127).to(torch.int8)", "-127, 127)",
+        {"quantize_int8_public": ("failed", "torch.int8"), "quantize_int8_hidden": ("failed", "dtype")}, 19),
+    "dequantize without the scale": (
+        "quantize_int8_dequantize", "return q.float() * scale", "return q.float()",
+        {"dequantize_public": ("failed", "each row times its own scale"), "dequantize_hidden": ("failed", "wrong values")},
+        20),
+    "int4 with one scale per row": (
+        "quantize_int4_dequantize_int4", "groups.abs().amax(dim=-1)",
+        "groups.abs().amax(dim=(-2, -1), keepdim=True)[..., 0].expand(-1, in_features // group_size)",
+        {"quantize_int4_public": ("failed", "one scale per row, not one per group"),
+         "quantize_int4_hidden": ("failed", "wrong values")}, 19),
+    "int4 groups strided, not consecutive": (
+        "quantize_int4_dequantize_int4", "groups = w.reshape(out_features, in_features // group_size, group_size)",
+        "groups = w.reshape(out_features, group_size, in_features // group_size).transpose(1, 2)",
+        {"quantize_int4_public": ("failed", "Your groups are strided"), "quantize_int4_hidden": ("failed", "wrong values")},
+        19),
+    "int4 without the ValueError": (
+        "quantize_int4_dequantize_int4", "    if group_size < 1 or in_features % group_size != 0:\n"
+        "        raise ValueError(f\"group_size {group_size} does not divide the {in_features} input features\")\n", "",
+        {"quantize_int4_public": ("failed", "should raise ValueError"),
+         "quantize_int4_hidden": ("failed", "should raise ValueError")}, 19),
+    "uniforms from the global generator": (
+        "speculative_accept", "    u = torch.rand(k, generator=generator)", "    u = torch.rand(k)",
+        {"speculative_accept_public": ("failed", "Draw every random number from `generator`")}, 20),
+    "drafts the most likely token while sampling": (
+        "speculative_generate", "            token = torch.multinomial(q, 1, generator=generator)",
+        "            token = q.argmax(dim=-1, keepdim=True)",
+        {"speculative_generate_hidden": ("failed", "not its most likely token")}, 19),
+    "two target calls per round": (
+        "speculative_generate", "        logits = extend(target_model, target_caches, proposed)  # (1, tokens new to the target, V)",
+        "        first = extend(target_model, target_caches, proposed[:, :-1])\n"
+        "        logits = torch.cat([first, extend(target_model, target_caches, proposed)], dim=1)",
+        {"speculative_generate_calls_public": ("failed", "called the target 3 times more than needed")}, None),
+}
+
+
+@pytest.mark.parametrize("mistake", list(INFERENCE_MISTAKES))
+def test_inference_mistake_loses_exactly_its_points(mistake):
+    import autograder
+    from autograder.api import LocalSubmission
+
+    cell, old, new, fails, score = INFERENCE_MISTAKES[mistake]
+    names = exercises.solution_namespace("11_inference", cell, old, new)
+    # The cell's functions and what calls them: quantization and speculative decoding share no code, so the checks
+    # of the other half pass as the reference's do (test_exercises' graded fixtures run all of them).
+    half = ("quantize_int8", "dequantize", "quantize_int4", "dequantize_int4") if cell.startswith("quantize") else (
+        "speculative_accept", "speculative_generate")
+    results = {entry.id: (*autograder.run_one(entry, LocalSubmission(names), names, 30.0), entry.points)
+               if entry.target in half else ("passed", "", entry.points) for entry in checks_for("11_inference")}
+    failed = {check_id: (status, message) for check_id, (status, message, _) in results.items() if status != "passed"}
+    for check_id, (status, phrase) in fails.items():
+        assert check_id in failed and failed[check_id][0] == status and phrase in failed[check_id][1], \
+            failed.get(check_id, "passed")
+    if score is not None:
+        assert sorted(failed) == sorted(fails), {k: v[1][:300] for k, v in failed.items()}
+        assert sum(points for status, _, points in results.values() if status == "passed") == score

@@ -443,7 +443,10 @@ def test_feedback_shows_scores_messages_and_book_links(graded, tmp_path):
     assert failed
     for test in failed:
         message = test["output"].splitlines()[1]
-        assert message in plain
+        if test["visibility"] == "visible":
+            assert message in plain
+        else:  # a hidden check's inputs and expected values stay out (--hide-hidden-inputs, the default)
+            assert feedback.HIDDEN_FAILED in plain
     book_links = [link for link in p.links if link.startswith(BOOK_URL)]
     assert len(book_links) == len(failed)
     md = (tmp_path / "fails_softmax_wrong_axis" / "03_softmax.md").read_text()
@@ -452,7 +455,7 @@ def test_feedback_shows_scores_messages_and_book_links(graded, tmp_path):
 
 def test_feedback_never_shows_grader_internals(graded, tmp_path):
     report = leaky_report(by_name(graded, "passes_all"))
-    feedback.write_feedback(tmp_path, [report])
+    feedback.write_feedback(tmp_path, [report], hide_hidden=False)
     for suffix in (".html", ".md"):
         text = (tmp_path / "tina_i" / f"03_softmax{suffix}").read_text()
         plain = html.unescape(text)

@@ -210,3 +210,34 @@ def real_word_share(texts: list[str], corpus: str) -> float:
     if not written:
         raise ValueError("the texts contain no words")
     return sum(w in known for w in written) / len(written)
+
+
+@torch.no_grad()
+def exact_by_teacher_forcing(model: nn.Module, tokenizer, documents: list[str], batch_size: int = 64) -> list[bool]:
+    """For each document, whether greedy decoding answers its question exactly: :func:`answer_questions`'s
+    ``exact``, from one forward pass per batch instead of a generation.
+
+    Greedy decoding writes the expected answer token for token exactly when,
+    at every position of it, the model's most likely next token given the
+    question and the expected tokens before it is the expected one: as long
+    as it is, the text so far is the expected text. So one forward pass over
+    each whole trained sequence (padded at the end, which a causal model
+    never sees) decides it.
+    """
+    from tinyllm.train import pad_sequences
+
+    T = model.config.context_length
+    device = next(model.parameters()).device
+    cut = [question_prompt(tokenizer, doc, T) for doc in documents]
+    exact = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(cut), batch_size):
+        rows = cut[start : start + batch_size]
+        x, y = pad_sequences([prompt + expected for prompt, expected in rows], tokenizer.end_of_text_id)
+        picked = model(x.to(device))[0].argmax(dim=-1).cpu()  # (b, L): greedy's choice at each position
+        for i, (prompt, expected) in enumerate(rows):
+            answer = slice(len(prompt) - 1, len(prompt) - 1 + len(expected))  # positions that predict the answer
+            exact.append(bool((picked[i, answer] == y[i, answer]).all()))
+    model.train(was_training)
+    return exact

@@ -8,7 +8,9 @@ small model, so ``tiny-llm train`` reproduces chapter 8's run.
 
 Errors a user can cause (a bad file, a bad size, a damaged checkpoint) are
 reported in one line, with exit status 1 and no traceback; argparse's own
-usage errors exit with 2.
+usage errors exit with 2, and so do options that cannot go together (a
+draft model with another tokenizer, a bit width or group size that
+``quantize`` cannot use), also in one line.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ import torch
 from tinyllm.bpe import BPETokenizer
 from tinyllm.answers import QUESTION_FRAME, answer_questions, ask, askable
 from tinyllm.data import corpus_path, encode_splits, read_corpus, split_corpus, split_documents, token_stream
-from tinyllm.model import ARCHITECTURES, GPTConfig
+from tinyllm.model import ARCHITECTURES, GPTConfig, with_kv_cache
 from tinyllm.ngram import NGramLM
 from tinyllm.posttrain import (ChatTokenizer, FineTuneConfig, FineTuner, grow_vocabulary,
                                load_finetune, parse_qa, save_finetune, score_answers)
-from tinyllm.sampling import generate, generate_cached
+from tinyllm.quantize import BITS, load_quantized, quantize_model, save_quantized
+from tinyllm.sampling import CallRecorder, generate, generate_cached
+from tinyllm.speculative import speculative_generate
 from tinyllm.train import (SAMPLES, Checkpoint, Trainer, TrainConfig, bits_per_byte, build_model, cpu_threads,
                            evaluate, evaluate_documents, load_checkpoint)
 
@@ -91,6 +95,14 @@ CLI_TRAIN_DEFAULTS: dict = {}
 
 class CliError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+    status = 1
+
+
+class CliUsageError(CliError):
+    """Options that cannot work together (exit status 2, as argparse's usage errors), in one line."""
+
+    status = 2
 
 
 # --------------------------------------------------------------------------- parser
@@ -204,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_argument("--no-cache", action="store_true",
                               help="recompute the whole sequence for every token instead of using the KV cache "
                               "(the same text, slower; the cache needs prompt + tokens within the context)")
+    generate_cmd.add_argument("--draft", type=Path, default=None, metavar="CHECKPOINT",
+                              help="speculative decoding (chapter 14): a smaller model with the same tokenizer "
+                              "drafts tokens that the model checks, several per call; the text is distributed "
+                              "as the model's own (with --greedy, the same text)")
+    generate_cmd.add_argument("--draft-tokens", type=int, default=4, metavar="K",
+                              help="with --draft: tokens the draft model proposes per round")
     _device_options(generate_cmd)
 
     ask_cmd = commands.add_parser(
@@ -223,6 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="sample only from the smallest set of tokens whose probability reaches p")
     ask_cmd.add_argument("--seed", type=int, default=0, help="seed for sampling: same seed, same answer")
     _device_options(ask_cmd)
+
+    quantize = commands.add_parser(
+        "quantize",
+        help="store a trained model's weights in 8 or 4 bits; the result loads in generate and evaluate",
+        description="Quantize every weight matrix of a model written by 'tiny-llm train' (chapter 14): symmetric "
+        "absmax codes of --bits bits with one float32 scale per row, or per group of --group-size consecutive "
+        "weights of a row. Norms and biases stay in float32; the layers dequantize their weights when they run. "
+        "'tiny-llm generate' and 'tiny-llm evaluate' read the file it writes.",
+        formatter_class=_HelpFormatter,
+    )
+    quantize.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
+    quantize.add_argument("--bits", type=int, required=True, metavar="8|4", help="bits per weight: 8 or 4")
+    quantize.add_argument("--group-size", type=int, default=None, metavar="N",
+                          help="one scale per N consecutive weights of a row; N must divide every matrix's "
+                          "input features (default: one scale per row)")
+    quantize.add_argument("--out", type=Path, default=None, metavar="FILE",
+                          help="where to write (default: next to the checkpoint, named after the scheme)")
+    quantize.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
 
     finetune = commands.add_parser(
         "finetune",
@@ -307,10 +343,20 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _load(path: Path) -> Checkpoint:
+def _load(path: Path, quantized: bool = False) -> Checkpoint:
+    """The checkpoint at ``path``; with ``quantized``, one written by 'tiny-llm quantize' too."""
     try:
         ckpt = load_checkpoint(path)
     except ValueError as err:
+        try:
+            ckpt = load_quantized(path)
+        except ValueError:
+            pass
+        else:
+            if not quantized:
+                raise CliError(f"{path} is a quantized checkpoint (from 'tiny-llm quantize'); this command needs "
+                               "the float weights of a checkpoint written by 'tiny-llm train'") from None
+            return ckpt
         try:
             load_finetune(path)
         except ValueError:
@@ -528,7 +574,7 @@ def evaluation_scores(ckpt: Checkpoint, text: str, split: str, device: torch.dev
 
 def cmd_evaluate(args) -> int:
     device = _device(args.device)
-    ckpt = _load(args.checkpoint)
+    ckpt = _load(args.checkpoint, quantized=True)
     text, corpus_file = _corpus(args.corpus)
     trained_on = ckpt.meta.get("corpus_sha256")
     if trained_on is not None and trained_on != _digest(text):
@@ -586,7 +632,8 @@ def cmd_generate(args) -> int:
     if not args.prompt:
         raise CliError("--prompt is empty: the model needs at least one token to continue")
     prompt = unescape(args.prompt)
-    ckpt = _load(args.checkpoint)
+    ckpt = _load(args.checkpoint, quantized=True)
+    draft_ckpt = _draft(args, ckpt)
     tokenizer = ckpt.tokenizer()
     model = ckpt.model(device)
     prompt_ids = tokenizer.encode(prompt)  # byte-level: every character has bytes to fall back on
@@ -595,11 +642,14 @@ def cmd_generate(args) -> int:
         prompt_ids = [eot] + prompt_ids
     idx = torch.tensor([prompt_ids] * args.samples, dtype=torch.long, device=device)  # (samples, T)
     cached = not args.no_cache and idx.shape[1] + args.max_new_tokens <= model.config.context_length
-    if not args.no_cache and not cached:  # the uncached generate slides a window; the cache cannot
+    if not args.no_cache and not cached and draft_ckpt is None:  # the uncached generate slides a window
         print(f"(without the KV cache: prompt + tokens exceed the context of {model.config.context_length})",
               file=sys.stderr)
     decode = generate_cached if cached else generate
-    out = decode(model, idx, args.max_new_tokens, repetition_penalty=args.repetition_penalty, **sampling)
+    if draft_ckpt is not None:
+        out = _speculative(model, draft_ckpt.model(device), idx, args, sampling)
+    else:
+        out = decode(model, idx, args.max_new_tokens, repetition_penalty=args.repetition_penalty, **sampling)
     for i, row in enumerate(out.tolist()):
         if args.samples > 1:
             print(f"--- sample {i + 1}")
@@ -621,6 +671,64 @@ def cmd_ask(args) -> int:
         raise CliError(f"{args.checkpoint} was trained without an end-of-text token (--samples windows): its answers "
                        "have no end; ask a model trained on documents, or use 'tiny-llm generate'")
     print(ask(ckpt.model(device), ckpt.tokenizer(), unescape(args.question), **sampling))
+    return 0
+
+
+def _draft(args, ckpt: Checkpoint) -> Checkpoint | None:
+    """The --draft checkpoint, checked against the model's: None without --draft."""
+    if args.draft is None:
+        return None
+    if args.draft_tokens < 1:
+        raise CliUsageError(f"--draft-tokens must be at least 1, got {args.draft_tokens}")
+    for flag, given in (("--no-cache", args.no_cache), ("--repetition-penalty", args.repetition_penalty != 1.0)):
+        if given:
+            raise CliUsageError(f"--draft cannot be combined with {flag}: speculative decoding keeps both models' "
+                                "KV caches and samples from the models' own distributions")
+    draft = _load(args.draft, quantized=True)
+    if (draft.merges, draft.end_of_text, draft.split) != (ckpt.merges, ckpt.end_of_text, ckpt.split):
+        raise CliUsageError(f"the draft {args.draft} was trained with another tokenizer than {args.checkpoint}: "
+                            "speculative decoding needs both models to share one vocabulary")
+    return draft
+
+
+def _speculative(model, draft, idx: torch.Tensor, args, sampling: dict) -> torch.Tensor:
+    """Each sample speculatively decoded (one sequence at a time); how many target calls it took, on stderr."""
+    context = min(model.config.context_length, draft.config.context_length)
+    if idx.shape[1] + args.max_new_tokens > context:
+        raise CliUsageError(f"prompt ({idx.shape[1]} tokens) + --max-new-tokens {args.max_new_tokens} exceed the "
+                            f"context of {context} tokens: speculative decoding keeps KV caches, which cannot slide")
+    target = CallRecorder(with_kv_cache(model))  # a TinyGPT reads caches through its wrapper
+    rows = [speculative_generate(target, draft, idx[i : i + 1], args.max_new_tokens, k=args.draft_tokens, **sampling)
+            for i in range(idx.shape[0])]
+    calls = len(target.lengths())
+    written = idx.shape[0] * args.max_new_tokens
+    print(f"speculative decoding: {written} tokens in {calls} calls of the model "
+          f"({written / max(calls, 1):.2f} tokens per call, {args.draft_tokens} drafted per round)", file=sys.stderr)
+    return torch.cat(rows, dim=0)
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def cmd_quantize(args) -> int:
+    if args.bits not in BITS:
+        raise CliUsageError(f"--bits must be 8 or 4, got {args.bits}")
+    if args.group_size is not None and args.group_size < 1:
+        raise CliUsageError(f"--group-size must be at least 1, got {args.group_size}")
+    ckpt = _load(args.checkpoint)
+    try:  # every matrix's input features must split into whole groups: checked before anything is written
+        quantize_model(ckpt.model("cpu"), args.bits, args.group_size)
+    except ValueError as err:
+        raise CliUsageError(f"--group-size {args.group_size}: {err}") from None
+    scheme = f"int{args.bits}" + (f"-g{args.group_size}" if args.group_size else "")
+    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}-{scheme}.pt")
+    if out.resolve() == args.checkpoint.resolve():
+        raise CliUsageError(f"--out {out} is the checkpoint itself: write the quantized model to another file")
+    save_quantized(out, ckpt, args.bits, args.group_size)
+    before, after = args.checkpoint.stat().st_size, out.stat().st_size
+    print(f"wrote {out}: {after:,} bytes ({args.bits} bits per weight, one scale per "
+          f"{'group of ' + str(args.group_size) if args.group_size else 'row'}); the checkpoint was {before:,} bytes "
+          f"with its optimiser state. Use it with: tiny-llm generate {out}", file=sys.stderr)
     return 0
 
 
@@ -721,7 +829,7 @@ def cmd_finetune(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "ask": cmd_ask,
-            "finetune": cmd_finetune}
+            "finetune": cmd_finetune, "quantize": cmd_quantize}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -733,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[args.command](args)
     except (CliError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"tiny-llm {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return getattr(err, "status", 1)
     except KeyboardInterrupt:
         print(f"tiny-llm {args.command}: interrupted", file=sys.stderr)
         return 130

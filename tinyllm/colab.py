@@ -21,6 +21,7 @@ EXERCISES = {
     "08_fast_generation": "The KV cache, the causal mask over it, cached generation, beam search",
     "09_training": "The training loop's parts: AdamW, the warm-up + cosine schedule, gradient clipping",
     "10_post_training": "The answer-only fine-tuning loss, an answer's log-probability, LoRA, the DPO loss",
+    "11_inference": "int8 and group-wise int4 quantization, the speculative accept/reject step and its loop",
 }
 
 
