@@ -414,6 +414,8 @@ def test_tokenization_mistake_loses_exactly_its_points(mistake):
     for check_id, (status, phrase) in fails.items():
         assert failed[check_id][0] == status and phrase in failed[check_id][1], failed[check_id][1]
     assert sum(points for status, points, _ in results.values() if status == "passed") == score
+
+
 # ---------------------------------------------------------------- 11_inference: more mistakes, each costing its points
 
 INFERENCE_MISTAKES = {  # beside the graded fixtures of tests/fixtures/submissions.py

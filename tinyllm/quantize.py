@@ -256,7 +256,7 @@ def save_quantized(path: str | Path, ckpt: Checkpoint, bits: int, group_size: in
         "model": model.state_dict(),
         "merges": [list(m) for m in ckpt.merges] if ckpt.merges is not None else None,
         "end_of_text": bool(ckpt.end_of_text),
-        "split": bool(ckpt.split),  # the tokenizer pre-splits: a quantized model reads text as it was trained
+        "split": bool(ckpt.split),
         "step": int(ckpt.step),
         "history": ckpt.history.to_dict(),
         "meta": {**ckpt.meta, "quantized": f"{bits} bits, group size {group_size or 'row'}"},
