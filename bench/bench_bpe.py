@@ -11,7 +11,7 @@ trainers learn the same number of merges from it:
   every merge (chapter 2 shows it; the test suite proves the two equal);
 - Hugging Face ``tokenizers`` (Rust), byte-level, without its regex
   pre-tokenizer, so that it too may merge across spaces as ours does
-  (``pip install -e ".[test]"``; skipped if missing).
+  (``pip install -e ".[bench]"``; skipped if missing).
 
 Prints seconds and ratios, checks that ours and the naive one learned the same
 merges, and writes bench/results/bpe.json.
@@ -89,7 +89,7 @@ def main() -> None:
         results["seconds"]["Hugging Face tokenizers"] = hf[0]
         results["hf_vocab_size"] = hf[1]
     else:
-        print("Hugging Face tokenizers is not installed (pip install -e '.[test]'); skipped")
+        print("Hugging Face tokenizers is not installed (pip install -e '.[bench]'); skipped")
 
     for name, seconds in results["seconds"].items():
         print(f"{name:26} {seconds:8.2f} s   {seconds / fast_s:7.2f}x the time of ours")

@@ -429,6 +429,7 @@ def test_quantize_writes_a_model_that_generate_and_evaluate_read(quantized, smal
     for name, bits, group in (("int8", 8, None), ("int4", 4, 8)):
         ckpt = load_quantized(quantized[name])
         assert (ckpt.bits, ckpt.group_size) == (bits, group)
+        assert ckpt.tokenizer().split and ckpt.merges == load_checkpoint(quantized["float"]).merges  # pre-split kept
         assert quantized[name].stat().st_size < quantized["float"].stat().st_size / 3  # no optimiser, small codes
         capsys.readouterr()
         assert main(["generate", str(quantized[name]), "--prompt", "Q", "--greedy", "--max-new-tokens", "6",
