@@ -235,3 +235,56 @@ def test_every_exercise_is_linked_from_the_book(built_html):
         assert link in index, f"the exercises page does not link {assignment}"
         assert link in chapters, f"no chapter links {assignment}"
         assert (ROOT / exercise_path(assignment)).exists()
+
+
+# The content column shows about this many characters of code; a longer line is cut off at its edge.
+COLUMN = 80
+
+
+def part_chapters(caption_start: str) -> list[Path]:
+    """The chapters of the _toc.yml parts whose caption starts with ``caption_start``."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    return [ROOT / f"{entry['file']}.md" for part in toc["parts"] if part["caption"].startswith(caption_start)
+            for entry in part["chapters"]]
+
+
+PART_TWO = part_chapters("Part II:")
+
+
+def test_part_two_is_found():
+    assert [p.stem for p in PART_TWO][:2] == ["10_modern_block", "11_fast_generation"]
+
+
+@pytest.mark.parametrize("source", PART_TWO, ids=chapter_id)
+def test_code_lines_fit_the_content_column(source):
+    """Part II's code is read on the page without scrolling sideways (Part I has yet to follow)."""
+    long = []
+    for cell in jupytext_cells(source):
+        if cell.cell_type == "code":
+            long += [line for line in cell.source.splitlines() if len(line) > COLUMN]
+    assert not long, f"{source.name}: {len(long)} code lines longer than {COLUMN} characters:\n" + "\n".join(long)
+
+
+@pytest.mark.parametrize("source", PART_TWO, ids=chapter_id)
+def test_printed_output_fits_the_column_and_comes_in_one_block_per_cell(built_html, source):
+    """What a cell prints is read without scrolling, and a loop's lines form one block, not one box each."""
+    text = page(built_html, source)
+    outputs = re.findall(r'<div class="cell_output docutils container">(.*?)</div>\s*</div>\s*</div>', text, re.S)
+    assert outputs, f"{source.name}: no cell output found in the page"
+    long, split = [], []
+    for output in outputs:
+        if output.count('class="output stream') > 1:
+            split.append(output[:200])
+        for block in re.findall(r"<pre>(.*?)</pre>", output, re.S):
+            lines = html.unescape(re.sub(r"<[^>]+>", "", block)).splitlines()
+            long += [line for line in lines if len(line) > COLUMN]
+    assert not split, f"{source.name}: a cell's printed lines are split into several blocks: {split[:2]}"
+    assert not long, f"{source.name}: printed lines longer than {COLUMN} characters:\n" + "\n".join(long)
+
+
+def jupytext_cells(source: Path):
+    import jupytext
+
+    return jupytext.read(source, fmt="md:myst").cells

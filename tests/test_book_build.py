@@ -58,7 +58,7 @@ def test_the_model_cache_key_follows_the_training_code_imports():
     modules = training_modules()
     assert {"train", "model", "optim", "positional", "layers", "attention", "data", "bpe"} <= set(modules)
     assert "sampling" not in modules and "book" not in modules
-    assert "book" in training_modules(extra=("book",))  # chapter 11's variants are built in tinyllm.book
+    assert "book" in training_modules(extra=("book",))  # chapter 10's variants are built in tinyllm.book
 
 
 @pytest.mark.slow
@@ -68,7 +68,7 @@ def test_executing_the_chapters_in_another_order_glues_the_same_values(tmp_path)
     Every glued value except wall-clock measurements must be identical. The
     trained models come from the build's model cache (training on one thread
     gives the same weights whichever process trains: see test_modern's
-    trained_variants test), so this checks that no chapter depends on which
+    compare_runs test), so this checks that no chapter depends on which
     chapters ran before or beside it.
     """
     from tools.notebooks import measured

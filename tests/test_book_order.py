@@ -40,11 +40,14 @@ LIBRARY = {
     "tinyllm.scaling.block_parameters": 7,
     "tinyllm.scaling.count_parameters": 7,
     "tinyllm.scaling.gpt_parameters": 7,
-    "tinyllm.scaling.kv_cache_bytes": 10,  # used by the modern block; chapter 13 derives it for large models
+    "tinyllm.scaling.kv_cache_bytes": 11,  # the KV cache's chapter; chapter 13 applies it to large models
     "tinyllm.model": 8,
     "tinyllm.train": 8,
     "tinyllm.optim": 8,
     "tinyllm.book.trained_tiny_gpt": 8,
+    "tinyllm.book.compare_runs": 8,  # seeded, paired comparisons of training runs
+    "tinyllm.book.spread": 8,
+    "tinyllm.book.SEEDS": 8,
     "tinyllm.book.attention_maps": 8,
     "tinyllm.sampling.generate": 8,  # chapter 8 generates greedily and with a temperature
     "tinyllm.sampling": 9,
@@ -76,12 +79,27 @@ SYMBOL_PATTERNS = {
     r"$m_r$": r"\bm_\{?r\b",
     r"$W_1, W_2$": r"W_\{?[12]\b",
     r"$\eta$, $S$, $S_{\text{warm}}$": r"\\eta\b",
+    r"$\mu$, $\sigma^2$": r"\\sigma\b|\\mu\b",
+    r"$\varepsilon$": r"\\varepsilon",
+    r"$\boldsymbol\gamma$, $\boldsymbol\beta$": r"\\boldsymbol\s*\{?\\(?:gamma|beta)",
+    r"$\mathbf{m}$, $\mathbf{v}$": r"\\mathbf\{m\}",
+    r"$\beta_1$, $\beta_2$": r"\\beta_\{?[12]",
+    r"$\lambda$": r"\\lambda\b",
+    r"$\operatorname{sigmoid}(u) = 1 / (1 + e^{-u})$": r"\\operatorname\{sigmoid\}",
+    r"$\mathcal{S}$": r"\\mathcal\{S\}",
+    r"$\mathcal{R}(x, y)$": r"\\mathcal\{R\}",
+    r"$D_{\text{KL}}(p \,\Vert\, q)$": r"D_\{\\text\{KL\}\}",
+    r"$\pi_\theta$, $\pi_{\text{ref}}$, $\beta$": r"\\pi_",
+    r"$P_c$, $\alpha_{\text{ne}}$": r"\\alpha_\{\\text\{ne\}\}",
 }
 SIZE_PATTERNS = {  # the sizes table of the notation page, by symbol
     "$d_k$": (r"\bd_\{?k\b", 5),
     r"$d_{\text{ff}}$": (r"d_\{\\text\{ff\}\}", 7),
     "$N$": (r"(?<![\\\w{])N(?![a-zA-Z}])", 3),
     "$P$": (r"(?<![\\\w{])P(?![a-zA-Z}])", 7),
+    r"$n_{\text{kv}}$": (r"n_\{\\text\{kv\}\}", 10),
+    r"$P_{\text{ne}}$": (r"P_\{\\text\{ne\}\}", 13),
+    r"$T_{\text{prompt}}$, $T_{\text{new}}$": (r"T_\{\\text\{(?:new|prompt)\}\}", 11),
 }
 
 
@@ -174,6 +192,14 @@ def test_symbols_are_not_used_before_they_are_introduced():
     ("W", "a generic weight matrix only in the notation page; E is the embedding table", r"(?<![\\\w{])W(?![a-zA-Z_}])", set()),
     ("N", "the positions a loss averages over (13 names Kaplan's N, once)", r"(?<![\\\w{])N(?![a-zA-Z}])", {3, 4, 13}),
     ("P", "a number of parameters", r"(?<![\\\w{])P(?![a-zA-Z}])", {7, 13}),
+    ("\\sigma", "layer norm's standard deviation only (the logistic function is written sigmoid)",
+     r"\\sigma\b", {7}),
+    ("\\beta", "DPO's coefficient only, without index or bold (Adam's are beta_1, beta_2; layer norm's shift "
+     "is bold)", r"(?<!\\boldsymbol)(?<!\\boldsymbol\{)(?<!\\boldsymbol )\\beta(?![_a-zA-Z])", {12}),
+    ("\\beta_1, \\beta_2", "Adam's decay rates only", r"\\beta_\{?[12]", {8}),
+    ("\\boldsymbol\\beta", "layer norm's shift only", r"\\boldsymbol\s*\{?\\beta", {7}),
+    ("\\lambda", "AdamW's weight decay only", r"\\lambda\b", {8}),
+    ("n_heads, n_layers", "never: the notation page writes h and L", r"n_\{\\text\{(?:heads|layers)\}\}", set()),
 ])
 def test_a_symbol_keeps_one_meaning(symbol, meaning, pattern, chapters):
     """The symbols that once meant three things each (issue 14) appear only where their one meaning lives."""
@@ -220,3 +246,61 @@ def test_chapter_numbers_in_cross_references_are_the_sites():
             if label in numbers and int(written) != numbers[label]:
                 wrong.append(f"{path.name}: {{ref}} to {label} says {written}, the site numbers it {numbers[label]}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_introduction_lists_the_chapters_the_table_of_contents_numbers():
+    """intro.md's chapter list is the site's: every numbered chapter, its number and its title, in order.
+
+    The list once stopped at "10. Where this goes next" while the sidebar numbered a Part II;
+    a chapter added to _toc.yml without a line in the introduction (or one renamed) fails here.
+    """
+    listed = re.findall(r"^(\d+)\. \*\*(.+?)\*\*", (ROOT / "book" / "intro.md").read_text(encoding="utf-8"), re.M)
+    titles = {n: re.search(r"^# (.+)$", s.read_text(encoding="utf-8"), re.M).group(1) for n, s in CHAPTERS.items()}
+    assert [(int(n), title) for n, title in listed] == sorted(titles.items()), (
+        "book/intro.md must list every numbered chapter of _toc.yml as 'N. **Title**', in order")
+
+
+# Terms a chapter defines (its first use in that chapter's prose is the emphasised one, *term*); a chapter
+# before it may name the term only in a paragraph that points to the defining chapter ({ref} to its label).
+TERMS = {
+    "KV cache": (r"\bKV[ -]?cache", 11),
+    "memory-bound": (r"\bmemory-bound", 11),
+    "KL divergence": (r"\bKL divergence", 12),
+    "arithmetic intensity": (r"\barithmetic intensity", 13),
+}
+
+
+def prose_paragraphs(source: Path) -> list[str]:
+    """The chapter's prose, paragraph by paragraph, lines joined: no code, no directive (objectives, quiz)."""
+    text = "\n".join(c.source for c in cells(source) if c.cell_type == "markdown")
+    text = re.sub(r"^(`{3,}|:{3,})\{[\w-]+\}.*?^\1\s*$", "", text, flags=re.M | re.S)
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+@pytest.mark.parametrize("term", sorted(TERMS))
+def test_a_term_is_defined_where_it_is_first_used(term):
+    pattern, chapter = TERMS[term]
+    numbers = chapter_numbers()
+    early, first_use = [], None
+    for number, source in sorted(CHAPTERS.items()):
+        for paragraph in prose_paragraphs(source):
+            if not re.search(pattern, paragraph):
+                continue
+            points_ahead = any(numbers.get(label, 0) >= chapter
+                               for label in re.findall(r"\{ref\}`[^`]*<(ch-[\w-]+)>`", paragraph))
+            if number < chapter and not points_ahead:
+                early.append(f"chapter {number}: {paragraph[:120]}")
+            if number == chapter and first_use is None:
+                first_use = paragraph
+    assert not early, f"{term!r} (defined in chapter {chapter}) is used before it without pointing there:\n" + \
+        "\n".join(early)
+    assert first_use is not None, f"chapter {chapter} never uses {term!r}"
+    match = re.search(pattern, first_use)
+    assert first_use[match.start() - 1 : match.start()] == "*" and first_use[match.end() : match.end() + 1] == "*", (
+        f"chapter {chapter} first uses {term!r} without defining it (*{term}*): {first_use[:160]}")
+
+
+def test_the_term_check_catches_a_term_used_too_early(monkeypatch):
+    monkeypatch.setitem(TERMS, "KV cache", (TERMS["KV cache"][0], 12))  # as if chapter 12 defined it
+    with pytest.raises(AssertionError, match="used before it"):
+        test_a_term_is_defined_where_it_is_first_used("KV cache")

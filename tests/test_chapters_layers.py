@@ -24,6 +24,8 @@ from tinyllm.scaling import (
     kaplan_loss,
     kv_cache_bytes,
     non_embedding_parameters,
+    adamw_training_bytes,
+    roofline_seconds,
     training_flops,
 )
 
@@ -162,3 +164,37 @@ def test_kaplan_loss_by_hand():
     assert kaplan_loss(8.8e12) == pytest.approx(10**0.076)
     assert kaplan_loss(1e9) / kaplan_loss(1e8) == pytest.approx(10**-0.076)
     assert kaplan_loss(2.0, n_c=4.0, alpha_n=0.5) == pytest.approx(math.sqrt(2))
+
+
+def test_roofline_is_the_slower_of_arithmetic_and_memory():
+    assert roofline_seconds(flops=2e12, bytes_moved=1e9, peak_flops=1e15, bandwidth=1e12) == pytest.approx(2e-3)
+    assert roofline_seconds(flops=2e9, bytes_moved=1e9, peak_flops=1e15, bandwidth=1e12) == pytest.approx(1e-3)
+
+
+def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """What training really holds for the parameters: weights, gradients, the optimiser's tensors."""
+    tensors = list(model.parameters()) + [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += [t for state in optimizer.state.values() for t in state.values()
+                if torch.is_tensor(t) and t.dim() > 0]  # the moments; not the step counters
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_adamw_training_bytes_is_what_torch_adamw_allocates():
+    """Float32 training of a TinyGPT, all of it and then LoRA's adapters only: the formula's count, measured."""
+    from tinyllm.posttrain import apply_lora, trainable_parameters
+
+    config = GPTConfig(vocab_size=300, context_length=16, d_model=32, n_layers=2, n_heads=4, d_ff=64)
+    for lora in (False, True):
+        torch.manual_seed(0)
+        model = TinyGPT(config)
+        if lora:
+            apply_lora(model, rank=2, alpha=4.0)
+        trainable = trainable_parameters(model)
+        frozen = count_parameters(model) - trainable
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        model(torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16)))[1].backward()
+        optimizer.step()
+        float32 = dict(weight_bytes=4, gradient_bytes=4, master_bytes=0)
+        assert state_bytes(model, optimizer) == adamw_training_bytes(trainable, frozen, **float32)
+        assert (frozen > 0) == lora
+    assert adamw_training_bytes(10) == 160 and adamw_training_bytes(1, n_frozen=10) == 16 + 20

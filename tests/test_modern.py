@@ -59,7 +59,7 @@ def rope_by_complex_numbers(x: torch.Tensor, base: float, offset: int) -> torch.
     theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
     angles = (offset + torch.arange(T, dtype=torch.float64))[:, None] * theta  # (T, d/2)
     pairs = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
-    return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2).float()
+    return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2).to(x.dtype)
 
 
 @settings(max_examples=40, deadline=None)
@@ -68,6 +68,24 @@ def test_rope_equals_complex_rotation(t, d, offset, base, seed):
     x = randn((2, 3, t, d), seed)
     torch.testing.assert_close(apply_rope(x, base, offset=offset), rope_by_complex_numbers(x, base, offset),
                                atol=1e-4, rtol=1e-4)
+
+
+def test_rope_in_float64_rotates_with_float64_sines_and_cosines(monkeypatch):
+    """The table is built in the input's dtype: a float64 model is a float64 computation throughout."""
+    import tinyllm.attention
+
+    x = randn((2, 3, 50, 16), 0).double()
+    exact = rope_by_complex_numbers  # in float64, and returned in x's dtype
+    for offset in (0, 7, 500):
+        assert apply_rope(x, offset=offset).dtype == torch.float64
+        torch.testing.assert_close(apply_rope(x, offset=offset), exact(x, 1e4, offset), atol=1e-12, rtol=0)
+    # A whole float64 TinyLlama: the same logits as with the complex rotation done in float64.
+    torch.manual_seed(0)
+    model = make_model(GPTConfig(**{**SMALL, "arch": "llama", "n_kv_heads": 2})).double().eval()
+    idx = torch.randint(0, 300, (2, 12))
+    ours = model(idx)[0]
+    monkeypatch.setattr(tinyllm.attention, "apply_rope", lambda x, base, offset: exact(x, base, offset))
+    torch.testing.assert_close(ours, model(idx)[0], atol=1e-12, rtol=0)
 
 
 def test_rope_offset_continues_the_sequence_and_scores_are_relative():
@@ -295,7 +313,7 @@ def test_cli_trains_either_model_and_generates_the_same_text_with_and_without_th
     assert texts[()] == texts[("--no-cache",)] and len(texts[()]) > 4
 
 
-# ----------------------------------------------------------------- chapter 11's one-change models
+# ----------------------------------------------------------------- chapter 10's one-change models
 
 
 def test_gpt2_with_swaps_exactly_one_part():
@@ -315,7 +333,10 @@ def test_gpt2_with_swaps_exactly_one_part():
     assert all(type(b.attn) is GroupedQueryAttention for b in rope.blocks)
     assert not any("pos_emb" in name for name, _ in rope.named_parameters())
     assert rope(torch.randint(0, 300, (2, 12)))[0].shape == (2, 12, 300)
-    for change in ("none", "rmsnorm", "swiglu", "rope"):  # seeded: the same model twice
+    nope = gpt2_with("nope", config)  # rope's control: no positions at all, attention unchanged
+    assert type(nope.blocks[0].attn) is type(plain.blocks[0].attn)
+    assert not any("pos_emb" in name for name, _ in nope.named_parameters())
+    for change in ("none", "rmsnorm", "swiglu", "rope", "nope"):  # seeded: the same model twice
         a, b = gpt2_with(change, config, seed=3), gpt2_with(change, config, seed=3)
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
         assert a.lm_head.weight is a.tok_emb.weight
@@ -323,23 +344,35 @@ def test_gpt2_with_swaps_exactly_one_part():
         gpt2_with("layernorm", config)
 
 
-def test_variants_trained_two_at_a_time_equal_those_trained_one_by_one(tmp_path, monkeypatch):
-    from tinyllm.book import trained_variants
+def test_paired_runs_in_parallel_equal_those_run_one_by_one_and_are_cached(tmp_path, monkeypatch):
+    from tinyllm.book import compare_runs, spread, variant_history
     from tinyllm.train import TrainConfig
 
     config = GPTConfig(**{**SMALL, "vocab_size": 280})
     short = TrainConfig(max_steps=4, eval_interval=2, batch_size=4)
-    runs = [(config, short, "none"), (config, short, "rope"),
-            (GPTConfig(**{**SMALL, "vocab_size": 280, "arch": "llama", "n_kv_heads": 1}), short, "none")]
+    variants = {"gpt": dict(model_config=config, train_config=short),
+                "rope": dict(model_config=config, train_config=short, change="rope"),
+                "mqa": dict(model_config=GPTConfig(**{**SMALL, "vocab_size": 280, "arch": "llama", "n_kv_heads": 1}),
+                            train_config=short)}
     monkeypatch.setenv("TINYLLM_CACHE", str(tmp_path / "parallel"))
-    parallel = trained_variants(runs, processes=2)
+    parallel = compare_runs(variant_history, variants, seeds=(0, 1), processes=2)
     monkeypatch.setenv("TINYLLM_CACHE", str(tmp_path / "serial"))
-    serial = trained_variants(runs, processes=1)
-    assert [h.val_loss for h in parallel] == [h.val_loss for h in serial]
-    assert len({h.val_loss[-1] for h in serial}) == 3  # three different models
-    assert len(list((tmp_path / "serial").glob("variant_*.json"))) == 3
+    serial = compare_runs(variant_history, variants, seeds=(0, 1), processes=1)
+    curves = lambda c: {n: [(h["loss"], h["val_loss"]) for h in runs] for n, runs in c.results.items()}  # noqa: E731
+    assert curves(parallel) == curves(serial) and serial.seeds == (0, 1)  # all but the timings
+    final = lambda h: h["val_loss"][-1]  # noqa: E731
+    assert len(set(serial.values("gpt", final) + serial.values("rope", final) + serial.values("mqa", final))) == 6
+    assert serial.change("rope", "gpt", final) == [r - g for r, g in zip(serial.values("rope", final),
+                                                                          serial.values("gpt", final))]
+    assert spread([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
+    assert len(list((tmp_path / "serial").glob("run_variant_history_*.json"))) == 6
+    # A seed is one draw of batches, dropout masks and weights: the same seed gives the same run.
+    assert serial.results["gpt"][0]["val_loss"] == variant_history(config, short, seed=0)["val_loss"]
     import tinyllm.train
 
     monkeypatch.setattr(tinyllm.train.Trainer, "train", lambda self, **kw: pytest.fail("trained again"))
-    again = trained_variants(runs, processes=1)  # read from the cache
-    assert [h.val_loss for h in again] == [h.val_loss for h in serial]
+    assert compare_runs(variant_history, variants, seeds=(0, 1), processes=2).results == serial.results
+    with pytest.raises(ValueError, match="module-level function"):
+        compare_runs(lambda seed: {}, {"x": {}})
+    with pytest.raises(TypeError, match="plain data"):
+        compare_runs(variant_history, {"x": dict(model_config=config, train_config=short, change=object())})

@@ -108,6 +108,27 @@ def test_callback_sees_steps_and_evaluations_and_can_stop():
     assert all(p.tokens_per_s > 0 and p.lr > 0 for p in seen)
 
 
+def test_throughput_counts_the_tokens_predicted_and_the_padded_positions_apart():
+    """Documents of different lengths: a batch is padded to its longest, padding is computed, never scored."""
+    from tinyllm.train import DocumentSampler
+
+    g = torch.Generator().manual_seed(0)
+    documents = [[256] + torch.randint(0, 256, (int(n),), generator=g).tolist() + [256]
+                 for n in torch.randint(1, 7, (20,), generator=g)]  # 3 to 8 ids each: at most T + 1 = 9
+    config = TrainConfig(samples="documents", batch_size=4, max_steps=6, eval_interval=3, warmup_steps=1)
+    trainer = Trainer(build_model(TINY, 0), documents, documents[:5], config, device="cpu")
+    seen = []
+    history = trainer.train(callback=lambda p: None if p.is_eval else seen.append(p))
+    batches = DocumentSampler(documents, 4, seed=0)  # the trainer's batches, drawn again
+    scored = padded = 0
+    for _ in range(6):
+        x, y = batches.next_batch()
+        scored, padded = scored + int((y >= 0).sum()), padded + x.numel()
+    assert history.tokens_seen == scored < padded == history.positions_seen <= 6 * 4 * TINY.context_length
+    assert history.tokens_per_s == pytest.approx(scored / history.train_seconds)
+    assert len(seen) == 6 and all(p.tokens_per_s > 0 for p in seen)
+
+
 def test_early_stopping_keeps_the_best_weights():
     trainer = tiny_trainer(max_steps=200, lr=3e-2, min_lr=3e-2, patience=2)
     history = trainer.train()

@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser(
         "finetune",
         help="supervised fine-tuning on questions and answers, in the chat template; writes DIR/finetune.pt",
-        description="Fine-tune a model written by 'tiny-llm train' to answer in the chat template of chapter 13 "
+        description="Fine-tune a model written by 'tiny-llm train' to answer in the chat template of chapter 12 "
         "(end-of-text, <|user|>, the question, <|assistant|>, the answer, end-of-text), with the loss on the "
         "answer only. The two role markers get new ids after end-of-text, so the model's token table grows by "
         "two rows. With --lora-rank the model is frozen and only LoRA matrices on its blocks' linear layers "

@@ -29,7 +29,9 @@ class GPTConfig:
     # "llama": TinyLlama (RoPE, RMSNorm, SwiGLU, grouped-query attention), see make_model.
     arch: str = "gpt2"
     n_kv_heads: int | None = None  # llama: key/value heads shared by the query heads (None: n_heads)
-    rope_base: float = 10000.0  # llama: RoPE's slowest clock turns once in 2 pi * rope_base positions
+    # llama: pair i turns by rope_base^(-2i/d_k) per position; the slowest pair (i = d_k/2 - 1) turns
+    # once in 2 pi * rope_base^((d_k - 2)/d_k) positions: about 19,900 for d_k = 16.
+    rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
         problems = []

@@ -8,19 +8,21 @@ import torch
 from torch import Tensor
 
 
-def sinusoidal_positional_encoding(seq_len: int, d_model: int, base: float = 10000.0) -> Tensor:
+def sinusoidal_positional_encoding(seq_len: int, d_model: int, base: float = 10000.0,
+                                   dtype: torch.dtype | None = None) -> Tensor:
     """The fixed encoding of Vaswani et al. (2017), shape (seq_len, d_model).
 
     PE[pos, 2i] = sin(pos / base^(2i/d_model)) and PE[pos, 2i+1] = cos(same angle):
     each sin/cos pair is a clock turning at its own frequency, so shifting the
-    position by Delta is a fixed rotation of every pair (chapter 6).
+    position by Delta is a fixed rotation of every pair (chapter 6). ``dtype``:
+    the table's dtype (default: torch's default dtype, float32).
     """
     if d_model % 2 != 0:
         raise ValueError(f"d_model must be even (sin/cos pairs), got {d_model}")
     if seq_len < 0:
         raise ValueError(f"seq_len must be >= 0, got {seq_len}")
-    # Angles in float64, then stored in the default dtype (float32): in float32 the
-    # angle pos * inv_freq would already be off by ~1e-4 at position 2000.
+    # Angles in float64, then stored in the requested dtype: in float32 the angle
+    # pos * inv_freq would already be off by ~1e-4 at position 2000.
     position = torch.arange(seq_len, dtype=torch.float64).unsqueeze(1)  # (T, 1)
     # 1 / base^(2i/d_model) for i = 0 .. d_model/2 - 1, computed in log space.
     inv_freq = torch.exp(
@@ -30,7 +32,7 @@ def sinusoidal_positional_encoding(seq_len: int, d_model: int, base: float = 100
     pe = torch.zeros(seq_len, d_model, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(angles)
     pe[:, 1::2] = torch.cos(angles)
-    return pe.to(torch.get_default_dtype())
+    return pe.to(dtype or torch.get_default_dtype())
 
 
 def apply_rope(x: Tensor, base: float = 10000.0, offset: int = 0) -> Tensor:
@@ -53,7 +55,8 @@ def apply_rope(x: Tensor, base: float = 10000.0, offset: int = 0) -> Tensor:
         raise ValueError(f"offset must be >= 0, got {offset}")
     # Rows offset .. offset+T-1 of the table: each row depends only on its own
     # position, so a token gets the same angles whether it comes alone or in a sequence.
-    pe = sinusoidal_positional_encoding(offset + T, d, base)[offset:].to(x)  # (T, d): sin even, cos odd
+    # The table in x's own dtype: float64 inputs are rotated by float64 sines and cosines.
+    pe = sinusoidal_positional_encoding(offset + T, d, base, dtype=x.dtype)[offset:].to(x.device)  # (T, d)
     sin, cos = pe[:, 0::2], pe[:, 1::2]  # (T, d/2) each: sin and cos of p * theta_i
     x_even, x_odd = x[..., 0::2], x[..., 1::2]  # (..., T, d/2): the two halves of each pair
     rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)

@@ -1,4 +1,4 @@
-"""From a model to an assistant: a chat template, supervised fine-tuning, LoRA and DPO (chapter 13).
+"""From a model to an assistant: a chat template, supervised fine-tuning, LoRA and DPO (chapter 12).
 
 A pretrained model continues text; an assistant answers a question and stops.
 This module holds the pieces that turn the one into the other, on the book's
@@ -69,9 +69,11 @@ class LoRALinear(nn.Module):
     ``W x + b`` becomes ``W x + b + (alpha / rank) * B A x`` with ``A``
     (``lora_a``, rank x in_features) drawn at random and ``B`` (``lora_b``,
     out_features x rank) starting at zero: the layer computes exactly what
-    the base layer computes until training moves ``B``. Dividing by the rank
-    keeps the update's size comparable when the rank changes, so ``alpha``
-    need not be retuned. ``merged()`` folds the update into one plain layer.
+    the base layer computes until training moves ``B``. Hu et al. divide by
+    the rank so that ``alpha`` needs little retuning when the rank changes;
+    the update's size still depends on the rank (Kalajdzievski, 2023, argues
+    for ``alpha / sqrt(rank)``; PEFT's ``use_rslora``). ``merged()`` folds the
+    update into one plain layer.
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
@@ -214,7 +216,7 @@ def grow_vocabulary(model: nn.Module, n_new: int) -> nn.Module:
 
 # --------------------------------------------------------------------------- data
 
-# Twelve facts the corpus does not hold (chapter 13 teaches them with LoRA): questions and answers
+# Twelve facts the corpus does not hold (chapter 12 teaches them with LoRA): questions and answers
 # about this chapter's own subject, in the corpus's style and vocabulary.
 NEW_FACTS = [
     ("What does the finetune command do?", "It teaches a trained model to answer in the chat template."),

@@ -1,4 +1,4 @@
-"""Back-of-the-envelope formulas for transformer size, memory and compute (chapters 7 and 10).
+"""Back-of-the-envelope formulas for transformer size, memory and compute (chapters 7, 10 and 13).
 
 Every function is a closed form in the model's sizes (names as in the book's
 notation: n_layers, d_model, n_heads, d_k, d_ff, vocab_size, seq_len), so that
@@ -37,7 +37,7 @@ def gpt_parameters(vocab_size: int, context_length: int, d_model: int, n_layers:
 
 
 def non_embedding_parameters(n_layers: int, d_model: int, d_ff: int, ffn_matrices: int = 2) -> int:
-    """Kaplan et al.'s N (2020, Table 1; P in the book): the weights of the blocks' matrix multiplies.
+    """Kaplan et al.'s N (2020, Table 1; the book's P_ne): the weights of the blocks' matrix multiplies.
 
     Per layer: Q, K, V and output projections, 4 d_model^2, plus the feed-forward
     matrices, ffn_matrices * d_model * d_ff (2 for a GELU MLP; 3 for the SwiGLU of
@@ -94,6 +94,41 @@ def kv_cache_bytes(
     (Ainslie et al., 2023) a few. bytes_per_value is 2 for 16-bit floats.
     """
     return 2 * n_layers * n_kv_heads * d_k * seq_len * batch_size * bytes_per_value
+
+
+def roofline_seconds(flops: float, bytes_moved: float, peak_flops: float, bandwidth: float) -> float:
+    """The least time a computation can take on a device (the roofline model, Williams et al., 2009).
+
+    Its arithmetic at the device's peak rate, or its memory traffic at the
+    full bandwidth, whichever takes longer: a computation that does fewer
+    than peak_flops / bandwidth FLOPs per byte it reads waits on memory
+    (memory-bound), one that does more waits on arithmetic (compute-bound).
+    Real kernels reach neither bound exactly; this is the floor.
+    """
+    return max(flops / peak_flops, bytes_moved / bandwidth)
+
+
+def adamw_training_bytes(
+    n_trainable: int,
+    n_frozen: int = 0,
+    weight_bytes: int = 2,
+    gradient_bytes: int = 2,
+    master_bytes: int = 4,
+    state_bytes: int = 8,
+) -> int:
+    """Memory that training with AdamW keeps for the parameters: weights, gradients, optimiser state.
+
+    The defaults are mixed-precision training (Micikevicius et al., 2018): each
+    trainable parameter has a 16-bit weight and gradient, a 32-bit master copy
+    that the update is applied to, and AdamW's two 32-bit moments, 2 + 2 + 4 + 8
+    = 16 bytes (the count of Rajbhandari et al., 2020). A frozen parameter, such
+    as the base weights under LoRA, keeps only its weight. Plain float32
+    training is weight_bytes=4, gradient_bytes=4, master_bytes=0: again 16
+    bytes. Activations, which depend on the batch and the sequence length, are
+    not included.
+    """
+    per_trainable = weight_bytes + gradient_bytes + master_bytes + state_bytes
+    return n_trainable * per_trainable + n_frozen * weight_bytes
 
 
 def chinchilla_tokens(n_params: float, tokens_per_parameter: float = 20.0) -> float:

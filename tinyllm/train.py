@@ -369,7 +369,7 @@ class Progress:
     max_steps: int
     loss: float  # training loss of the last batch (with dropout)
     lr: float  # learning rate used for the last step
-    tokens_per_s: float  # training throughput of the last step
+    tokens_per_s: float  # training throughput of the last step: tokens predicted (padding not counted)
     val_loss: float | None = None  # set on evaluations only
     is_eval: bool = False
 
@@ -388,8 +388,8 @@ class History(_Saved):
     best_val_loss: float = math.inf
     stopped_early: bool = False
     train_seconds: float = 0.0  # time spent in training steps (not evaluation)
-    tokens_seen: int = 0
-
+    tokens_seen: int = 0  # tokens predicted and scored in training steps: padding is not counted
+    positions_seen: int = 0  # positions the model computed, padding included (batch_size x padded length)
 
     @property
     def tokens_per_s(self) -> float:
@@ -397,12 +397,13 @@ class History(_Saved):
 
 
 class Trainer:
-    """AdamW + warm-up/cosine + clipping, with periodic validation and early stopping.
+    """AdamW + warm-up/cosine + clipping, with periodic validation and, on request, early stopping.
 
-    ``train()`` runs until ``max_steps`` (or ``until``). With
-    ``keep="best"`` it also stops when the validation loss has not improved
-    for ``patience`` evaluations, and at the end the model holds the weights
-    of the best evaluation; with ``keep="last"`` it holds the final weights. ``save``/``resume``
+    ``train()`` runs until ``max_steps`` (or ``until``). With ``keep="last"``
+    (the default) it trains every step and the model holds the final weights.
+    With ``keep="best"`` it also stops when the validation loss has not improved
+    for ``patience`` evaluations (early stopping), and at the end the model
+    holds the weights of the best evaluation. ``save``/``resume``
     make an interrupted run continue bit for bit.
 
     Another objective (Part III: a masked language model, an encoder-decoder,
@@ -485,8 +486,13 @@ class Trainer:
         else:
             torch.set_rng_state(state)
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimiser update with the run's own dropout generator; returns (loss, lr)."""
+    def train_step(self) -> tuple[float, float, int, int]:
+        """One optimiser update with the run's own dropout generator.
+
+        Returns (loss, lr, tokens, positions): the tokens the batch predicts and
+        scores (padding excluded) and the positions the model computes (padding
+        included): the same number for windows, not for padded documents.
+        """
         lr = lr_at(self.step, self.config)
         x, y = self.sampler.next_batch()  # (B, T) each
         with torch.random.fork_rng(devices=self._rng_devices()):
@@ -495,7 +501,7 @@ class Trainer:
                               lr, self.config.grad_clip, self.loss_fn)
             self.dropout_rng = self._get_rng()
         self.step += 1
-        return loss, lr
+        return loss, lr, int((y != IGNORE).sum()), y.numel()
 
     def score(self, data) -> float:
         """Mean loss on held-out data, read the way the model is trained (documents or a stream)."""
@@ -537,10 +543,9 @@ class Trainer:
 
     def _train(self, callback: Callable[[Progress], bool | None] | None, stop_at: int) -> History:
         cfg, h = self.config, self.history
-        tokens_per_step = cfg.batch_size * self.model.config.context_length
         while self.step < stop_at and not self.finished:
             start = time.perf_counter()
-            loss, lr = self.train_step()
+            loss, lr, tokens, positions = self.train_step()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
@@ -548,8 +553,9 @@ class Trainer:
             h.loss.append(loss)
             h.lr.append(lr)
             h.train_seconds += seconds
-            h.tokens_seen += tokens_per_step
-            progress = Progress(self.step, cfg.max_steps, loss, lr, tokens_per_step / seconds)
+            h.tokens_seen += tokens
+            h.positions_seen += positions
+            progress = Progress(self.step, cfg.max_steps, loss, lr, tokens / seconds)
             stop = callback is not None and bool(callback(progress))
             # A stop request still lets this step's evaluation happen, so that a
             # run stopped here and resumed later matches an uninterrupted one.

@@ -77,7 +77,7 @@ def expected_seconds(path: Path, notebook, state: dict) -> float:
     if last is not None:
         return last
     code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
-    trains = len(re.findall(r"trained_tiny_gpt|trained_variants|trained_part3|Trainer\(|\.train\(", code))
+    trains = len(re.findall(r"trained_tiny_gpt|compare_runs|trained_part3|Trainer\(|\.train\(", code))
     return 1000.0 * trains + len(code) / 100
 
 
