@@ -126,11 +126,13 @@ def cache_dir():
     return Path.home() / ".cache" / "tinyllm"
 
 
-def _cache_key(model_config, train_config, corpus: str) -> str:
+def _cache_key(model_config, train_config, corpus: str, kind: str | None = None) -> str:
     """A hash of everything the trained weights depend on: configs, corpus and the library's source.
 
     The tokenizer is not hashed itself: it is a deterministic function of the
-    corpus, the split and the vocabulary size, whose code is hashed.
+    corpus, the split and the vocabulary size, whose code is hashed. ``kind``:
+    a Part III model ("encoder", "seq2seq"), whose weights also depend on
+    tinyllm.encoder and on this module's training code for it.
     """
     import hashlib
     import json
@@ -145,9 +147,11 @@ def _cache_key(model_config, train_config, corpus: str) -> str:
         "corpus": hashlib.sha256(corpus.encode("utf-8")).hexdigest(),
         "version": tinyllm.__version__,
     }
+    if kind is not None:  # None keeps the keys of chapter 8's models
+        payload["kind"] = kind
     digest.update(json.dumps(payload, sort_keys=True).encode())
     package = Path(tinyllm.__file__).resolve().parent
-    for name in training_modules():
+    for name in training_modules(extra=("encoder", "book") if kind is not None else ()):
         digest.update((package / f"{name}.py").read_bytes())
     return digest.hexdigest()[:16]
 
