@@ -105,6 +105,14 @@ def test_bidirectional_attention_public(sub):
                  "bidirectional_attention with 4 queries, 7 keys and values of width 5",
                  "q (3, 2, 4, 8), k (3, 2, 7, 8), v (3, 2, 7, 5), key lengths 7, 5, 1",
                  hint="T_q and T_k can differ: the mask has T_k columns and hides keys for every query.")
+    q3, k3, v3 = torch.randn(2, 5, 8, generator=g), torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 3, generator=g)
+    padding3 = padding_mask([6, 3], 6)
+    expected3 = F.scaled_dot_product_attention(q3, k3, v3, attn_mask=~padding3[:, None, :])
+    expect.close(attend(q3, k3, v3, padding3), expected3,
+                 "bidirectional_attention on (B, T, d) inputs with no head axis",
+                 "q (2, 5, 8), k (2, 6, 8), v (2, 6, 3), key lengths 6, 3",
+                 hint="The heads' axis may be absent: q, k, v of shape (B, T, d). Count the axes from the end "
+                      "(the keys' last two are T_k and d_k) and give the mask a 1 for every axis between B and T_k.")
 
 
 def eligible_ids(seed: int, rows: int = 400, T: int = 64) -> torch.Tensor:

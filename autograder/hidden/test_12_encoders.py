@@ -6,7 +6,7 @@ import torch
 
 from autograder import expect
 from autograder.checks.test_12_encoders import (BOOK, NOT_MASKED, attention_function, cross_class, loss_function,
-                                                masking_function, padding_mask)
+                                                masking_function, padding_mask, unpack_masking)
 from autograder.checks.test_04_attention import random_mha_state
 from autograder.registry import check
 from tinyllm.attention import CrossAttention as ReferenceCrossAttention
@@ -44,11 +44,15 @@ def test_mask_tokens_hidden(sub):
     ids[:, 20:] = 0
     special = (0, 1, 2)
     ordinary = ids >= 3
-    none_inputs, none_labels = mask_tokens(ids, 2, 40, special, p=0.0, generator=torch.Generator().manual_seed(1))
+    none_inputs, none_labels = unpack_masking(
+        mask_tokens(ids, 2, 40, special, p=0.0, generator=torch.Generator().manual_seed(1)), ids,
+        "mask_tokens(..., p=0.0)")
     expect.equal(none_inputs, ids, "mask_tokens(..., p=0.0): the inputs")
     expect.true(bool((none_labels == NOT_MASKED).all()), "mask_tokens(..., p=0.0) labelled a position: with p=0 "
                                                            "nothing is chosen.")
-    all_inputs, all_labels = mask_tokens(ids, 2, 40, special, p=1.0, generator=torch.Generator().manual_seed(2))
+    all_inputs, all_labels = unpack_masking(
+        mask_tokens(ids, 2, 40, special, p=1.0, generator=torch.Generator().manual_seed(2)), ids,
+        "mask_tokens(..., p=1.0)")
     expect.equal(all_labels != NOT_MASKED, ordinary, "mask_tokens(..., p=1.0): which positions are chosen",
                  hint="With p=1 every ordinary position is chosen, and no special one.")
     replaced = (all_inputs != ids) & (all_inputs != 2)
@@ -60,10 +64,12 @@ def test_mask_tokens_hidden(sub):
                                          f"into mask_id; the recipe says 80%.")
     # The generator's state moved on (as it does between two batches of training): the masks must differ. (Two calls
     # on one generator would not show it here: the grader hands the submission a copy of its arguments.)
-    first = mask_tokens(ids, 2, 40, list(special), p=0.3, generator=torch.Generator().manual_seed(3))
+    first = unpack_masking(mask_tokens(ids, 2, 40, list(special), p=0.3, generator=torch.Generator().manual_seed(3)),
+                           ids, "mask_tokens(..., p=0.3)")
     later = torch.Generator().manual_seed(3)
     torch.rand(7, generator=later)
-    second = mask_tokens(ids, 2, 40, list(special), p=0.3, generator=later)
+    second = unpack_masking(mask_tokens(ids, 2, 40, list(special), p=0.3, generator=later), ids,
+                            "mask_tokens(..., p=0.3)")
     expect.true(not torch.equal(first[1], second[1]),
                 "mask_tokens gave the same masks from a generator whose state had moved on as from a fresh one: "
                 "draw from the generator you are given (not from a fresh one seeded inside), so that each batch "
