@@ -141,7 +141,8 @@ def execute(jobs: int, timeout: int = 400, log=print, cache_path: Path = CACHE,
             path, executed, seconds, error = future.result()
             key = str(Path(path).relative_to(ROOT))
             if error is not None:
-                last = [line for line in error.splitlines() if line.strip()][-3:]  # the exception itself
+                plain = re.sub(r"\x1b\[[0-9;]*m", "", error)  # the traceback's terminal colours
+                last = [line.strip() for line in plain.splitlines() if line.strip()][-1:]  # the exception itself
                 log(f"  [{n}/{len(todo)}] {key} failed after {seconds:.1f} s ({' / '.join(last)}); "
                     "the Sphinx build runs it again and reports it")
                 continue
