@@ -494,7 +494,8 @@ INFERENCE_MISTAKES = {  # beside the graded fixtures of tests/fixtures/submissio
     "drafts the most likely token while sampling": (
         "speculative_generate", "            token = torch.multinomial(q, 1, generator=generator)",
         "            token = q.argmax(dim=-1, keepdim=True)",
-        {"speculative_generate_hidden": ("failed", "not its most likely token")}, 19),
+        {"speculative_generate_public": ("failed", "Draw each draft token from q"),
+         "speculative_generate_hidden": ("failed", "not its most likely token")}, 17),
     "two target calls per round": (
         "speculative_generate", "        logits = extend(target_model, target_caches, proposed)  # (1, tokens new to the target, V)",
         "        first = extend(target_model, target_caches, proposed[:, :-1])\n"

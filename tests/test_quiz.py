@@ -67,7 +67,6 @@ def visible_text(fragment: str) -> str:
 def test_the_toc_numbers_every_chapter_that_has_a_quiz():
     toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
     assert sorted(re.findall(r"file: book/(\d\d_\w+)", toc)) == [s.stem for s in CHAPTERS]
-    assert len(CHAPTERS) == 14
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=chapter_id)

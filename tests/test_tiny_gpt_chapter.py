@@ -58,12 +58,17 @@ def test_the_training_really_ran():
 
 
 def test_the_training_loop_pieces_measure_as_the_prose_says():
-    """Warm-up matters most in the short runs; clipping and decay move the loss by a few hundredths at most."""
+    """Over the paired seeds, leaving warm-up out costs more than a seed moves the loss, in every seed;
+    clipping and decay move it by less than a seed does."""
     values = glued()
-    full = number(values, "val_full")
-    assert number(values, "val_no_warmup") > full + 0.1
+    seed_spread = number(values, "full_seed_spread")
+    assert number(values, "change_no_warmup_low") > seed_spread
     assert number(values, "early_no_warmup") < number(values, "early_full")  # faster at first, then behind
-    assert abs(number(values, "val_no_clip") - full) < 0.05 and abs(number(values, "val_no_decay") - full) < 0.05
-    assert number(values, "first_grad_norm") > 1.0 and 0 < number(values, "clipped_share") < 50
+    for change in ("no_clip", "no_decay"):
+        assert max(abs(number(values, f"change_{change}_low")), abs(number(values, f"change_{change}_high"))) \
+            < seed_spread
+    assert number(values, "first_grad_norm") > 1.0
+    assert 0 < number(values, "clipped_share_low") <= number(values, "clipped_share_high") < 50
     assert number(values, "weight_norm_decay") < number(values, "weight_norm_no_decay")
-    assert number(values, "adamw_vs_torch") < 1e-5  # the book's AdamW is torch.optim.AdamW up to rounding
+    assert number(values, "adamw_vs_torch64") < 1e-12  # the book's AdamW is torch.optim.AdamW in float64
+    assert number(values, "adamw_vs_torch") < 1e-4  # and up to float32 rounding

@@ -279,7 +279,7 @@ def cross_hint(got, reference: nn.MultiheadAttention, x, memory, padding) -> str
     return hint
 
 
-@check("12_encoders", "CrossAttention", points=3, book=BOOK + "#cross-attention-and-an-encoder-decoder")
+@check("12_encoders", "CrossAttention", points=3, book=BOOK + "#cross-attention-and-an-encoderdecoder")
 def test_CrossAttention_public(sub):
     """CrossAttention with copied weights matches nn.MultiheadAttention(x, memory, memory, key_padding_mask)."""
     CrossAttention = cross_class(sub)

@@ -48,9 +48,9 @@ def test_train_bpe_chunks_hidden(sub):
     with expect.blame(sub, "pair_counts", "merge_pair"):
         for chunks, vocab_size in cases:
             got = train(chunks, vocab_size)
+            why = chunks_hint(got, chunks, vocab_size)
             expect.equal(got, train_bpe_chunks(chunks, vocab_size), f"train_bpe_chunks(chunks, {vocab_size})",
-                         inputs=f"{len(chunks)} chunks: {chunks[:8]!r}{' ...' if len(chunks) > 8 else ''}",
-                         hint=chunks_hint(got, chunks, vocab_size))
+                         inputs=f"{len(chunks)} chunks: {chunks[:8]!r}{' ...' if len(chunks) > 8 else ''}", hint=why)
 
 
 @check("01_tokenization", "bpe_encode_split", points=1, book=SECTION, hidden=True)

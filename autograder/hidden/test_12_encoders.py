@@ -90,7 +90,7 @@ def test_masked_lm_loss_hidden(sub):
                  atol=1e-5)
 
 
-@check("12_encoders", "CrossAttention", points=1, book=BOOK + "#cross-attention-and-an-encoder-decoder", hidden=True)
+@check("12_encoders", "CrossAttention", points=1, book=BOOK + "#cross-attention-and-an-encoderdecoder", hidden=True)
 def test_CrossAttention_hidden(sub):
     """CrossAttention equals the reference with one head, eight heads, one query and an unpadded batch of one."""
     CrossAttention = cross_class(sub)
