@@ -51,6 +51,8 @@ def test_sinusoidal_positional_encoding_public(sub):
     expected[:, 0::2], expected[:, 1::2] = torch.sin(angle), torch.cos(angle)
     expect.close(pe_fn(seq_len, d_model), expected.float(), "sinusoidal_positional_encoding(12, 8)",
                  hint="PE[pos, 2i] = sin(pos / 10000^(2i/d_model)), PE[pos, 2i+1] = cos(same angle).")
+    expect.equal(str(pe_fn(3, 4).dtype), str(torch.get_default_dtype()), "sinusoidal_positional_encoding(3, 4).dtype",
+                 hint="Without a dtype the table is in torch's default dtype (float32): convert the float64 angles back.")
     expect.close(pe_fn(0, 4), torch.zeros(0, 4), "sinusoidal_positional_encoding(0, 4)",
                  hint="No position: a (0, d_model) tensor.")
     expect.raises(lambda: pe_fn(4, 7), ValueError, "sinusoidal_positional_encoding(4, 7) (odd d_model)")
