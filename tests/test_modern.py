@@ -16,7 +16,8 @@ from tinyllm.attention import (GroupedQueryAttention, KVCache, MultiHeadAttentio
 from tinyllm.layers import LlamaBlock, SwiGLU, rms_norm, swiglu_hidden
 from tinyllm.model import GPTConfig, TinyGPT, TinyGPTWithCache, TinyLlama, make_model, with_kv_cache
 from tinyllm.positional import apply_rope
-from tinyllm.sampling import (CallRecorder, beam_search, continuation_logprob, generate, generate_cached)
+from tinyllm.sampling import (CallRecorder, beam_search, continuation_logprob, generate, generate_cached,
+                              generate_until)
 from tinyllm.scaling import kv_cache_bytes
 
 seeds = st.integers(0, 2**31 - 1)
@@ -229,6 +230,26 @@ def test_cached_generate_gives_the_same_ids(kind, sampling):
     uncached = generate(model, prompt, 30, generator=torch.Generator().manual_seed(7), **sampling)
     cached = generate_cached(model, prompt, 30, generator=torch.Generator().manual_seed(7), **sampling)
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama/2"])
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=0.9, top_k=30)])
+def test_generate_until_gives_generates_ids_and_stops_when_every_row_has(kind, sampling):
+    model = BOTH_KINDS[kind](seed=5)
+    if isinstance(model, TinyGPTWithCache):
+        model = model.model
+    T, start = SMALL["context_length"], 4
+    prompt = torch.randint(0, 300, (3, start), generator=torch.Generator().manual_seed(2))
+    # Past the context window too: the cached part, then generate's sliding window.
+    full = generate(model, prompt, T + 2 - start, generator=torch.Generator().manual_seed(7), **sampling)
+    never = generate_until(model, prompt, -1, T + 2, generator=torch.Generator().manual_seed(7), **sampling)
+    assert torch.equal(never, full)
+    stop = full[0, start + 2].item()  # row 0 writes it third
+    out = generate_until(model, prompt, stop, T + 2, generator=torch.Generator().manual_seed(7), **sampling)
+    assert torch.equal(out, full[:, : out.shape[1]])
+    every_row = [bool((row[start:] == stop).any()) for row in out]
+    assert all(every_row) or out.shape[1] == T + 2
+    assert not all((row[start : out.shape[1] - 1] == stop).any() for row in out)  # not one token later than needed
 
 
 def test_cached_generate_calls_the_model_once_per_token_on_one_token():

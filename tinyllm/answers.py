@@ -24,12 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tinyllm.sampling import generate
+from tinyllm.sampling import generate_until
 from tinyllm.train import cpu_threads
 
 ANSWER_MARK = "\nA:"  # where a question ends and its answer begins
 QUESTION_FRAME = "Q: {question}" + ANSWER_MARK  # a question typed by a user, framed as the corpus frames it
-STRIDE = 8  # answers are generated this many tokens at a time, stopping when all have ended
 WORD = re.compile(r"[A-Za-z]+")  # a word, for the real-word measure: a run of letters
 
 
@@ -157,10 +156,8 @@ def _answer_group(model, prompts, group, length, batch_size, eot, written, sampl
     for start in range(0, len(group), batch_size):
         rows = group[start : start + batch_size]
         idx = torch.tensor([prompts[i][0] for i in rows], device=device)  # (b, length)
-        # The trained sequences end at T + 1 ids: the model never wrote beyond that. Generate a
-        # few tokens at a time and stop once every answer has its end-of-text.
-        while idx.shape[1] < T + 1 and not (idx[:, length:] == eot).any(dim=1).all():
-            idx = generate(model, idx, min(STRIDE, T + 1 - idx.shape[1]), **sampling)
+        # The trained sequences end at T + 1 ids: the model never wrote beyond that.
+        idx = generate_until(model, idx, eot, T + 1, **sampling)
         for i, ids in zip(rows, idx[:, length:].tolist()):
             written[i] = ids[: ids.index(eot) + 1] if eot in ids else ids
 
@@ -185,8 +182,7 @@ def ask(model: nn.Module, tokenizer, question: str, **sampling) -> str:
         raise ValueError(f"the question fills the context window of {T} tokens: {question[:60]!r}")
     device = next(model.parameters()).device
     idx = torch.tensor([prompt], device=device)  # (1, length)
-    while idx.shape[1] < T + 1 and eot not in idx[0, len(prompt):]:  # as _answer_group: a few tokens at a time
-        idx = generate(model, idx, min(STRIDE, T + 1 - idx.shape[1]), **sampling)
+    idx = generate_until(model, idx, eot, T + 1, **sampling)  # as _answer_group
     written = idx[0, len(prompt):].tolist()
     written = written[: written.index(eot)] if eot in written else written
     return tokenizer.decode(written).removeprefix(" ")

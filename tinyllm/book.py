@@ -7,6 +7,7 @@ missing, and then gluing simply does nothing.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -156,6 +157,27 @@ def _cache_key(model_config, train_config, corpus: str, kind: str | None = None)
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=None)
+def _tinyllm_imports(source: str) -> frozenset[str]:
+    """The tinyllm modules that ``source``'s import statements name (parsed once per distinct source)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a cell of shell or magic commands: no imports to follow
+        return frozenset()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tinyllm":
+            parts = node.module.split(".")
+            names.add(parts[1] if len(parts) > 1 else "__init__")
+            if len(parts) == 1:  # from tinyllm import book
+                names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("tinyllm."))
+    return frozenset(names)
+
+
 def library_closure(sources: list[str], package=None) -> list[str]:
     """The tinyllm modules that some code imports, followed through the modules' own imports.
 
@@ -164,37 +186,19 @@ def library_closure(sources: list[str], package=None) -> list[str]:
     the trained models' keys here and for each chapter's key in the book build.
     ``package``: the folder to read the modules from (default: tinyllm's own).
     """
-    import ast
     from pathlib import Path
 
     import tinyllm
 
     package = Path(package or Path(tinyllm.__file__).resolve().parent)
-
-    def imported(source: str) -> set[str]:
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:  # a cell of shell or magic commands: no imports to follow
-            return set()
-        names = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tinyllm":
-                parts = node.module.split(".")
-                names.add(parts[1] if len(parts) > 1 else "__init__")
-                if len(parts) == 1:  # from tinyllm import book
-                    names.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.Import):
-                names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("tinyllm."))
-        return names
-
-    found, todo = set(), set().union(*map(imported, sources))
+    found, todo = set(), set().union(*map(_tinyllm_imports, sources))
     while todo:
         name = todo.pop()
         path = package / f"{name}.py"
         if name in found or not path.exists():
             continue
         found.add(name)
-        todo |= imported(path.read_text(encoding="utf-8")) - found
+        todo |= _tinyllm_imports(path.read_text(encoding="utf-8")) - found
     return sorted(found | {"__init__"})
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tinyllm.sampling import generate_until
 from tinyllm.softmax import log_softmax
 from tinyllm.train import save_atomically
 
@@ -445,9 +446,7 @@ def greedy_answers(model: nn.Module, tokenizer: ChatTokenizer, questions: list[s
     for length, rows in groups.items():
         idx = torch.tensor([prompts[i] for i in rows], device=device)
         limit = min(T, length + (max_new_tokens if max_new_tokens is not None else T))
-        while idx.shape[1] < limit and not (idx[:, length:] == eot).any(dim=1).all():
-            logits, _ = model(idx)
-            idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+        idx = generate_until(model, idx, eot, limit, temperature=0.0)  # with the KV cache of chapter 11
         for i, ids in zip(rows, idx[:, length:].tolist()):
             out[i] = ids[: ids.index(eot) + 1] if eot in ids else ids
     model.train(was_training)

@@ -149,6 +149,41 @@ def generate_cached(
 
 
 @torch.no_grad()
+def generate_until(model: nn.Module, idx: Tensor, stop_id: int, max_length: int, **sampling) -> Tensor:
+    """Extend idx (B, T0) one sampled id at a time until every row has written ``stop_id`` or holds max_length ids.
+
+    The ids :func:`generate` gives one token at a time, checking after each,
+    at O(T) cost instead of O(T^2): a model whose forward takes ``caches``
+    (TinyLlama, or a TinyGPT read through :func:`~tinyllm.model.with_kv_cache`)
+    reads only the newest token while the sequence fits its context window;
+    beyond it, or for any other model, each call reads the latest
+    context_length ids, as :func:`generate` does. A row that has stopped
+    keeps being extended until every row has; callers cut each row at its
+    first ``stop_id``. ``sampling`` goes to :func:`sample_next_token`.
+    """
+    import inspect
+
+    was_training = model.training
+    model.eval()
+    context_length = model.config.context_length
+    cached = with_kv_cache(model)
+    caches = ([KVCache() for _ in range(model.config.n_layers)]
+              if "caches" in inspect.signature(cached.forward).parameters else None)
+    start = idx.shape[1]
+    new_tokens = idx  # the first call reads the whole prompt
+    while idx.shape[1] < max_length and not (idx[:, start:] == stop_id).any(dim=1).all():
+        if caches is not None and idx.shape[1] <= context_length:
+            logits, _ = cached(new_tokens, caches=caches)  # the caches grow to idx's length
+        else:
+            logits, _ = model(idx[:, -context_length:])
+        next_id = sample_next_token(logits[:, -1, :], **sampling)  # (B,)
+        idx = torch.cat([idx, next_id.unsqueeze(1)], dim=1)
+        new_tokens = next_id.unsqueeze(1)
+    model.train(was_training)
+    return idx
+
+
+@torch.no_grad()
 def beam_search(model: nn.Module, idx: Tensor, beam_width: int, max_new_tokens: int) -> Tensor:
     """The continuation of idx (1, T) of highest total log-probability a beam finds -> (1, T + max_new_tokens).
 
