@@ -114,7 +114,7 @@ def run_local(target: str, namespace: dict, hidden: bool, part: str | None = Non
             _OUTCOMES[entry.id] = (_objects(assignment, namespace), status)
         points = f"{entry.points:g} point{'s' if entry.points != 1 else ''}"
         if status == "passed":
-            print(f"\u2713 {entry.id} ({points}): {entry.title}")
+            print(f"\u2713 {entry.id} ({points}): {entry.title}" + (f"\n{output}\n" if output else ""))
         elif status == NOT_IMPLEMENTED:
             print(f"\u2717 {entry.id} ({points}): {output}")
             unwritten = True

@@ -32,6 +32,10 @@ class Check:
     book: str  # "book/04_softmax.html#anchor", relative to BOOK_URL
     function: Callable
     seed: int  # fixed per check: both graders feed the same inputs
+    # The library object that is the reference for ``target`` ("tinyllm.positional:apply_rope"), on the
+    # check that decides whether a student's ``target`` is right (``<target>_public``): a check of code
+    # that calls ``target`` re-runs with it substituted when the student's own fails (expect.blame).
+    reference: str = ""
 
     @property
     def title(self) -> str:
@@ -46,7 +50,7 @@ class Check:
 _REGISTRY: dict[str, Check] = {}
 
 
-def check(assignment: str, target: str, points: float, book: str, hidden: bool = False):
+def check(assignment: str, target: str, points: float, book: str, hidden: bool = False, reference: str = ""):
     """Register a check. The function's name is ``test_<id>``.
 
     The decorator is the only registration: an assignment exists because a check
@@ -64,7 +68,9 @@ def check(assignment: str, target: str, points: float, book: str, hidden: bool =
             raise ValueError(f"check functions are named test_<id>, not {function.__name__}")
         check_id = function.__name__[len("test_"):]
         seed = int(hashlib.sha256(check_id.encode()).hexdigest()[:8], 16)
-        entry = Check(check_id, assignment, target, float(points), hidden, book, function, seed)
+        if reference and not re.fullmatch(r"tinyllm(\.\w+)*:\w+", reference):
+            raise ValueError(f"a reference is a library object, module:name, not {reference!r}")
+        entry = Check(check_id, assignment, target, float(points), hidden, book, function, seed, reference)
         previous = _REGISTRY.get(check_id)
         if previous is not None and previous.function.__module__ != function.__module__:
             raise ValueError(f"two checks are named test_{check_id} ({previous.function.__module__} and "

@@ -108,6 +108,35 @@ def describe_object(obj: Any) -> dict:
     return info
 
 
+_ABSENT = object()  # a name a substitution added, to remove again
+
+
+def library_object(target: str) -> Any:
+    """The public library's object named "module:attr" (a module of tinyllm only)."""
+    module, _, attr = target.partition(":")
+    if not (module == "tinyllm" or module.startswith("tinyllm.")) or not attr.isidentifier():
+        raise ValueError(f"not a library object: {target}")
+    return getattr(importlib.import_module(module), attr)
+
+
+def substitute(namespace: dict, saved: dict, names: dict[str, str]) -> None:
+    """Bind each name of ``namespace`` to the library object ``names[name]``, keeping what it held in ``saved``."""
+    replacements = {name: library_object(target) for name, target in names.items()}
+    for name, replacement in replacements.items():
+        saved.setdefault(name, namespace.get(name, _ABSENT))
+        namespace[name] = replacement
+
+
+def restore(namespace: dict, saved: dict) -> None:
+    """Undo :func:`substitute`: every name holds again what it held (or is gone again)."""
+    for name, value in saved.items():
+        if value is _ABSENT:
+            namespace.pop(name, None)
+        else:
+            namespace[name] = value
+    saved.clear()
+
+
 def attribute_kinds(obj: Any, names: list[str]) -> dict[str, str]:
     """What each dotted name ("base.weight") is on ``obj``: parameter, tensor, module, missing or a type name."""
     import torch
@@ -146,6 +175,7 @@ class Session:
         self.namespace["display"] = lambda *a, **k: None
         self.handles: dict[int, Any] = {}
         self.changed: list[str] = []
+        self.saved: dict[str, Any] = {}  # names a substitution replaced, with what they held
         import autograder
 
         autograder.in_grader = True  # the notebook's progress cell runs no check here
@@ -175,6 +205,17 @@ class Session:
         if target not in self.namespace:
             raise NameError(target)
         return self.namespace[target]
+
+    def op_substitute(self, names: dict) -> dict:
+        """Bind each name of the namespace to a library object (the reference of a wrong dependency)."""
+        if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+            raise ValueError("substitute takes {name: 'module:attr'}")
+        substitute(self.namespace, self.saved, names)
+        return {}
+
+    def op_restore(self) -> dict:
+        restore(self.namespace, self.saved)
+        return {}
 
     def op_describe(self, name: str) -> dict:
         if name not in self.namespace or name in ("check", "run_hidden"):
@@ -245,7 +286,8 @@ def serve(fd: int) -> None:
 
     session = Session()
     ops = {"cell": session.op_cell, "describe": session.op_describe, "call": session.op_call,
-           "new": session.op_new, "method": session.op_method}
+           "new": session.op_new, "method": session.op_method,
+           "substitute": session.op_substitute, "restore": session.op_restore}
     while True:
         try:
             length = wire.unpack_length(read_exactly(fd, 4))

@@ -307,3 +307,76 @@ def test_every_public_check_answers_within_a_second():
             if seconds >= 1.0:
                 slow.append(f"{entry.id}: {seconds:.2f} s")
     assert not slow, slow
+
+
+
+# ---------------------------------------------------------------- one mistake, charged once
+
+ROPE_ROTATE_HALF = ("    x_even, x_odd = x[..., 0::2], x[..., 1::2]  # (..., T, d/2): the two halves of each pair\n"
+                    "    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)\n"
+                    "    return rotated.flatten(-2)",
+                    "    x_even, x_odd = x[..., : d // 2], x[..., d // 2 :]\n"
+                    "    return torch.cat((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)")
+
+
+def test_code_that_calls_a_wrong_dependency_passes_with_the_reference_in_its_place():
+    names = namespace("07_modern_block", "apply_rope", *ROPE_ROTATE_HALF)
+    mine = names["apply_rope"]
+    assert outcome(names, "apply_rope_public")[0] == "failed"
+    for check_id in ("GroupedQueryAttention_public", "GroupedQueryAttention_hidden", "LlamaBlock_public",
+                     "LlamaBlock_hidden"):
+        status, message = outcome(names, check_id)
+        assert status == "passed", (check_id, message)
+        assert "passes with the reference `apply_rope`" in message and "(apply_rope_public)" in message, message
+        assert "rotate_half layout" in message, message  # what the dependency's own check finds
+        assert names["apply_rope"] is mine  # put back: the next check runs on the student's own
+
+
+def test_a_check_that_fails_with_the_reference_too_keeps_its_failure():
+    names = namespace("07_modern_block", "apply_rope", *ROPE_ROTATE_HALF)
+    exec(compile("_forward = GroupedQueryAttention.forward\n"
+                 "def forward(self, x, cache=None):\n    return 2 * _forward(self, x, cache)\n"
+                 "GroupedQueryAttention.forward = forward\n", "<cell>", "exec"), names)
+    status, message = outcome(names, "GroupedQueryAttention_public")
+    assert status == "failed" and message.startswith("your `apply_rope` is the cause"), message
+
+
+def test_a_timeout_is_not_run_again_with_the_reference():
+    names = namespace("07_modern_block", "apply_rope", *ROPE_ROTATE_HALF)
+    exec(compile("def forward(self, x, cache=None):\n    while True:\n        pass\n"
+                 "GroupedQueryAttention.forward = forward\n", "<cell>", "exec"), names)
+    entry = next(c for c in load_checks() if c.id == "GroupedQueryAttention_public")
+    start = time.perf_counter()
+    status, message = autograder.run_one(entry, LocalSubmission(names), names, 1.0)
+    assert status == "timeout" and time.perf_counter() - start < 1.9, message
+
+
+def test_the_wrong_exception_costs_the_error_contract_check_alone():
+    names = namespace("07_modern_block", "apply_rope",
+                      "    if d % 2 != 0:\n        raise ValueError(f\"the feature dimension must be even (pairs are "
+                      "rotated), got {d}\")\n", "    assert d % 2 == 0, f\"the feature dimension must be even, got {d}\"\n")
+    failed = {c.id: outcome(names, c.id) for c in checks_for("07_modern_block")}
+    failed = {k: v for k, v in failed.items() if v[0] != "passed"}
+    assert list(failed) == ["apply_rope_errors_public"], failed
+    assert "should raise ValueError, but" in failed["apply_rope_errors_public"][1]
+
+
+def test_error_contracts_are_checked_apart_from_values():
+    """A check that asks for an exception (expect.raises) asks for nothing else, and no other check of the same
+    name asks for it again: the wrong exception costs one check's points."""
+    import inspect
+
+    for assignment in ["07_modern_block"]:
+        for entry in checks_for(assignment):
+            source = inspect.getsource(entry.function)
+            if "expect.raises" in source:
+                assert "_errors_" in entry.id and "expect.close" not in source, entry.id
+
+
+def test_a_block_passes_with_the_reference_rms_norm_that_it_may_not_call_itself():
+    names = namespace("07_modern_block", "rms_norm", "    rms = torch.sqrt(",
+                      "    x = x - x.mean(dim=-1, keepdim=True)\n    rms = torch.sqrt(")
+    status, message = outcome(names, "LlamaBlock_public")
+    assert status == "passed" and "passes with the reference `rms_norm`" in message and "layer norm" in message
+    names["rms_norm"] = names["F"].rms_norm  # calling the library's own is still forbidden outside a substitution
+    assert outcome(names, "LlamaBlock_public")[0] == "forbidden"
