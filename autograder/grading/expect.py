@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from autograder.api import EXCEPTION, FAILED, NOT_IMPLEMENTED, CheckFailure
+from autograder.grading.api import EXCEPTION, FAILED, NOT_IMPLEMENTED, CheckFailure
 
 SMALL = 24  # tensors with at most this many elements are printed whole
 ROW_ITEMS = 10  # at most this many entries of a row are shown around the wrong one
@@ -204,7 +204,7 @@ def blame(sub, *names: str) -> Iterator[None]:
 
 
 def _failing_dependency(sub, names) -> tuple[str, str, str] | None:
-    from autograder.registry import load_checks
+    from autograder.grading.registry import load_checks
 
     public = {c.target: c for c in load_checks(include_hidden=False) if c.id == f"{c.target}_public"}
     for name in names:

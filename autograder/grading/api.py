@@ -17,7 +17,7 @@ from __future__ import annotations
 import traceback
 from typing import Any, Callable
 
-from autograder import forbidden, inputs, wire
+from autograder.sandbox import forbidden, inputs, wire
 
 # Statuses a check can end with (and what the report calls them).
 PASSED, FAILED = "passed", "failed"
@@ -210,7 +210,7 @@ class LocalSubmission(Submission):
         self.namespace = namespace
 
     def describe(self, name: str) -> dict:
-        from autograder.worker import describe_object
+        from autograder.sandbox.worker import describe_object
 
         if name not in self.namespace:
             return {"kind": "missing"}
@@ -271,7 +271,7 @@ class LocalSubmission(Submission):
         if method == "state_dict_keys":
             return list(target.state_dict().keys())
         if method == "attribute_kinds":
-            from autograder.worker import attribute_kinds
+            from autograder.sandbox.worker import attribute_kinds
 
             return attribute_kinds(target, args[0])
         args, kwargs = self._unwrap(args, kwargs)
