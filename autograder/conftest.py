@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from autograder import api
-from autograder.notebook import NotebookError, read_notebook
-from autograder.registry import Check
-from autograder.runner import WorkerSession, detect_assignment, failure_message, finish_report, test_entry
-from autograder.sandbox import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
+from autograder.grading import api
+from autograder.grading.notebook import NotebookError, read_notebook
+from autograder.grading.registry import Check
+from autograder.grading.runner import WorkerSession, detect_assignment, failure_message, finish_report, test_entry
+from autograder.sandbox.host import (Limits, WorkerError, bwrap_works, close_spawners, remove_stale_folders,
                                stage_runtime)
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import autograder
-from autograder import expect
-from autograder.api import CheckFailure, LocalSubmission
-from autograder.registry import BOOK_URL, assignments, checks_for, load_checks
+from autograder.grading import expect
+from autograder.grading.api import CheckFailure, LocalSubmission
+from autograder.grading.registry import BOOK_URL, assignments, checks_for, load_checks
 from tests.conftest import HTML, ROOT
 from tools.exercises import solution_namespace as namespace
 
@@ -176,7 +176,7 @@ def test_a_hanging_helper_is_stopped_and_named():
 
 
 def test_a_loop_that_swallows_the_first_stop_is_stopped_by_the_next():
-    from autograder.timelimit import TimeLimitExceeded, time_limit
+    from autograder.grading.timelimit import TimeLimitExceeded, time_limit
 
     names: dict = {}
     exec("def stubborn():\n    for _ in range(3):\n        try:\n            while True:\n                pass\n"

@@ -286,7 +286,7 @@ def test_the_markers_are_understood(tmp_path):
 
 def test_the_contract_table_names_every_assignment_and_name_the_checks_test():
     """docs/author.md's table of the exercises' contracts against the checks the registry discovers."""
-    from autograder.registry import assignments
+    from autograder.grading.registry import assignments
 
     text = (ROOT / "docs" / "author.md").read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| `(\d\d_\w+)` \| (.*) \|$", text, re.M))

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder.registry import assignments, checks_for
+from autograder.grading.registry import assignments, checks_for
 from tests.conftest import ROOT
 from tests.fixtures.submissions import MAX, MISTAKES, STRENGTH, all_fixtures
 from tests.nbgrader_course import Course
@@ -198,7 +198,7 @@ def _message(status: str, text: str) -> str:
 def notebook_outcomes(fixture) -> dict[str, tuple[str, str]]:
     """What check() prints in the notebook: each check run on the names its cells define, in cell order."""
     import autograder
-    from autograder.api import LocalSubmission
+    from autograder.grading.api import LocalSubmission
 
     namespace: dict = {"__name__": "__main__"}
     for cell in fixture.build()["cells"]:
@@ -232,9 +232,9 @@ def test_notebook_and_grader_give_the_same_verdict_and_message(fixture, cli_repo
 
 
 def test_grading_twice_gives_identical_reports(fixture_folder):
-    from autograder.report import report_bytes
-    from autograder.runner import grade_notebook
-    from autograder.sandbox import close_spawners, stage_runtime
+    from autograder.grading.report import report_bytes
+    from autograder.grading.runner import grade_notebook
+    from autograder.sandbox.host import close_spawners, stage_runtime
 
     runtime = stage_runtime()
     path = fixture_folder / "03_softmax" / "fails_softmax_wrong_axis.ipynb"
@@ -308,7 +308,7 @@ TRAINING = [f for f in FIXTURES if f.assignment == "09_training"]
 def test_training_mistakes_cost_exactly_their_checks_in_the_notebook(fixture):
     """09_training without the sandbox: each mistake fails its checks with its message and loses their points."""
     import autograder
-    from autograder.api import LocalSubmission
+    from autograder.grading.api import LocalSubmission
 
     names = exercises.solution_namespace(fixture.assignment, fixture.cell, fixture.old, fixture.new)
     score, failed = 0.0, {}
@@ -362,7 +362,7 @@ POST_TRAINING_MISTAKES = {
 def check_results(assignment: str, names: dict, timeout: float = 10.0) -> dict[str, tuple[str, float, str]]:
     """Every check of the assignment run on a notebook's names: id -> (status, points, message)."""
     import autograder
-    from autograder.api import LocalSubmission
+    from autograder.grading.api import LocalSubmission
 
     results = {}
     for entry in checks_for(assignment):
@@ -513,7 +513,7 @@ INFERENCE_MISTAKES = {  # beside the graded fixtures of tests/fixtures/submissio
 @pytest.mark.parametrize("mistake", list(INFERENCE_MISTAKES))
 def test_inference_mistake_loses_exactly_its_points(mistake):
     import autograder
-    from autograder.api import LocalSubmission
+    from autograder.grading.api import LocalSubmission
 
     cell, old, new, fails, score = INFERENCE_MISTAKES[mistake]
     names = exercises.solution_namespace("11_inference", cell, old, new)
@@ -560,7 +560,7 @@ ENCODER_MISTAKES = {  # beside the graded fixtures of tests/fixtures/submissions
 @pytest.mark.parametrize("mistake", list(ENCODER_MISTAKES))
 def test_encoder_mistake_loses_exactly_its_points(mistake):
     import autograder
-    from autograder.api import LocalSubmission
+    from autograder.grading.api import LocalSubmission
 
     cell, old, new, fails, score = ENCODER_MISTAKES[mistake]
     names = exercises.solution_namespace("12_encoders", cell, old, new)

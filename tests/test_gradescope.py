@@ -38,7 +38,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from autograder.gradescope import CONSTRAINTS, build, pinned
-from autograder.sandbox import bwrap_works, landlock_abi
+from autograder.sandbox.host import bwrap_works, landlock_abi
 from tests.conftest import ROOT
 from tests.fixtures import hostile
 

@@ -14,11 +14,11 @@ import math
 
 import torch
 
-from autograder import expect
-from autograder.api import CheckFailure
+from autograder.grading import expect
+from autograder.grading.api import CheckFailure
 from autograder.checks.test_08_fast_generation import library_model
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.model import GPTConfig, TinyLlama
 from tinyllm.speculative import RULES, accept_distribution, sampling_probs
 

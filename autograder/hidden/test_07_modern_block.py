@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_07_modern_block import (BOOK, block_state, gqa_class, gqa_state, loaded, rope_function,
                                                     swiglu_state)
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.attention import GroupedQueryAttention as ReferenceGQA
 from tinyllm.layers import LlamaBlock as ReferenceBlock
 from tinyllm.layers import SwiGLU as ReferenceSwiGLU

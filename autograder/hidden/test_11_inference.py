@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_11_inference import (BOOK, accept_function, check_distribution, draws, generate_function,
                                                  ids_of, library_model, pair, quantizer, reference_model,
                                                  sampled_generation, sampled_text)
-from autograder.registry import check
+from autograder.grading.registry import check
 from tinyllm.quantize import dequantize as reference_dequantize
 from tinyllm.quantize import dequantize_int4 as reference_dequantize_int4
 from tinyllm.quantize import quantize_int4 as reference_int4

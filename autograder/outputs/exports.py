@@ -11,7 +11,7 @@ earlier ones'), so a one-student regrade updates that student's cells only.
   and why, checks that timed out, cells left out, a folder graded under
   another name), then the totals.
 * ``grades-canvas.csv``: Canvas's gradebook import format (see
-  :mod:`autograder.course` for the columns and how students are matched).
+  :mod:`autograder.classrun.course` for the columns and how students are matched).
   It is the only LMS format written; nbgrader's gradebook (``--gradebook``,
   then ``nbgrader export``) and Gradescope's ``results.json`` (one report per
   submission) are the other routes out.
@@ -23,7 +23,7 @@ import csv
 import io
 import re
 
-from autograder.course import CanvasStudent, Schedule, read_canvas_roster
+from autograder.classrun.course import CanvasStudent, Schedule, read_canvas_roster
 
 
 def _number(value: float | None) -> str:

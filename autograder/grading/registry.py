@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the autograder package
 BOOK_URL = "https://llm-foundations.github.io/llm-foundations/"  # html.baseurl in _config.yml
 
 @dataclass(frozen=True)
@@ -144,9 +144,11 @@ ORACLE_MODULES = ["tinyllm.attention", "tinyllm.bpe", "tinyllm.data", "tinyllm.e
 # Modules that write the outputs of a run (tables, pages, exports, the command line) but never
 # decide a score: editing them must not regrade anyone. Every other module of the package
 # (the sandbox, the runner, the worker, the check helpers: including any added later) does.
-OUTPUT_MODULES = frozenset({"__main__.py", "canvas.py", "course.py", "exports.py", "feedback.py", "grade.py",
-                            "gradebook.py", "gradescope.py", "nbgrader_hooks.py", "nbgrader_out.py", "report.py",
-                            "similarity.py", "submissions.py", "summary.py"})
+OUTPUT_MODULES = frozenset({"__main__.py", "gradescope.py", "nbgrader_hooks.py", "grading/report.py",
+                            "classrun/__init__.py", "classrun/course.py", "classrun/grade.py",
+                            "classrun/submissions.py", "outputs/__init__.py", "outputs/exports.py",
+                            "outputs/feedback.py", "outputs/gradebook.py", "outputs/nbgrader_out.py",
+                            "outputs/similarity.py", "outputs/summary.py"})
 CHECK_FOLDERS = ("checks", "hidden")
 _CHECK_FILE = re.compile(r"test_(\d\d_[a-z0-9_]+)\.py")
 
@@ -159,7 +161,7 @@ def _grading_files(package_dir: Path) -> tuple[list[Path], dict[str, list[Path]]
         match = _CHECK_FILE.fullmatch(path.name)
         if relative.parts[0] in CHECK_FOLDERS and len(relative.parts) == 2 and match:
             own.setdefault(match.group(1), []).append(path)
-        elif not (len(relative.parts) == 1 and path.name in OUTPUT_MODULES):
+        elif relative.as_posix() not in OUTPUT_MODULES:
             shared.append(path)
     return shared, own
 

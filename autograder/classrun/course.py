@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from autograder.submissions import UsageError
+from autograder.classrun.submissions import UsageError
 
 # ---------------------------------------------------------------------------------------------
 # Dates
@@ -255,7 +255,7 @@ def load_course(path: str | Path, known: dict) -> Schedule:
 
 def _overrides(entries, known: dict, name: str) -> dict[tuple[str, str], dict[str, Override]]:
     """The [[overrides]] tables, each checked against the assignment's checks."""
-    from autograder.registry import checks_for
+    from autograder.grading.registry import checks_for
 
     if not isinstance(entries, list):
         raise UsageError(f"{name}: overrides must be a list of tables: write each as [[overrides]]")

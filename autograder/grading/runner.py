@@ -6,12 +6,12 @@ import shutil
 import textwrap
 from pathlib import Path
 
-from autograder import api
-from autograder.api import CheckFailure, RemoteSubmission
-from autograder.report import file_sha256
-from autograder.notebook import Notebook, NotebookError, read_notebook
-from autograder.registry import assignments, Check, checks_for, checks_version
-from autograder.sandbox import Limits, Worker, WorkerError, make_folder
+from autograder.grading import api
+from autograder.grading.api import CheckFailure, RemoteSubmission
+from autograder.grading.report import file_sha256
+from autograder.grading.notebook import Notebook, NotebookError, read_notebook
+from autograder.grading.registry import assignments, Check, checks_for, checks_version
+from autograder.sandbox.host import Limits, Worker, WorkerError, make_folder
 
 MAX_RESTARTS = 3  # after a crash or timeout the next check gets a fresh worker, this many times
 MAX_LEFT_OUT = 5  # cells that do not finish and are left out, before the notebook counts as unrunnable

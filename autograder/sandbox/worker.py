@@ -7,7 +7,7 @@ only ever *answers*: the grader decides every score, in its own process, from
 the values it receives. Whatever the submission does in here (patching torch,
 printing scores, exiting) can change its own answers, never the grading.
 
-    python -m autograder.worker CONTROL_FD   (the zygote, which forks the workers)
+    python -m autograder.sandbox.worker CONTROL_FD   (the zygote, which forks the workers)
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def error_kind(error: BaseException) -> str:
 
 def describe_object(obj: Any) -> dict:
     """What a check needs to know about a name before using it: kind, origin, signature."""
-    from autograder import forbidden
+    from autograder.sandbox import forbidden
 
     kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "other"
     info: dict[str, Any] = {"kind": kind, "module": str(getattr(obj, "__module__", "") or ""),
@@ -164,7 +164,7 @@ class Session:
     """State of one worker: the submission's namespace and the objects built for checks."""
 
     def __init__(self) -> None:
-        from autograder import forbidden
+        from autograder.sandbox import forbidden
 
         self.forbidden = forbidden
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -223,7 +223,7 @@ class Session:
         return describe_object(self.namespace[name])
 
     def run(self, function, args, kwargs, forbid: list[str]) -> tuple[Any, list[str]]:
-        from autograder import inputs
+        from autograder.sandbox import inputs
 
         watch = inputs.Watch(function, args, kwargs)
         with self.forbidden.recording() as used:
@@ -232,7 +232,7 @@ class Session:
         return value, sorted(used & set(forbid))
 
     def op_call(self, target: str, args: list, kwargs: dict, forbid: list[str]) -> dict:
-        from autograder import wire
+        from autograder.sandbox import wire
 
         function = self.lookup(target)
         args = wire.decode(args, handles=self.handles)
@@ -241,7 +241,7 @@ class Session:
         return {"value": wire.encode(value), "used": used, "changed": self.changed}
 
     def op_new(self, target: str, args: list, kwargs: dict, forbid: list[str]) -> dict:
-        from autograder import wire
+        from autograder.sandbox import wire
 
         cls = self.lookup(target)
         obj, used = self.run(cls, wire.decode(args, handles=self.handles),
@@ -251,7 +251,7 @@ class Session:
         return {"handle": number, "used": used, "changed": self.changed}
 
     def op_method(self, handle: int, method: str, args: list, kwargs: dict, forbid: list[str]) -> dict:
-        from autograder import wire
+        from autograder.sandbox import wire
 
         obj = self.handles[handle]
         if method == "state_dict_keys":
@@ -282,7 +282,7 @@ def read_exactly(fd: int, count: int) -> bytes:
 
 def serve(fd: int) -> None:
     """Answer requests on the socket ``fd`` until the grader closes it."""
-    from autograder import wire
+    from autograder.sandbox import wire
 
     session = Session()
     ops = {"cell": session.op_cell, "describe": session.op_describe, "call": session.op_call,
@@ -314,16 +314,16 @@ def serve(fd: int) -> None:
 
 
 def main() -> None:
-    """The zygote (see :mod:`autograder.zygote`): import once, then fork a worker per request."""
-    from autograder import zygote
+    """The zygote (see :mod:`autograder.sandbox.zygote`): import once, then fork a worker per request."""
+    from autograder.sandbox import zygote
 
     zygote.die_with_parent()  # with the grader, even without bubblewrap's --die-with-parent
     # Import what submissions use before any of their code runs, and wrap the
     # forbidden built-ins so that any later reference to them is a wrapper.
     import torch  # noqa: F401
 
-    from autograder import forbidden
-    from autograder.registry import ORACLE_MODULES
+    from autograder.sandbox import forbidden
+    from autograder.grading.registry import ORACLE_MODULES
 
     for name in ORACLE_MODULES:
         importlib.import_module(name)

@@ -18,7 +18,7 @@ import contextlib
 import traceback
 from typing import Any, Callable, Iterator
 
-from autograder import forbidden, inputs, wire
+from autograder.sandbox import forbidden, inputs, wire
 
 # Statuses a check can end with (and what the report calls them).
 PASSED, FAILED = "passed", "failed"
@@ -255,17 +255,17 @@ class LocalSubmission(Submission):
         self._saved: dict[str, Any] = {}
 
     def _substitute(self, names: dict[str, str]) -> None:
-        from autograder.worker import substitute
+        from autograder.sandbox.worker import substitute
 
         substitute(self.namespace, self._saved, names)
 
     def _restore(self) -> None:
-        from autograder.worker import restore
+        from autograder.sandbox.worker import restore
 
         restore(self.namespace, self._saved)
 
     def describe(self, name: str) -> dict:
-        from autograder.worker import describe_object
+        from autograder.sandbox.worker import describe_object
 
         if name not in self.namespace:
             return {"kind": "missing"}
@@ -326,7 +326,7 @@ class LocalSubmission(Submission):
         if method == "state_dict_keys":
             return list(target.state_dict().keys())
         if method == "attribute_kinds":
-            from autograder.worker import attribute_kinds
+            from autograder.sandbox.worker import attribute_kinds
 
             return attribute_kinds(target, args[0])
         args, kwargs = self._unwrap(args, kwargs)

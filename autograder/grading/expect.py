@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from autograder.api import EXCEPTION, FAILED, NOT_IMPLEMENTED, CheckFailure, DependencyFailure
+from autograder.grading.api import EXCEPTION, FAILED, NOT_IMPLEMENTED, CheckFailure, DependencyFailure
 
 SMALL = 24  # tensors with at most this many elements are printed whole
 ROW_ITEMS = 10  # at most this many entries of a row are shown around the wrong one
@@ -209,7 +209,7 @@ def blame(sub, *names: str) -> Iterator[None]:
 
 def _failing_dependencies(sub, names) -> list[tuple[str, str, str, str]]:
     """(name, its public check's id, what that check finds, its reference) for each of ``names`` that fails."""
-    from autograder.registry import load_checks
+    from autograder.grading.registry import load_checks
 
     public = {c.target: c for c in load_checks(include_hidden=False) if c.id == f"{c.target}_public"}
     wrong = []
