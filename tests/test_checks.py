@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import subprocess
@@ -16,7 +17,7 @@ import torch
 import autograder
 from autograder.grading import expect
 from autograder.grading.api import CheckFailure, LocalSubmission
-from autograder.grading.registry import BOOK_URL, assignments, checks_for, load_checks
+from autograder.grading.registry import BOOK_URL, assignment_of_target, assignments, checks_for, load_checks
 from tests.conftest import HTML, ROOT
 from tools.exercises import solution_namespace as namespace
 
@@ -364,9 +365,7 @@ def test_the_wrong_exception_costs_the_error_contract_check_alone():
 def test_error_contracts_are_checked_apart_from_values():
     """A check that asks for an exception (expect.raises) asks for nothing else, and no other check of the same
     name asks for it again: the wrong exception costs one check's points."""
-    import inspect
-
-    for assignment in ["07_modern_block"]:
+    for assignment in ["07_modern_block", "11_inference"]:
         for entry in checks_for(assignment):
             source = inspect.getsource(entry.function)
             if "expect.raises" in source:
@@ -380,3 +379,21 @@ def test_a_block_passes_with_the_reference_rms_norm_that_it_may_not_call_itself(
     assert status == "passed" and "passes with the reference `rms_norm`" in message and "layer norm" in message
     names["rms_norm"] = names["F"].rms_norm  # calling the library's own is still forbidden outside a substitution
     assert outcome(names, "LlamaBlock_public")[0] == "forbidden"
+
+
+def test_each_reference_is_the_object_its_solution_cell_is_made_from():
+    """reference= on a public check names the library object the recipe's solution cell copies (`# from:`),
+    and each function of 07_modern_block that a check blames has one."""
+    from tools.exercises import RECIPES, _paths
+
+    declared = {c.target: c.reference for c in load_checks(include_hidden=False) if c.reference}
+    assert declared
+    for target, reference in declared.items():
+        recipe = (RECIPES / f"{assignment_of_target(target)}.md").read_text(encoding="utf-8")
+        sources = [path for path in _paths(recipe) if path.rsplit(":", 1)[1] == target]
+        assert sources == [reference], (target, reference, sources)
+    blamed = set()
+    for entry in checks_for("07_modern_block"):
+        for call in re.findall(r"expect\.blame\(sub, ([^)]*)\)", inspect.getsource(entry.function)):
+            blamed |= set(re.findall(r'"(\w+)"', call))
+    assert blamed and blamed <= set(declared), blamed - set(declared)
