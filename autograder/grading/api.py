@@ -265,11 +265,14 @@ class LocalSubmission(Submission):
         restore(self.namespace, self._saved)
 
     def describe(self, name: str) -> dict:
-        from autograder.sandbox.worker import describe_object
+        from autograder.sandbox.worker import ABSENT, describe_object
 
-        if name not in self.namespace:
+        # While a reference stands in for the student's own (substituted), a name is described as the student
+        # wrote it, as the grader's worker does (it described each name before the substitution).
+        own = self._saved[name] if name in self._saved else self.namespace.get(name, ABSENT)
+        if own is ABSENT:
             return {"kind": "missing"}
-        return describe_object(self.namespace[name])
+        return describe_object(own)
 
     def _resolve(self, name: str):
         if ":" in name:

@@ -108,7 +108,7 @@ def describe_object(obj: Any) -> dict:
     return info
 
 
-_ABSENT = object()  # a name a substitution added, to remove again
+ABSENT = object()  # a name a substitution added, to remove again
 
 
 def library_object(target: str) -> Any:
@@ -123,14 +123,14 @@ def substitute(namespace: dict, saved: dict, names: dict[str, str]) -> None:
     """Bind each name of ``namespace`` to the library object ``names[name]``, keeping what it held in ``saved``."""
     replacements = {name: library_object(target) for name, target in names.items()}
     for name, replacement in replacements.items():
-        saved.setdefault(name, namespace.get(name, _ABSENT))
+        saved.setdefault(name, namespace.get(name, ABSENT))
         namespace[name] = replacement
 
 
 def restore(namespace: dict, saved: dict) -> None:
     """Undo :func:`substitute`: every name holds again what it held (or is gone again)."""
     for name, value in saved.items():
-        if value is _ABSENT:
+        if value is ABSENT:
             namespace.pop(name, None)
         else:
             namespace[name] = value
