@@ -91,7 +91,7 @@ def imports(root: Path = DEFAULT_ROOT) -> list[Import]:
                 targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
             else:
                 continue
-            for target in targets:
+            for target in dict.fromkeys(targets):  # one arrow per module named, however many names
                 if target == PACKAGE or target.startswith(PACKAGE + "."):
                     found.append(Import(source, target, node.lineno))
     return found
@@ -128,12 +128,13 @@ def describe(root: Path = DEFAULT_ROOT) -> str:
     for name in modules(root):
         by_part.setdefault(part_of(name), []).append(name.rsplit(".", 1)[-1] if name != PACKAGE else "__init__")
     arrows = imports(root)
-    lines = ["autograder/ by responsibility (a layer imports only those below it)", ""]
+    lines = ["autograder/ by responsibility (a layer imports only those below it; any part may import",
+             "the package itself, autograder/__init__.py, which imports nothing of it when imported)", ""]
     order = ["entry points", *reversed(list(MAY_IMPORT)), *CHECK_FOLDERS]
     for part in order + sorted(set(by_part) - set(order)):
         names = sorted(set(by_part.get(part, [])) - {part})
         if part in MAY_IMPORT:
-            rule = ", ".join(MAY_IMPORT[part]) or "nothing of autograder"
+            rule = ", ".join(MAY_IMPORT[part]) or "no other layer"
         elif part in CHECK_FOLDERS:
             rule = "the check API (" + ", ".join(CHECK_API) + ") and " + (
                 "the public and hidden checks" if part == "hidden" else "the public checks")
@@ -143,7 +144,8 @@ def describe(root: Path = DEFAULT_ROOT) -> str:
             rule = "NOT IN THE MAP"
         lines.append(f"{part + '/' if part != 'entry points' else part}: {', '.join(names)}")
         lines.append(f"    may import: {rule}")
-        used = sorted({part_of(a.target) for a in arrows if part_of(a.source) == part} - {part})
+        used = sorted({"the package itself" if a.target == PACKAGE else part_of(a.target)
+                       for a in arrows if part_of(a.source) == part} - {part})
         lines.append(f"    imports: {', '.join(used) or 'nothing else'}")
     bad = violations(root)
     lines.append("")
