@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from autograder.classrun.submissions import UsageError
+from autograder.outputs.exports import CanvasStudent
 
 # ---------------------------------------------------------------------------------------------
 # Dates
@@ -291,15 +292,6 @@ def _overrides(entries, known: dict, name: str) -> dict[tuple[str, str], dict[st
 
 # ---------------------------------------------------------------------------------------------
 # A Canvas roster (its gradebook export), for the Canvas CSV
-
-
-@dataclass(frozen=True)
-class CanvasStudent:
-    name: str
-    canvas_id: str = ""
-    sis_user_id: str = ""
-    sis_login_id: str = ""
-    section: str = ""
 
 
 def read_canvas_roster(path: Path) -> list[CanvasStudent]:

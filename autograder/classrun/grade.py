@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from autograder.classrun.course import LatePolicy, Schedule, load_course, parse_instant, utc_text
+from autograder.classrun.course import LatePolicy, Schedule, load_course, parse_instant, read_canvas_roster, utc_text
 from autograder.grading.registry import assignments, checks_for, checks_version, hidden_available
 from autograder.grading.report import atomic_write, file_sha256, read_report, write_report
 from autograder.classrun.submissions import Found, Submission, UsageError, find_submissions, parse_time
@@ -465,14 +465,15 @@ def write_outputs(out: Path, reports: list[dict], plan: Plan, args: argparse.Nam
     """The class tables and exports, and each student's feedback and autograded notebook."""
     from autograder.outputs.exports import canvas_csv, long_csv, unmatched_students, wide_csv
 
-    missing = unmatched_students(reports, plan.schedule)
+    roster = read_canvas_roster(plan.schedule.roster) if plan.schedule.roster is not None else None
+    missing = unmatched_students(reports, roster)
     if missing:
         print(f"autograder: warning: {len(missing)} student(s) are not in the Canvas roster "
               f"{plan.schedule.roster.name} ({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}): "
               "grades-canvas.csv names them by their folder (SIS Login ID)", file=sys.stderr)
     atomic_write(out / "grades.csv", long_csv(reports))
     atomic_write(out / "grades-wide.csv", wide_csv(reports))
-    atomic_write(out / "grades-canvas.csv", canvas_csv(reports, plan.schedule))
+    atomic_write(out / "grades-canvas.csv", canvas_csv(reports, roster, plan.schedule.canvas_columns))
     return write_instructor_files(out, reports, args.similarity_threshold, hide_hidden=args.hide_hidden_inputs,
                                   autograded=plan.autograded or out / "autograded")
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from autograder.sandbox.worker import ORACLE_MODULES
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the autograder package
 BOOK_URL = "https://llm-foundations.github.io/llm-foundations/"  # html.baseurl in _config.yml
 
@@ -132,13 +134,8 @@ def assignment_of_target(target: str) -> str:
     raise KeyError(target)
 
 
-# The library modules grading depends on: the hidden checks' oracle, and what the
-# worker imports for submissions. Editing another module (the training loop, the
-# book's helpers) must not invalidate every report.
-ORACLE_MODULES = ["tinyllm.attention", "tinyllm.bpe", "tinyllm.data", "tinyllm.embedding", "tinyllm.encoder",
-                  "tinyllm.layers", "tinyllm.model",
-                  "tinyllm.ngram", "tinyllm.optim", "tinyllm.positional", "tinyllm.posttrain", "tinyllm.quantize",
-                  "tinyllm.sampling", "tinyllm.softmax", "tinyllm.speculative", "tinyllm.train"]
+# ORACLE_MODULES (the library modules grading depends on) is the worker's list: it imports them
+# before any submission's code runs.
 
 
 # Modules that write the outputs of a run (tables, pages, exports, the command line) but never

@@ -25,6 +25,15 @@ from typing import Any
 CELL_FILENAME = "<cell {}>"
 
 
+# The library modules grading depends on: the hidden checks' oracle, and what the
+# worker imports for submissions. Editing another module (the training loop, the
+# book's helpers) must not invalidate every report.
+ORACLE_MODULES = ["tinyllm.attention", "tinyllm.bpe", "tinyllm.data", "tinyllm.embedding", "tinyllm.encoder",
+                  "tinyllm.layers", "tinyllm.model",
+                  "tinyllm.ngram", "tinyllm.optim", "tinyllm.positional", "tinyllm.posttrain", "tinyllm.quantize",
+                  "tinyllm.sampling", "tinyllm.softmax", "tinyllm.speculative", "tinyllm.train"]
+
+
 class OverTime(BaseException):
     """Raised into the submission's code when a request has used its CPU time.
 
@@ -323,7 +332,6 @@ def main() -> None:
     import torch  # noqa: F401
 
     from autograder.sandbox import forbidden
-    from autograder.grading.registry import ORACLE_MODULES
 
     for name in ORACLE_MODULES:
         importlib.import_module(name)
