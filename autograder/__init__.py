@@ -49,9 +49,9 @@ def run_one(entry, submission, namespace: dict, seconds: float) -> tuple[str, st
     import importlib
     import sys
 
-    from autograder import api
-    from autograder.runner import run_check
-    from autograder.timelimit import TimeLimitExceeded, time_limit
+    from autograder.grading import api
+    from autograder.grading.runner import run_check
+    from autograder.grading.timelimit import TimeLimitExceeded, time_limit
     from tinyllm.train import cpu_threads
 
     # Imports a check's code triggers the first time (torch.optim's Optimizer imports torch._dynamo: 4-7 s)
@@ -81,7 +81,7 @@ in_grader = False
 
 def _objects(assignment: str, namespace: dict) -> tuple:
     """What a check's outcome depends on: the objects the notebook binds to each name of the assignment."""
-    from autograder.registry import assignments
+    from autograder.grading.registry import assignments
 
     return tuple(id(namespace.get(name)) for name in assignments()[assignment])
 
@@ -92,8 +92,8 @@ def run_local(target: str, namespace: dict, hidden: bool, part: str | None = Non
     Raises :class:`ChecksFailed` (or NotImplementedError for unwritten code)
     when one fails and :func:`strict` says failures must be errors.
     """
-    from autograder.api import NOT_IMPLEMENTED, LocalSubmission
-    from autograder.registry import assignment_of_target, checks_for
+    from autograder.grading.api import NOT_IMPLEMENTED, LocalSubmission
+    from autograder.grading.registry import assignment_of_target, checks_for
 
     try:
         assignment = assignment_of_target(target)
@@ -114,7 +114,7 @@ def run_local(target: str, namespace: dict, hidden: bool, part: str | None = Non
             _OUTCOMES[entry.id] = (_objects(assignment, namespace), status)
         points = f"{entry.points:g} point{'s' if entry.points != 1 else ''}"
         if status == "passed":
-            print(f"\u2713 {entry.id} ({points}): {entry.title}")
+            print(f"\u2713 {entry.id} ({points}): {entry.title}" + (f"\n{output}\n" if output else ""))
         elif status == NOT_IMPLEMENTED:
             print(f"\u2717 {entry.id} ({points}): {output}")
             unwritten = True
@@ -148,8 +148,8 @@ def progress(assignment: str) -> None:
     """
     if in_grader:
         return
-    from autograder.api import LocalSubmission
-    from autograder.registry import assignments, checks_for
+    from autograder.grading.api import LocalSubmission
+    from autograder.grading.registry import assignments, checks_for
 
     namespace = inspect.currentframe().f_back.f_globals
     key = _objects(assignment, namespace)

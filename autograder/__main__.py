@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autograder",
                                      description="Grade LLM Foundations exercise notebooks in a sandbox.")
     commands = parser.add_subparsers(dest="command", required=True)
-    from autograder import grade
+    from autograder.classrun import grade
 
     grade.add_arguments(commands.add_parser("grade", help="grade notebooks; writes JSON reports and grades.csv",
                                             description=grade.__doc__,

@@ -15,7 +15,7 @@ the hidden checks), the book's library, ``pyproject.toml``, the pinned versions
 Isolation, chosen explicitly and written into results.json (output and
 ``extra_data.isolation``): bubblewrap where it starts; else the sandbox's
 ``user`` level (an unprivileged user, Landlocked where the kernel allows, see
-:mod:`autograder.sandbox`), after the grader has made ``/autograder``'s
+:mod:`autograder.sandbox.host`), after the grader has made ``/autograder``'s
 private parts root's alone and checked, as that user, that it cannot reach
 them. If neither can run, nothing is graded: results.json says why, with a
 score of 0, and ``run_autograder`` fails. It never grades unsandboxed.
@@ -34,8 +34,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from autograder.registry import assignments as known_assignments
-from autograder.report import atomic_write, read_report
+from autograder.grading.registry import assignments as known_assignments
+from autograder.grading.report import atomic_write, read_report
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
@@ -66,7 +66,7 @@ if [ "${AUTOGRADER_SYSTEM_PACKAGES:-1}" != 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3.11 python3.11-venv bubblewrap
 fi
 # Where bubblewrap cannot start (Docker forbids the user namespaces it needs), each worker runs as
-# this unprivileged user instead ("user" in autograder/sandbox.py).
+# this unprivileged user instead ("user" in autograder/sandbox/host.py).
 id -u "$SANDBOX_USER" >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
   --home-dir /nonexistent --shell /usr/sbin/nologin "$SANDBOX_USER"
 /usr/bin/python3.11 -m venv "$ROOT/venv"
@@ -201,7 +201,7 @@ def lock_down(root: Path) -> list[Path]:
 
 def choose_isolation(protected: list[Path]) -> tuple[str | None, str]:
     """The strongest isolation that can run here, or (None, why none can)."""
-    from autograder.sandbox import bwrap_works, user_problem
+    from autograder.sandbox.host import bwrap_works, user_problem
 
     if bwrap_works():
         return "bwrap", ""
@@ -214,7 +214,7 @@ def choose_isolation(protected: list[Path]) -> tuple[str | None, str]:
 def run(root: Path) -> int:
     """Grade /autograder/submission into /autograder/results/results.json (Gradescope's layout)."""
     from autograder.__main__ import main as autograder_main
-    from autograder.sandbox import describe
+    from autograder.sandbox.host import describe
 
     results_json = root / "results" / "results.json"
     protected = lock_down(root)

@@ -43,9 +43,9 @@ def main() -> None:
         args.repeat, args.assignment = 1, args.assignment or ["03_softmax"]
 
     import autograder
-    from autograder.api import LocalSubmission
-    from autograder.registry import assignments, checks_for
-    from autograder.runner import run_check
+    from autograder.grading.api import LocalSubmission
+    from autograder.grading.registry import assignments, checks_for
+    from autograder.grading.runner import run_check
     from tools.exercises import solution_namespace
 
     stop = multiprocessing.Event()

@@ -43,7 +43,7 @@ def in_notebook_latency(assignment: str) -> dict:
     reference = json.loads((ROOT / "solutions" / assignment / f"{assignment}.ipynb").read_text())
     code = "\n\n".join("".join(c["source"]) for c in reference["cells"]
                        if c["cell_type"] == "code" and not c["metadata"].get("nbgrader", {}).get("grade"))
-    from autograder.registry import assignments
+    from autograder.grading.registry import assignments
 
     script = code + "\nimport time, contextlib, io, json\nout = {}\n"
     for target in assignments()[assignment]:

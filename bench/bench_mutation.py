@@ -50,7 +50,7 @@ def main() -> int:
     chosen = args.assignment or mutation.assignments()
     if args.smoke:
         chosen = chosen[:1]
-    from autograder.registry import load_checks
+    from autograder.grading.registry import load_checks
 
     hidden = {c.id: c.hidden for c in load_checks()}
     rows, survivors, wrongly_listed, hidden_only = [], {}, {}, {}

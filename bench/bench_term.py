@@ -184,7 +184,7 @@ def main() -> None:
             if data is not None:
                 data["cells"].append(classroom.code_cell(f"# {name} resubmitted"))
                 notebook.write_text(json.dumps(data, indent=1))
-            floor, _, _ = timed([sys.executable, "-c", "from autograder.registry import assignments; assignments()"])
+            floor, _, _ = timed([sys.executable, "-c", "from autograder.grading.registry import assignments; assignments()"])
             floor_cpu = CPU_SECONDS[-1]
             seconds, _, stderr = timed(base[:-1] + ["--student", name, "--quiet"])
             regrades.append(seconds)

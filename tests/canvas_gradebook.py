@@ -13,7 +13,7 @@ Sources (read for the rules, no code taken):
   and one column per assignment; a new column creates a new assignment; an
   existing score is overwritten.
 
-The reader is deliberately independent of ``autograder/exports.py``: it must
+The reader is deliberately independent of ``autograder/outputs/exports.py``: it must
 reject what Canvas rejects and find what Canvas finds.
 """
 

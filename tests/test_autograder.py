@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autograder import wire
-from autograder.forbidden import GROUPS
-from autograder.notebook import NotebookError, read_notebook
+from autograder.sandbox import wire
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.notebook import NotebookError, read_notebook
 from tests.conftest import ROOT
 from tests.fixtures import hostile
 from tests.fixtures.submissions import MAX, all_fixtures
@@ -61,7 +61,7 @@ def test_rerun_skips_up_to_date_reports_and_force_regrades(tmp_path):
 
 
 def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path):
-    from autograder.grade import OutputLock
+    from autograder.classrun.grade import OutputLock
 
     out = tmp_path / "out"
     lock = OutputLock(out)
@@ -142,7 +142,7 @@ def test_scores_go_into_the_nbgrader_gradebook_and_export(tmp_path):
 # ---------------------------------------------------------------- units
 
 def test_workers_forked_by_one_zygote_cannot_see_or_touch_each_other():
-    from autograder.sandbox import Limits, Worker, bwrap_works, close_spawners, stage_runtime
+    from autograder.sandbox.host import Limits, Worker, bwrap_works, close_spawners, stage_runtime
 
     if not bwrap_works():
         pytest.skip("bubblewrap is not available")
@@ -186,8 +186,8 @@ def test_workers_forked_by_one_zygote_cannot_see_or_touch_each_other():
 
 
 def test_a_sandbox_that_does_not_start_in_time_gives_crashed_reports_and_leaves_nothing(tmp_path, monkeypatch):
-    from autograder.runner import grade_notebook
-    from autograder.sandbox import Limits, close_spawners, stage_runtime
+    from autograder.grading.runner import grade_notebook
+    from autograder.sandbox.host import Limits, close_spawners, stage_runtime
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     runtime = stage_runtime()
@@ -226,7 +226,7 @@ def test_wire_round_trips_plain_values_and_rejects_objects():
 
 
 def test_forbidden_builtins_are_caught_through_aliases():
-    from autograder.api import CheckFailure, LocalSubmission
+    from autograder.grading.api import CheckFailure, LocalSubmission
 
     namespace = {}
     exec("from torch.nn.functional import softmax as sm\n"
@@ -264,7 +264,7 @@ def test_cells_are_read_by_content_not_position():
 
 def test_checks_depend_only_on_the_oracle_modules():
     """The checks' version hashes ORACLE_MODULES; every library module the checks use must be among them."""
-    code = ("import sys\nfrom autograder.registry import load_checks, ORACLE_MODULES\nload_checks()\n"
+    code = ("import sys\nfrom autograder.grading.registry import load_checks, ORACLE_MODULES\nload_checks()\n"
             "used = {m for m in sys.modules if m.startswith('tinyllm.')}\nprint(sorted(used - set(ORACLE_MODULES)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "[]"
@@ -273,8 +273,8 @@ def test_checks_depend_only_on_the_oracle_modules():
 @pytest.mark.parametrize("fired", ["cpu limit", "wall-clock backstop"])
 def test_a_timeout_reads_the_same_whichever_guard_stopped_the_code(fired, tmp_path, monkeypatch):
     """On a machine loaded far beyond two busy loops a runaway loop can meet the backstop first: same report."""
-    import autograder.runner as runner
-    from autograder.sandbox import Limits, WorkerError
+    import autograder.grading.runner as runner
+    from autograder.sandbox.host import Limits, WorkerError
 
     class Worker:  # answers every cell and every request with a timeout of the kind under test
         def __init__(self, *args):

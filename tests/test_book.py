@@ -216,7 +216,7 @@ def test_stale_notebook_is_named(tmp_path, monkeypatch):
 
 def test_links_set_once_agree_with_config():
     """The repository and site URLs live in _config.yml; code that runs without it must agree."""
-    from autograder.registry import BOOK_URL
+    from autograder.grading.registry import BOOK_URL
     from tinyllm import colab
 
     url, branch = bookconfig.repository()

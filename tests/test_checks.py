@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import subprocess
@@ -14,9 +15,9 @@ import pytest
 import torch
 
 import autograder
-from autograder import expect
-from autograder.api import CheckFailure, LocalSubmission
-from autograder.registry import BOOK_URL, assignments, checks_for, load_checks
+from autograder.grading import expect
+from autograder.grading.api import CheckFailure, LocalSubmission
+from autograder.grading.registry import BOOK_URL, assignment_of_target, assignments, checks_for, load_checks
 from tests.conftest import HTML, ROOT
 from tools.exercises import solution_namespace as namespace
 
@@ -176,7 +177,7 @@ def test_a_hanging_helper_is_stopped_and_named():
 
 
 def test_a_loop_that_swallows_the_first_stop_is_stopped_by_the_next():
-    from autograder.timelimit import TimeLimitExceeded, time_limit
+    from autograder.grading.timelimit import TimeLimitExceeded, time_limit
 
     names: dict = {}
     exec("def stubborn():\n    for _ in range(3):\n        try:\n            while True:\n                pass\n"
@@ -307,3 +308,92 @@ def test_every_public_check_answers_within_a_second():
             if seconds >= 1.0:
                 slow.append(f"{entry.id}: {seconds:.2f} s")
     assert not slow, slow
+
+
+
+# ---------------------------------------------------------------- one mistake, charged once
+
+ROPE_ROTATE_HALF = ("    x_even, x_odd = x[..., 0::2], x[..., 1::2]  # (..., T, d/2): the two halves of each pair\n"
+                    "    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)\n"
+                    "    return rotated.flatten(-2)",
+                    "    x_even, x_odd = x[..., : d // 2], x[..., d // 2 :]\n"
+                    "    return torch.cat((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)")
+
+
+def test_code_that_calls_a_wrong_dependency_passes_with_the_reference_in_its_place():
+    names = namespace("07_modern_block", "apply_rope", *ROPE_ROTATE_HALF)
+    mine = names["apply_rope"]
+    assert outcome(names, "apply_rope_public")[0] == "failed"
+    for check_id in ("GroupedQueryAttention_public", "GroupedQueryAttention_hidden", "LlamaBlock_public",
+                     "LlamaBlock_hidden"):
+        status, message = outcome(names, check_id)
+        assert status == "passed", (check_id, message)
+        assert "passes with the reference `apply_rope`" in message and "(apply_rope_public)" in message, message
+        assert "rotate_half layout" in message, message  # what the dependency's own check finds
+        assert names["apply_rope"] is mine  # put back: the next check runs on the student's own
+
+
+def test_a_check_that_fails_with_the_reference_too_keeps_its_failure():
+    names = namespace("07_modern_block", "apply_rope", *ROPE_ROTATE_HALF)
+    exec(compile("_forward = GroupedQueryAttention.forward\n"
+                 "def forward(self, x, cache=None):\n    return 2 * _forward(self, x, cache)\n"
+                 "GroupedQueryAttention.forward = forward\n", "<cell>", "exec"), names)
+    status, message = outcome(names, "GroupedQueryAttention_public")
+    assert status == "failed" and message.startswith("your `apply_rope` is the cause"), message
+
+
+def test_a_timeout_is_not_run_again_with_the_reference():
+    names = namespace("07_modern_block", "apply_rope", *ROPE_ROTATE_HALF)
+    exec(compile("def forward(self, x, cache=None):\n    while True:\n        pass\n"
+                 "GroupedQueryAttention.forward = forward\n", "<cell>", "exec"), names)
+    entry = next(c for c in load_checks() if c.id == "GroupedQueryAttention_public")
+    start = time.perf_counter()
+    status, message = autograder.run_one(entry, LocalSubmission(names), names, 1.0)
+    assert status == "timeout" and time.perf_counter() - start < 1.9, message
+
+
+def test_the_wrong_exception_costs_the_error_contract_check_alone():
+    names = namespace("07_modern_block", "apply_rope",
+                      "    if d % 2 != 0:\n        raise ValueError(f\"the feature dimension must be even (pairs are "
+                      "rotated), got {d}\")\n", "    assert d % 2 == 0, f\"the feature dimension must be even, got {d}\"\n")
+    failed = {c.id: outcome(names, c.id) for c in checks_for("07_modern_block")}
+    failed = {k: v for k, v in failed.items() if v[0] != "passed"}
+    assert list(failed) == ["apply_rope_errors_public"], failed
+    assert "should raise ValueError, but" in failed["apply_rope_errors_public"][1]
+
+
+def test_error_contracts_are_checked_apart_from_values():
+    """A check that asks for an exception (expect.raises) asks for nothing else, and no other check of the same
+    name asks for it again: the wrong exception costs one check's points."""
+    for assignment in ["07_modern_block", "11_inference"]:
+        for entry in checks_for(assignment):
+            source = inspect.getsource(entry.function)
+            if "expect.raises" in source:
+                assert "_errors_" in entry.id and "expect.close" not in source, entry.id
+
+
+def test_a_block_passes_with_the_reference_rms_norm_that_it_may_not_call_itself():
+    names = namespace("07_modern_block", "rms_norm", "    rms = torch.sqrt(",
+                      "    x = x - x.mean(dim=-1, keepdim=True)\n    rms = torch.sqrt(")
+    status, message = outcome(names, "LlamaBlock_public")
+    assert status == "passed" and "passes with the reference `rms_norm`" in message and "layer norm" in message
+    names["rms_norm"] = names["F"].rms_norm  # calling the library's own is still forbidden outside a substitution
+    assert outcome(names, "LlamaBlock_public")[0] == "forbidden"
+
+
+def test_each_reference_is_the_object_its_solution_cell_is_made_from():
+    """reference= on a public check names the library object the recipe's solution cell copies (`# from:`),
+    and each function of 07_modern_block that a check blames has one."""
+    from tools.exercises import RECIPES, _paths
+
+    declared = {c.target: c.reference for c in load_checks(include_hidden=False) if c.reference}
+    assert declared
+    for target, reference in declared.items():
+        recipe = (RECIPES / f"{assignment_of_target(target)}.md").read_text(encoding="utf-8")
+        sources = [path for path in _paths(recipe) if path.rsplit(":", 1)[1] == target]
+        assert sources == [reference], (target, reference, sources)
+    blamed = set()
+    for entry in checks_for("07_modern_block"):
+        for call in re.findall(r"expect\.blame\(sub, ([^)]*)\)", inspect.getsource(entry.function)):
+            blamed |= set(re.findall(r'"(\w+)"', call))
+    assert blamed and blamed <= set(declared), blamed - set(declared)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from autograder.registry import assignments, checks_for
+from autograder.grading.registry import assignments, checks_for
 from tests.conftest import ROOT
 from tests.fixtures import classroom
 
@@ -259,13 +259,13 @@ def test_instructor_files_come_with_the_run_and_leak_nothing(graded_class):
 def test_times_are_read_as_nbgrader_reads_them(text):
     from nbgrader.utils import parse_utc
 
-    from autograder.submissions import parse_time
+    from autograder.classrun.submissions import parse_time
 
     assert parse_time(text, "the time") == parse_utc(text)
 
 
 def test_a_numeric_zone_is_an_offset_in_hours_and_minutes():
-    from autograder.submissions import parse_time
+    from autograder.classrun.submissions import parse_time
 
     # nbgrader 0.9 reads "+0200" as 200 seconds; it is two hours.
     assert parse_time("2026-11-02 10:00:00 +0200", "the time").isoformat() == "2026-11-02T08:00:00"

@@ -65,6 +65,34 @@ def test_help_explains_every_option(capsys):
             assert flat.count("(default:") <= 1 and "(default: None)" not in flat, (command, flat)
 
 
+# Options several commands share on purpose with a different meaning: their help says which.
+MEANT_TO_DIFFER = {"out", "seed", "temperature", "resume", "batch_size", "lr", "checkpoint",
+                   "samples"}  # train: documents or windows; generate: how many continuations
+
+
+def test_an_option_shared_by_commands_behaves_the_same_in_each():
+    """--force, --until, --top-k, --top-p, --threads, --device, --corpus: one definition each, so the
+    same type, default, choices and help in every command that takes it; --resume names each command's file."""
+    import argparse
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    seen: dict[str, list[tuple[str, argparse.Action]]] = {}
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.dest != "help":
+                seen.setdefault(action.dest, []).append((name, action))
+    shared = {dest: uses for dest, uses in seen.items() if len(uses) > 1}
+    assert {"force", "until", "top_k", "top_p", "threads", "device", "resume"} <= set(shared)
+    for dest, uses in shared.items():
+        assert len({tuple(a.option_strings) for _, a in uses}) == 1, dest
+        if dest not in MEANT_TO_DIFFER:
+            assert len({(type(a), a.type, a.choices, a.metavar, a.default, a.help) for _, a in uses}) == 1, dest
+    resume = {name: action.help for name, action in shared["resume"]}
+    assert "DIR/checkpoint.pt" in resume["train"] and "DIR/finetune.pt" in resume["finetune"]
+    assert resume["train"].replace("checkpoint.pt", "finetune.pt") == resume["finetune"]
+
+
 def test_a_tiny_model_trains_and_its_validation_loss_falls(trained):
     ckpt = load_checkpoint(trained)
     assert ckpt.finished and ckpt.step == 40

@@ -38,7 +38,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from autograder.gradescope import CONSTRAINTS, build, pinned
-from autograder.sandbox import bwrap_works, landlock_abi
+from autograder.sandbox.host import bwrap_works, landlock_abi
 from tests.conftest import ROOT
 from tests.fixtures import hostile
 
@@ -292,6 +292,10 @@ def test_the_zip_has_gradescopes_documented_layout(tmp_path):
         # The root is /autograder/source: what setup.sh installs from there, and what run_autograder reads.
         assert {"pyproject.toml", "README.md", CONSTRAINTS, "ASSIGNMENT", "autograder/gradescope.py",
                 "tinyllm/__init__.py", f"autograder/hidden/test_{ASSIGNMENT}.py"} <= names
+        # Every module of the grader's layers travels (a subpackage the copy left out would fail only there).
+        layers = {p.relative_to(ROOT).as_posix() for p in (ROOT / "autograder").glob("*/*.py")
+                  if p.parent.name not in ("checks", "hidden")}
+        assert "autograder/sandbox/worker.py" in layers and layers <= names
         assert read("ASSIGNMENT").strip() == ASSIGNMENT
         assert read(CONSTRAINTS) == (ROOT / CONSTRAINTS).read_text()  # the pins ship with it
         setup, run = read("setup.sh"), read("run_autograder")

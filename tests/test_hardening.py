@@ -39,7 +39,7 @@ def reports(folder: Path) -> dict[str, bytes]:
 
 def leftover_workers() -> list[str]:
     listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if "autograder.worker" in line or hostile.MARKER in line]
+    return [line for line in listing.splitlines() if "autograder.sandbox.worker" in line or hostile.MARKER in line]
 
 
 def hidden_source_lines() -> set[str]:

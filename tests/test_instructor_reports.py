@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from autograder import feedback, similarity, summary
-from autograder.registry import BOOK_URL
+from autograder.outputs import feedback, similarity, summary
+from autograder.grading.registry import BOOK_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -602,7 +602,7 @@ def test_independent_solutions_are_correct(tmp_path):
 
 def copydetect_scores(window: int = 1) -> dict[str, tuple[float, float]]:
     """copydetect 0.5.0's scores for every pair of the similarity class (the comparison in
-    autograder/similarity.py's docstring). Needs ``pip install copydetect==0.5.0``; not a test."""
+    autograder/outputs/similarity.py's docstring). Needs ``pip install copydetect==0.5.0``; not a test."""
     import io
     import itertools
     import logging

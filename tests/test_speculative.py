@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from autograder.api import CheckFailure
+from autograder.grading.api import CheckFailure
 from autograder.checks.test_11_inference import Z_LIMIT, check_distribution, z_scores
 from tinyllm import speculative
 from tinyllm.attention import KVCache

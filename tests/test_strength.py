@@ -17,8 +17,8 @@ import json
 import pytest
 
 import autograder
-from autograder.api import LocalSubmission
-from autograder.registry import checks_for, load_checks
+from autograder.grading.api import LocalSubmission
+from autograder.grading.registry import checks_for, load_checks
 from tests.conftest import ROOT
 from tools import contracts, mutation
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from autograder import feedback, similarity, summary
-from autograder.submissions import UsageError
+from autograder.outputs import feedback, similarity, summary
+from autograder.classrun.submissions import UsageError
 from tests import canvas_gradebook
 from tests.conftest import ROOT
 from tests.fixtures import classroom
@@ -117,7 +117,7 @@ def test_due_on_a_tree_of_several_assignments_is_an_error(tmp_path):
                                   "2026-11-01", "2026-13-01T23:59:00Z", "next tuesday-ish"])
 def test_a_date_without_an_iso_zone_is_refused(text):
     """Finding 3: 01/11/2026 became 11 January, PST was ignored, friday and 23:59 meant this week."""
-    from autograder.course import parse_instant
+    from autograder.classrun.course import parse_instant
 
     with pytest.raises(UsageError) as error:
         parse_instant(text, "--due")
@@ -128,7 +128,7 @@ def test_a_date_without_an_iso_zone_is_refused(text):
                                        ("2026-11-01T23:59Z", "2026-11-01T23:59:00"),
                                        ("2026-11-01 23:59:30.5+0100", "2026-11-01T22:59:30.500000")])
 def test_iso_dates_with_a_zone_are_read_in_utc(text, utc):
-    from autograder.course import parse_instant
+    from autograder.classrun.course import parse_instant
 
     assert parse_instant(text, "--due").isoformat() == utc
 
@@ -147,7 +147,7 @@ def test_bad_dates_on_the_command_line_and_in_the_course_file_are_one_line_exit_
 
 
 def test_the_course_file_rejects_typos_and_mixing_with_due(tmp_path):
-    from autograder.course import load_course
+    from autograder.classrun.course import load_course
 
     known = {"03_softmax": [], "04_attention": []}
     cases = {'[assignments.03_sofmax]\ndue = "2026-11-01T23:59:00Z"\n': "unknown key '03_sofmax' (did you mean 03_softmax?)",
@@ -169,7 +169,7 @@ def test_the_course_file_rejects_typos_and_mixing_with_due(tmp_path):
 
 
 def test_late_policy_grace_and_cap():
-    from autograder.course import LatePolicy
+    from autograder.classrun.course import LatePolicy
 
     policy = LatePolicy("percent", 10.0, grace_seconds=15 * 60, cap_percent=25.0)
     assert policy.penalty(10, 10, 10 * 60) == 0 and not policy.is_late(10 * 60)  # within the grace period
@@ -524,7 +524,7 @@ def test_the_reference_and_the_library_are_in_the_comparison(term, tmp_path):
 
 
 def test_a_check_edit_changes_only_its_assignments_version(tmp_path):
-    from autograder.registry import PACKAGE_DIR, checks_version
+    from autograder.grading.registry import PACKAGE_DIR, checks_version
 
     package = tmp_path / "autograder"
     shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -540,10 +540,10 @@ def test_a_check_edit_changes_only_its_assignments_version(tmp_path):
     later = {a: checks_version(a, package) for a in names}
     assert later["04_attention"] != after["04_attention"] and later["05_transformer_layer"] != after["05_transformer_layer"]
     assert later["06_tiny_gpt"] == after["06_tiny_gpt"]
-    with open(package / "summary.py", "a") as handle:  # output only: no regrade
+    with open(package / "outputs" / "summary.py", "a") as handle:  # output only: no regrade
         handle.write("\n# a new chart\n")
     assert {a: checks_version(a, package) for a in names} == later
-    with open(package / "runner.py", "a") as handle:  # decides every grade
+    with open(package / "grading" / "runner.py", "a") as handle:  # decides every grade
         handle.write("\n# a runner fix\n")
     assert all(checks_version(a, package)[:8] != later[a][:8] for a in names)
 

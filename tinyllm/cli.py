@@ -164,12 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         kind = _eval_interval if name == "eval_interval" else type(default)
         training.add_argument(_flag(name), type=kind, default=None, choices=CHOICES.get(name),
                               help=f"{text} (default: {default})")
-    run = train.add_argument_group("run")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run saved in DIR/checkpoint.pt exactly where it stopped")
-    run.add_argument("--force", action="store_true", help="start a new run even if DIR already holds one")
-    run.add_argument("--until", type=int, default=None, metavar="STEP",
-                     help="stop at this step and save (continue later with --resume)")
+    run = _run_options(train, "checkpoint.pt")
     _device_options(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar (one line per validation)")
 
@@ -184,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "corpus's, token for token.",
         formatter_class=_HelpFormatter,
     )
-    evaluate_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
+    _checkpoint_argument(evaluate_cmd)
     _corpus_option(evaluate_cmd)
     evaluate_cmd.add_argument("--split", choices=("test", "val", "train"), default="test",
                               help="which split to score")
@@ -198,21 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
         "it samples, optionally from the top-k tokens and/or the top-p nucleus (chapter 9).",
         formatter_class=_HelpFormatter,
     )
-    generate_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
+    _checkpoint_argument(generate_cmd)
     generate_cmd.add_argument("--prompt", default="Q: What is",
                               help="text to continue (any Unicode); \\n in it is a newline and \\t a tab, as typed "
                               "in a shell (\\\\ for a backslash), so \"Q: What is a token?\\nA:\" asks a question")
     generate_cmd.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate")
     generate_cmd.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    generate_cmd.add_argument("--temperature", type=float, default=1.0,
-                              help="divide the logits by this before sampling; 0 means greedy")
-    generate_cmd.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
-    generate_cmd.add_argument("--top-p", type=float, default=None,
-                              help="sample only from the smallest set of tokens whose probability reaches p")
+    _sampling_options(generate_cmd, 1.0, "divide the logits by this before sampling; 0 means greedy")
     generate_cmd.add_argument("--repetition-penalty", type=float, default=1.0,
                               help="divide the positive logits of tokens already in the text by this (multiply the negative ones)")
     generate_cmd.add_argument("--samples", type=int, default=1, help="number of continuations")
-    generate_cmd.add_argument("--seed", type=int, default=0, help="seed for sampling: same seed, same text")
+    _seed_option(generate_cmd, "text")
     generate_cmd.add_argument("--no-cache", action="store_true",
                               help="recompute the whole sequence for every token instead of using the KV cache "
                               "(the same text, slower; the cache needs prompt + tokens within the context)")
@@ -232,14 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         "its own end-of-text. Greedy unless --temperature is above 0.",
         formatter_class=_HelpFormatter,
     )
-    ask_cmd.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train' (on documents)")
+    _checkpoint_argument(ask_cmd, " (on documents)")
     ask_cmd.add_argument("question", help="the question, as you would type it (\"What is a token?\")")
-    ask_cmd.add_argument("--temperature", type=float, default=0.0,
-                         help="0: the most likely token every time (the answer as trained); above 0: sample")
-    ask_cmd.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
-    ask_cmd.add_argument("--top-p", type=float, default=None,
-                         help="sample only from the smallest set of tokens whose probability reaches p")
-    ask_cmd.add_argument("--seed", type=int, default=0, help="seed for sampling: same seed, same answer")
+    _sampling_options(ask_cmd, 0.0, "0: the most likely token every time (the answer as trained); above 0: sample")
+    _seed_option(ask_cmd, "answer")
     _device_options(ask_cmd)
 
     quantize = commands.add_parser(
@@ -251,14 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
         "'tiny-llm generate' and 'tiny-llm evaluate' read the file it writes.",
         formatter_class=_HelpFormatter,
     )
-    quantize.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train'")
+    _checkpoint_argument(quantize)
     quantize.add_argument("--bits", type=int, required=True, metavar="8|4", help="bits per weight: 8 or 4")
     quantize.add_argument("--group-size", type=int, default=None, metavar="N",
                           help="one scale per N consecutive weights of a row; N must divide every matrix's "
                           "input features (default: one scale per row)")
     quantize.add_argument("--out", type=Path, default=None, metavar="FILE",
                           help="where to write (default: next to the checkpoint, named after the scheme)")
-    quantize.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    _threads_option(quantize)
 
     finetune = commands.add_parser(
         "finetune",
@@ -271,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         "continues exactly with --resume.",
         formatter_class=_HelpFormatter,
     )
-    finetune.add_argument("checkpoint", type=Path, help="a checkpoint written by 'tiny-llm train' (on documents)")
+    _checkpoint_argument(finetune, " (on documents)")
     finetune.add_argument("--qa", type=Path, default=None, metavar="FILE",
                           help="UTF-8 text of 'Q: ...' / 'A: ...' documents separated by blank lines "
                           "(default: the training split of the book's corpus)")
@@ -283,16 +270,45 @@ def build_parser() -> argparse.ArgumentParser:
         tuning.add_argument(_flag(name), type=type(default), default=None, help=f"{text} (default: {default})")
     tuning.add_argument("--unmasked", action="store_true",
                         help="score every token, the question included, not only the answer")
-    ft_run = finetune.add_argument_group("run")
-    ft_run.add_argument("--resume", action="store_true",
-                        help="continue the run saved in DIR/finetune.pt exactly where it stopped")
-    ft_run.add_argument("--force", action="store_true", help="start a new run even if DIR already holds one")
-    ft_run.add_argument("--until", type=int, default=None, metavar="STEP",
-                        help="stop at this step and save (continue later with --resume)")
+    ft_run = _run_options(finetune, "finetune.pt")
     ft_run.add_argument("--save-every", type=int, default=50, metavar="STEPS",
                         help="steps between checkpoints (and progress lines)")
     _device_options(ft_run)
     return parser
+
+
+# Options more than one command takes: each defined here once, so that their
+# spelling, type, default and help cannot drift apart between commands.
+
+def _checkpoint_argument(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("checkpoint", type=Path, help=f"a checkpoint written by 'tiny-llm train'{note}")
+
+
+def _run_options(parser: argparse.ArgumentParser, checkpoint: str) -> argparse._ArgumentGroup:
+    """The "run" group of a command that trains: --resume, --force, --until (DIR/``checkpoint`` is its save)."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--resume", action="store_true",
+                     help=f"continue the run saved in DIR/{checkpoint} exactly where it stopped")
+    run.add_argument("--force", action="store_true", help="start a new run even if DIR already holds one")
+    run.add_argument("--until", type=int, default=None, metavar="STEP",
+                     help="stop at this step and save (continue later with --resume)")
+    return run
+
+
+def _sampling_options(parser: argparse.ArgumentParser, temperature: float, temperature_help: str) -> None:
+    """--temperature (its default and meaning are the command's), --top-k, --top-p."""
+    parser.add_argument("--temperature", type=float, default=temperature, help=temperature_help)
+    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="sample only from the smallest set of tokens whose probability reaches p")
+
+
+def _seed_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--seed", type=int, default=0, help=f"seed for sampling: same seed, same {what}")
+
+
+def _threads_option(parser) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
 
 
 def _corpus_option(parser: argparse.ArgumentParser) -> None:
@@ -303,7 +319,7 @@ def _corpus_option(parser: argparse.ArgumentParser) -> None:
 def _device_options(parser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to run: auto picks CUDA when available")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    _threads_option(parser)
 
 
 def _eval_interval(value: str) -> int | str:

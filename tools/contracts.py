@@ -186,7 +186,7 @@ def skeleton(assignment: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from autograder.registry import assignments, checks_for
+    from autograder.grading.registry import assignments, checks_for
 
     if len(argv) == 2 and argv[0] == "skeleton":
         print(skeleton(argv[1]))

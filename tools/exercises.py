@@ -142,7 +142,7 @@ def parts(checks, target: str) -> list[str]:
 
 
 def build(recipe: Path) -> nbformat.NotebookNode:
-    from autograder.registry import checks_for
+    from autograder.grading.registry import checks_for
 
     assignment = recipe.stem
     checks = {c.id: c for c in checks_for(assignment)}

@@ -77,7 +77,7 @@ def _solution_path(assignment: str) -> Path:
 
 def assignments() -> list[str]:
     """Every assignment the checks name that has a reference solution (discovered, never listed)."""
-    from autograder.registry import assignments as discovered
+    from autograder.grading.registry import assignments as discovered
 
     return [a for a in discovered() if _solution_path(a).exists()]
 
@@ -214,8 +214,8 @@ def grade(mutants: Iterable[Mutant], jobs: int = 2, timeout: float = 10.0, progr
     import shutil
     import tempfile
 
-    from autograder.runner import grade_notebook
-    from autograder.sandbox import Limits, bwrap_works, close_spawners, shares_a_zygote, spawner_for, stage_runtime
+    from autograder.grading.runner import grade_notebook
+    from autograder.sandbox.host import Limits, bwrap_works, close_spawners, shares_a_zygote, spawner_for, stage_runtime
 
     mutants = list(mutants)
     isolation = "bwrap" if bwrap_works() else "rlimits"  # the reference code and its mutants are trusted
@@ -250,8 +250,8 @@ def grade_in_notebook(mutants: Iterable[Mutant], timeout: float = 20.0, progress
     verdict is the grader's (tests/test_exercises.py holds the notebook and the grader to the same verdicts), and
     ``failed`` names only the first failing check. ``timeout`` is wall-clock seconds per check."""
     import autograder
-    from autograder.api import LocalSubmission
-    from autograder.registry import checks_for
+    from autograder.grading.api import LocalSubmission
+    from autograder.grading.registry import checks_for
 
     found = []
     for mutant in mutants:

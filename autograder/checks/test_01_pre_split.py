@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_01_tokenization import BOOK, as_pairs
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.bpe import bpe_encode, bpe_encode_split, pre_split, train_bpe, train_bpe_chunks
 
 SIGNATURES = {"pre_split": ["text"], "train_bpe_chunks": ["chunks", "vocab_size"],

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from autograder import expect
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.grading import expect
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.bpe import train_bpe as reference_train
 
 BOOK = "book/02_tokenization.html"

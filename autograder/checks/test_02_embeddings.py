@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from autograder import expect
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.grading import expect
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 
 BOOK_EMBEDDING = "book/03_embeddings.html"
 BOOK_POSITIONS = "book/06_positional_encoding.html"

@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from autograder import expect
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.grading import expect
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 
 BOOK = "book/04_softmax.html"
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_04_attention import random_mha_state, torch_mha
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 
 BOOK = "book/07_transformer_layer.html"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autograder import expect
-from autograder.api import Proxy
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.grading import expect
+from autograder.grading.api import Proxy
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.model import GPTConfig, TinyGPT
 
 BOOK_MODEL = "book/08_tiny_gpt.html"

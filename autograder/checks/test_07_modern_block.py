@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from autograder import expect
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.grading import expect
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 
 BOOK = "book/10_modern_block.html"
 
@@ -93,7 +93,7 @@ def gqa_by_torch(state: dict[str, torch.Tensor], x: torch.Tensor, n_heads: int, 
     return heads.transpose(1, 2).reshape(B, T, d_model) @ state["out_proj.weight"].T
 
 
-@check("07_modern_block", "rms_norm", points=2, book=BOOK + "#rmsnorm")
+@check("07_modern_block", "rms_norm", points=2, book=BOOK + "#rmsnorm", reference="tinyllm.layers:rms_norm")
 def test_rms_norm_public(sub):
     """rms_norm matches F.rms_norm on the last dimension (no mean subtracted, no bias)."""
     rms_norm = sub.function("rms_norm", ["x", "weight", "eps"], forbid=GROUPS["rms_norm"])
@@ -121,7 +121,8 @@ def test_rms_norm_public(sub):
     expect.close(zeros, torch.zeros(1, 4), "rms_norm of a zero vector", hint="eps keeps 0 / sqrt(0 + eps) finite.")
 
 
-@check("07_modern_block", "apply_rope", points=2, book=BOOK + "#rope-inside-attention")
+@check("07_modern_block", "apply_rope", points=1, book=BOOK + "#rope-inside-attention",
+       reference="tinyllm.positional:apply_rope")
 def test_apply_rope_public(sub):
     """apply_rope rotates interleaved pairs (2i, 2i+1) by (offset + t) * base^(-2i/d): the complex-number rotation."""
     rope = rope_function(sub)
@@ -144,10 +145,16 @@ def test_apply_rope_public(sub):
     expect.close(rope(flat), rope_by_complex_numbers(flat), "apply_rope(x) for x of shape (3, 5, 4)", flat, atol=1e-4,
                  hint="x has shape (..., T, d_k) with any number of leading dimensions: the positions are along "
                  "dim -2 and the features along dim -1.")
+
+
+@check("07_modern_block", "apply_rope", points=1, book=BOOK + "#rope-inside-attention")
+def test_apply_rope_errors_public(sub):
+    """apply_rope raises ValueError for an odd feature dimension (the error contract, checked apart from the values)."""
+    rope = rope_function(sub)
     expect.raises(lambda: rope(torch.zeros(1, 3, 5)), ValueError, "apply_rope on an odd feature dimension (5)")
 
 
-@check("07_modern_block", "SwiGLU", points=1, book=BOOK + "#swiglu")
+@check("07_modern_block", "SwiGLU", points=1, book=BOOK + "#swiglu", reference="tinyllm.layers:SwiGLU")
 def test_SwiGLU_public(sub):
     """SwiGLU is w_down(silu(w_gate(x)) * w_up(x)) with bias-free w_gate, w_up, w_down."""
     SwiGLU = sub.cls("SwiGLU", ["d_model", "d_ff"])
@@ -163,7 +170,8 @@ def test_SwiGLU_public(sub):
     expect.close(got, expected, "SwiGLU(8, 12)(x)", x, hint=hint)
 
 
-@check("07_modern_block", "GroupedQueryAttention", points=3, book=BOOK + "#grouped-query-attention")
+@check("07_modern_block", "GroupedQueryAttention", points=2, book=BOOK + "#grouped-query-attention",
+       reference="tinyllm.attention:GroupedQueryAttention")
 def test_GroupedQueryAttention_public(sub):
     """GroupedQueryAttention with the same weights matches F.scaled_dot_product_attention(enable_gqa=True) after RoPE."""
     GQA = gqa_class(sub)
@@ -184,6 +192,12 @@ def test_GroupedQueryAttention_public(sub):
                         "n_kv_heads), which is torch.repeat_interleave along the head dimension.")
             expect.close(got, expected, f"GroupedQueryAttention(16, {n_heads}, {n_kv_heads})(x)", x, atol=1e-4,
                          hint=hint)
+
+
+@check("07_modern_block", "GroupedQueryAttention", points=1, book=BOOK + "#grouped-query-attention")
+def test_GroupedQueryAttention_errors_public(sub):
+    """GroupedQueryAttention raises ValueError when n_heads is not a multiple of n_kv_heads (the error contract)."""
+    GQA = gqa_class(sub)
     expect.raises(lambda: GQA(16, 4, 3), ValueError, "GroupedQueryAttention(16, 4, 3) (4 heads do not split into 3 groups)")
 
 

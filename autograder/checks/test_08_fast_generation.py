@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_06_tiny_gpt import expect_eval_without_gradients
 from autograder.checks.test_07_modern_block import gqa_state, loaded, rope_by_complex_numbers
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.model import GPTConfig, TinyLlama
 
 BOOK = "book/11_fast_generation.html"

@@ -11,9 +11,9 @@ import math
 
 import torch
 
-from autograder import expect
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.grading import expect
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 
 BOOK = "book/08_tiny_gpt.html"
 # Building any torch.optim.Optimizer (the student's AdamW too) first imports torch._dynamo: seconds, once.

@@ -7,10 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from autograder import expect
-from autograder.api import Proxy
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.grading import expect
+from autograder.grading.api import Proxy
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 
 BOOK = "book/12_post_training.html"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_01_pre_split import SECTION, chunks_hint, function
-from autograder.registry import check
+from autograder.grading.registry import check
 from tinyllm.bpe import bpe_encode_split, pre_split, train_bpe_chunks
 from tinyllm.data import read_corpus
 

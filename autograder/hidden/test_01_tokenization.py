@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_01_tokenization import BOOK, counts_in_order, function
-from autograder.registry import check
+from autograder.grading.registry import check
 from tinyllm.bpe import bpe_decode, bpe_encode, merge_pair, pair_counts, train_bpe
 
 

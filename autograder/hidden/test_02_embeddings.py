@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_02_embeddings import BOOK_EMBEDDING, BOOK_POSITIONS, encoding, lookup
-from autograder.registry import check
+from autograder.grading.registry import check
 from tinyllm.embedding import embedding_lookup as reference_lookup
 from tinyllm.positional import sinusoidal_positional_encoding as reference_pe
 

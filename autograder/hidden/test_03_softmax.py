@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.grading import expect
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.softmax import cross_entropy as ref_cross_entropy
 from tinyllm.softmax import log_softmax as ref_log_softmax
 from tinyllm.softmax import logsumexp as ref_logsumexp

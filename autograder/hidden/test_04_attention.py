@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_04_attention import BOOK, attention, mha_class, random_mha_state, unpack
-from autograder.registry import check
+from autograder.grading.registry import check
 from tinyllm.attention import MultiHeadAttention as ReferenceMHA
 from tinyllm.attention import scaled_dot_product_attention as reference_sdpa
 

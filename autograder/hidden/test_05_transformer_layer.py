@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_05_transformer_layer import BOOK, block_state, ffn_state, norm_function
-from autograder.registry import check
+from autograder.grading.registry import check
 from tinyllm.layers import FeedForward as ReferenceFFN
 from tinyllm.layers import TransformerBlock as ReferenceBlock
 from tinyllm.layers import layer_norm as reference_layer_norm

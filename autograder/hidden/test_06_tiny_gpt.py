@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_06_tiny_gpt import (BOOK_DECODING, BOOK_MODEL, library_model, pair, reference_model,
                                                 student_model)
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.sampling import generate as reference_generate
 from tinyllm.sampling import top_k_filter as reference_top_k
 from tinyllm.sampling import top_p_filter as reference_top_p

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_07_modern_block import gqa_state, loaded
 from autograder.checks.test_08_fast_generation import (BOOK, expect_calls, generate_function, length_of,
                                                        library_model, reference_model)
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.attention import GroupedQueryAttention as ReferenceGQA
 from tinyllm.attention import causal_attention as reference_attention
 from tinyllm.sampling import beam_search as reference_beam_search

@@ -6,11 +6,11 @@ import math
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_09_training import (BOOK, adamw_class, clip_function, compare_trajectories, problem,
                                                 run_adamw, run_clip)
-from autograder.forbidden import GROUPS
-from autograder.registry import check
+from autograder.sandbox.forbidden import GROUPS
+from autograder.grading.registry import check
 from tinyllm.optim import AdamW as ReferenceAdamW
 from tinyllm.optim import GradientFeed, GradientList
 from tinyllm.optim import clip_grad_norm as reference_clip

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_10_post_training import (BOOK, dpo_function, library_function, loss_function,
                                                      prompt_and_answer, trained_layer)
-from autograder.registry import check
+from autograder.grading.registry import check
 from tinyllm.posttrain import LoRALinear as ReferenceLoRA
 from tinyllm.posttrain import dpo_loss as reference_dpo
 from tinyllm.posttrain import sequence_logprob as reference_logprob

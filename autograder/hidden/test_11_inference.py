@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_11_inference import (BOOK, accept_function, check_distribution, draws, generate_function,
                                                  ids_of, library_model, pair, quantizer, reference_model,
                                                  sampled_generation, sampled_text)
-from autograder.registry import check
+from autograder.grading.registry import check
 from tinyllm.quantize import dequantize as reference_dequantize
 from tinyllm.quantize import dequantize_int4 as reference_dequantize_int4
 from tinyllm.quantize import quantize_int4 as reference_int4
@@ -52,7 +52,7 @@ def test_dequantize_hidden(sub):
 
 @check("11_inference", "quantize_int4", points=1, book=BOOK + "#four-bits-one-scale-per-group", hidden=True)
 def test_quantize_int4_hidden(sub):
-    """quantize_int4 equals the reference for group sizes from 1 to a whole row; a bad size raises ValueError."""
+    """quantize_int4 equals the reference for group sizes from 1 to a whole row."""
     fn = quantizer(sub, "quantize_int4", ["w", "group_size"])
     g = torch.Generator().manual_seed(test_quantize_int4_hidden.autograder_check.seed % 1000)
     for shape, group in (((2, 8), 8), ((5, 32), 4), ((4, 6), 1), ((1, 6), 3), ((3, 64), 16)):
@@ -63,9 +63,7 @@ def test_quantize_int4_hidden(sub):
         expect.close(scales, expected_scales, f"quantize_int4(w, {group})'s scales for w {shape}", w, rtol=1e-5,
                      atol=1e-12)
         expect.equal(codes, expected_codes, f"quantize_int4(w, {group})'s codes for w {shape}", w)
-    for shape, group in (((3, 10), 4), ((2, 6), 12)):
-        expect.raises(lambda: fn(torch.randn(*shape, generator=g), group), ValueError,
-                      f"quantize_int4(w, {group}) for w of shape {shape}")
+    # The error contract (ValueError for a size that does not divide) is quantize_int4_errors_public's alone.
 
 
 @check("11_inference", "dequantize_int4", points=1, book=BOOK + "#four-bits-one-scale-per-group", hidden=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from autograder import expect
+from autograder.grading import expect
 from autograder.checks.test_12_encoders import (BOOK, NOT_MASKED, attention_function, cross_class, loss_function,
                                                 masking_function, padding_mask, unpack_masking)
 from autograder.checks.test_04_attention import random_mha_state
-from autograder.registry import check
+from autograder.grading.registry import check
 from tinyllm.attention import CrossAttention as ReferenceCrossAttention
 from tinyllm.attention import bidirectional_attention as reference_attention
 from tinyllm.encoder import masked_lm_loss as reference_loss

@@ -68,10 +68,10 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from autograder.feedback import page, safe_name, table, write_text
-from autograder.notebook import neutralise_ipython
+from autograder.outputs.feedback import page, safe_name, table, write_text
+from autograder.grading.notebook import neutralise_ipython
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K = 12  # tokens per k-gram: short enough for three-line functions, long enough that "return V(V)" alone is no match
 WINDOW = 6  # winnowing window: every match of K + WINDOW - 1 = 17 tokens or more is found
 MIN_OWN_TOKENS = 25
@@ -371,7 +371,7 @@ def _store(cache_dir: Path | None, fp: Fingerprint) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, hashes=fp.hashes, own=fp.own, fingerprints=np.array(sorted(fp.fingerprints), dtype=np.uint64))
-    from autograder.report import atomic_write
+    from autograder.grading.report import atomic_write
 
     atomic_write(cache_dir / f"{fp.key}.npz", buffer.getvalue(), durable=False)
 
@@ -630,7 +630,7 @@ class _PairStore:
 
     def save(self) -> None:
         if self.path is not None and self.changed:
-            from autograder.report import atomic_write
+            from autograder.grading.report import atomic_write
 
             atomic_write(self.path, json.dumps({"algorithm": ALGORITHM, "pairs": self.data}).encode("utf-8"),
                          durable=False)
@@ -752,9 +752,9 @@ def write_similarity(folder: Path, reports: list[dict], threshold: float = THRES
     Each report's notebook is ``extra_data.notebook`` (else ``extra_data.submission``), labelled by
     its student (else its submission path); reports without an assignment are left out. Fingerprints
     and pair results are cached in ``<folder>/.cache/similarity/<assignment>/``; with ``cache`` (an
-    :class:`autograder.report.OutputCache`) a page whose inputs have not changed is not rebuilt.
+    :class:`autograder.grading.report.OutputCache`) a page whose inputs have not changed is not rebuilt.
     """
-    from autograder.report import digest, module_digest
+    from autograder.grading.report import digest, module_digest
 
     groups: dict[str, list[tuple[str, Path, str | None]]] = {}
     for report in reports:
@@ -775,7 +775,7 @@ def write_similarity(folder: Path, reports: list[dict], threshold: float = THRES
             continue
         result = compare_class(entries, assignment, threshold, cache_dir=Path(folder) / ".cache" / "similarity" / name)
         write_text(path, similarity_html(result))
-        from autograder.report import atomic_write
+        from autograder.grading.report import atomic_write
 
         atomic_write(path.with_suffix(".csv"), pairs_csv(result), durable=False)
         if cache is not None:

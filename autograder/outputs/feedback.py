@@ -47,8 +47,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from autograder.registry import BOOK_URL
-from autograder.report import atomic_write
+from autograder.grading.registry import BOOK_URL
+from autograder.grading.report import atomic_write
 
 MAX_MESSAGE_CHARS = 4000  # a student's exception can be megabytes; the start says what went wrong
 
@@ -465,11 +465,11 @@ def write_feedback(folder: Path, reports: list[dict], hide_hidden: bool = True, 
     Returns the paths written (HTML then Markdown for each report, in the order of
     ``reports``). Two reports that would share a file name (the same submission
     name in two folders, no student) are told apart by a numeric suffix, in order.
-    With ``cache`` (an :class:`autograder.report.OutputCache`) a file whose report
+    With ``cache`` (an :class:`autograder.grading.report.OutputCache`) a file whose report
     has not changed is not written again; ``prune`` removes files in ``folder``
     that no report produces (a student's feedback never outlives their report).
     """
-    from autograder.report import digest, module_digest, report_key
+    from autograder.grading.report import digest, module_digest, report_key
 
     folder = Path(folder)
     written: list[Path] = []

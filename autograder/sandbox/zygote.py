@@ -2,7 +2,7 @@
 
 Starting Python and importing torch takes about two seconds, far longer than
 grading a notebook, so the grader starts one *zygote* per run (inside
-bubblewrap, see :mod:`autograder.sandbox`) and asks it for workers. For each
+bubblewrap, see :mod:`autograder.sandbox.host`) and asks it for workers. For each
 worker the zygote forks a small *keeper* process, which
 
 * enters new user, mount, PID, IPC, network and UTS namespaces, so the worker
@@ -13,7 +13,7 @@ worker the zygote forks a small *keeper* process, which
   process the submission started, and waits to report how it ended.
 
 The worker drops every capability, starts its own session, sets its resource
-limits and only then answers the grader's requests (:func:`autograder.worker.serve`)
+limits and only then answers the grader's requests (:func:`autograder.sandbox.worker.serve`)
 on a socket the grader passed in. Where bubblewrap cannot start, the sandbox's
 ``user`` level runs this zygote as root, with no namespaces; each worker then
 confines itself with Landlock where the kernel has it (:func:`confine`) and
@@ -272,7 +272,7 @@ def run_worker(setup: dict, sock: int, stderr: int) -> None:
         # The grader takes this process's PID from the kernel (SCM_CREDENTIALS) where it
         # can; the number written here serves platforms without that.
         os.write(sock, str(os.getpid()).encode())
-        from autograder.worker import serve
+        from autograder.sandbox.worker import serve
 
         serve(sock)
     except BaseException:  # noqa: BLE001 - trusted set-up failed: say why on stderr

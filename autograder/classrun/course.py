@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from autograder.submissions import UsageError
+from autograder.classrun.submissions import UsageError
+from autograder.outputs.exports import CanvasStudent
 
 # ---------------------------------------------------------------------------------------------
 # Dates
@@ -255,7 +256,7 @@ def load_course(path: str | Path, known: dict) -> Schedule:
 
 def _overrides(entries, known: dict, name: str) -> dict[tuple[str, str], dict[str, Override]]:
     """The [[overrides]] tables, each checked against the assignment's checks."""
-    from autograder.registry import checks_for
+    from autograder.grading.registry import checks_for
 
     if not isinstance(entries, list):
         raise UsageError(f"{name}: overrides must be a list of tables: write each as [[overrides]]")
@@ -291,15 +292,6 @@ def _overrides(entries, known: dict, name: str) -> dict[tuple[str, str], dict[st
 
 # ---------------------------------------------------------------------------------------------
 # A Canvas roster (its gradebook export), for the Canvas CSV
-
-
-@dataclass(frozen=True)
-class CanvasStudent:
-    name: str
-    canvas_id: str = ""
-    sis_user_id: str = ""
-    sis_login_id: str = ""
-    section: str = ""
 
 
 def read_canvas_roster(path: Path) -> list[CanvasStudent]:

@@ -1,6 +1,6 @@
 """Starting and talking to sandboxed worker processes.
 
-Workers are forked by a *zygote* (:mod:`autograder.zygote`) that imported
+Workers are forked by a *zygote* (:mod:`autograder.sandbox.zygote`) that imported
 torch once, so a submission costs a fork (about 20 ms), not a Python start and
 a torch import (about 2 s). One zygote serves a whole run.
 
@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the autograder package
 TMP_PREFIX = "autograder-"
 SANDBOX_USER = "autograder-sandbox"  # the "user" level's account; AUTOGRADER_SANDBOX_USER names another
 # What a worker may read besides the Python installation and the public code (as bubblewrap shows it).
@@ -130,7 +130,7 @@ def nesting_works() -> bool:
     # What a keeper does for each worker: namespaces and private mounts (no torch: -S). The
     # host's /tmp stays visible until then: the checkout or the venv may be there.
     setup = {"scratch_bytes": 1 << 20, "keep_under_tmp": [p for p in python_prefixes() if _under(p, "/tmp")]}
-    nested = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); from autograder.zygote import "
+    nested = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); from autograder.sandbox.zygote import "
               f"enter_namespaces; enter_namespaces({setup!r}, None)")
     probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
                             "--uid", "65534", "--gid", "65534", "--proc", "/proc", "--",
@@ -173,7 +173,7 @@ def sandbox_user() -> SandboxUser | None:
 
 def landlock_abi() -> int:
     """The Landlock ABI the "user" level confines workers with (0: none; AUTOGRADER_NO_LANDLOCK=1 forces 0)."""
-    from autograder.zygote import landlock_abi as kernel_abi
+    from autograder.sandbox.zygote import landlock_abi as kernel_abi
 
     return 0 if os.environ.get("AUTOGRADER_NO_LANDLOCK") == "1" else kernel_abi()
 
@@ -423,7 +423,7 @@ def _remove_cgroup(group: Path) -> None:
 # ---------------------------------------------------------------- the zygote
 
 class Spawner:
-    """The grader's end of one zygote (see :mod:`autograder.zygote`): starts it, asks it for workers.
+    """The grader's end of one zygote (see :mod:`autograder.sandbox.zygote`): starts it, asks it for workers.
 
     One serves a whole run (every ``--jobs`` thread); it is started once, from
     the thread that will outlive the run, because the sandbox dies with it.
@@ -462,7 +462,7 @@ class Spawner:
         }
 
     def command(self, control_fd: int) -> list[str]:
-        worker = [sys.executable, "-s", "-m", "autograder.worker", str(control_fd)]
+        worker = [sys.executable, "-s", "-m", "autograder.sandbox.worker", str(control_fd)]
         env = self.environment()
         if self.isolation != "bwrap":
             return ["env", "-i"] + [f"{k}={v}" for k, v in env.items()] + worker
@@ -709,7 +709,7 @@ class Worker:
 
     def request(self, message: dict, timeout: float) -> dict:
         """Send one request and wait at most ``timeout`` seconds for its answer."""
-        from autograder import wire  # here, not at import: the grader starts its zygote before importing torch
+        from autograder.sandbox import wire  # here, not at import: the grader starts its zygote before importing torch
 
         deadline = time.monotonic() + timeout
         try:

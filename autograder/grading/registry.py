@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+from autograder.sandbox.worker import ORACLE_MODULES
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the autograder package
 BOOK_URL = "https://llm-foundations.github.io/llm-foundations/"  # html.baseurl in _config.yml
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class Check:
     book: str  # "book/04_softmax.html#anchor", relative to BOOK_URL
     function: Callable
     seed: int  # fixed per check: both graders feed the same inputs
+    # The library object that is the reference for ``target`` ("tinyllm.positional:apply_rope"), on the
+    # check that decides whether a student's ``target`` is right (``<target>_public``): a check of code
+    # that calls ``target`` re-runs with it substituted when the student's own fails (expect.blame).
+    reference: str = ""
 
     @property
     def title(self) -> str:
@@ -46,7 +52,7 @@ class Check:
 _REGISTRY: dict[str, Check] = {}
 
 
-def check(assignment: str, target: str, points: float, book: str, hidden: bool = False):
+def check(assignment: str, target: str, points: float, book: str, hidden: bool = False, reference: str = ""):
     """Register a check. The function's name is ``test_<id>``.
 
     The decorator is the only registration: an assignment exists because a check
@@ -64,7 +70,9 @@ def check(assignment: str, target: str, points: float, book: str, hidden: bool =
             raise ValueError(f"check functions are named test_<id>, not {function.__name__}")
         check_id = function.__name__[len("test_"):]
         seed = int(hashlib.sha256(check_id.encode()).hexdigest()[:8], 16)
-        entry = Check(check_id, assignment, target, float(points), hidden, book, function, seed)
+        if reference and not re.fullmatch(r"tinyllm(\.\w+)*:\w+", reference):
+            raise ValueError(f"a reference is a library object, module:name, not {reference!r}")
+        entry = Check(check_id, assignment, target, float(points), hidden, book, function, seed, reference)
         previous = _REGISTRY.get(check_id)
         if previous is not None and previous.function.__module__ != function.__module__:
             raise ValueError(f"two checks are named test_{check_id} ({previous.function.__module__} and "
@@ -126,21 +134,18 @@ def assignment_of_target(target: str) -> str:
     raise KeyError(target)
 
 
-# The library modules grading depends on: the hidden checks' oracle, and what the
-# worker imports for submissions. Editing another module (the training loop, the
-# book's helpers) must not invalidate every report.
-ORACLE_MODULES = ["tinyllm.attention", "tinyllm.bpe", "tinyllm.data", "tinyllm.embedding", "tinyllm.encoder",
-                  "tinyllm.layers", "tinyllm.model",
-                  "tinyllm.ngram", "tinyllm.optim", "tinyllm.positional", "tinyllm.posttrain", "tinyllm.quantize",
-                  "tinyllm.sampling", "tinyllm.softmax", "tinyllm.speculative", "tinyllm.train"]
+# ORACLE_MODULES (the library modules grading depends on) is the worker's list: it imports them
+# before any submission's code runs.
 
 
 # Modules that write the outputs of a run (tables, pages, exports, the command line) but never
 # decide a score: editing them must not regrade anyone. Every other module of the package
 # (the sandbox, the runner, the worker, the check helpers: including any added later) does.
-OUTPUT_MODULES = frozenset({"__main__.py", "canvas.py", "course.py", "exports.py", "feedback.py", "grade.py",
-                            "gradebook.py", "gradescope.py", "nbgrader_hooks.py", "nbgrader_out.py", "report.py",
-                            "similarity.py", "submissions.py", "summary.py"})
+OUTPUT_MODULES = frozenset({"__main__.py", "gradescope.py", "nbgrader_hooks.py", "grading/report.py",
+                            "classrun/__init__.py", "classrun/course.py", "classrun/grade.py",
+                            "classrun/submissions.py", "outputs/__init__.py", "outputs/exports.py",
+                            "outputs/feedback.py", "outputs/gradebook.py", "outputs/nbgrader_out.py",
+                            "outputs/similarity.py", "outputs/summary.py"})
 CHECK_FOLDERS = ("checks", "hidden")
 _CHECK_FILE = re.compile(r"test_(\d\d_[a-z0-9_]+)\.py")
 
@@ -153,7 +158,7 @@ def _grading_files(package_dir: Path) -> tuple[list[Path], dict[str, list[Path]]
         match = _CHECK_FILE.fullmatch(path.name)
         if relative.parts[0] in CHECK_FOLDERS and len(relative.parts) == 2 and match:
             own.setdefault(match.group(1), []).append(path)
-        elif not (len(relative.parts) == 1 and path.name in OUTPUT_MODULES):
+        elif relative.as_posix() not in OUTPUT_MODULES:
             shared.append(path)
     return shared, own
 

@@ -26,7 +26,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from autograder.feedback import (STATUS_TEXT, page, parse_test, points, safe_name, submission_label, table,
+from autograder.outputs.feedback import (STATUS_TEXT, page, parse_test, points, safe_name, submission_label, table,
                                  write_text)
 
 TOP_FAILURES = 15
@@ -265,15 +265,15 @@ def summary_html(summary: dict) -> str:
 def write_summary(folder: Path, reports: list[dict], cache=None) -> list[Path]:
     """Write ``<folder>/summary-<assignment>.html`` for each assignment in ``reports``; return the paths.
 
-    With ``cache`` (an :class:`autograder.report.OutputCache`), a page whose reports have not
+    With ``cache`` (an :class:`autograder.grading.report.OutputCache`), a page whose reports have not
     changed is not drawn again.
     """
-    from autograder.report import digest, module_digest, report_key
+    from autograder.grading.report import digest, module_digest, report_key
 
     groups: dict[str, list[dict]] = defaultdict(list)
     for report in reports:
         groups[str((report.get("extra_data") or {}).get("assignment") or "unknown_assignment")].append(report)
-    version = module_digest(sys.modules[__name__], sys.modules["autograder.feedback"])
+    version = module_digest(sys.modules[__name__], sys.modules["autograder.outputs.feedback"])
     written = []
     for assignment, group in sorted(groups.items()):
         path = Path(folder) / f"summary-{safe_name(assignment, 'unknown_assignment')}.html"

@@ -14,10 +14,11 @@ written for the student.
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from autograder import forbidden, inputs, wire
+from autograder.sandbox import forbidden, inputs, wire
 
 # Statuses a check can end with (and what the report calls them).
 PASSED, FAILED = "passed", "failed"
@@ -31,6 +32,18 @@ class CheckFailure(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class DependencyFailure(CheckFailure):
+    """A check failed and a function of the notebook it calls fails its own check (see expect.blame).
+
+    ``wrong`` lists those functions: (name, the id of their own check, what it
+    finds, the library object that is the reference for them, "" if none).
+    """
+
+    def __init__(self, message: str, status: str, wrong: list[tuple[str, str, str, str]]):
+        super().__init__(message, status)
+        self.wrong = wrong
 
 
 def _signature_text(name: str, params: list[dict] | None) -> str:
@@ -94,12 +107,12 @@ class Proxy:
         self.submission, self.name, self.forbid = submission, name, list(forbid)
 
     def __call__(self, *args, **kwargs):
-        return self.submission._call(self.name, args, kwargs, self.forbid)
+        return self.submission._call(self.name, args, kwargs, self.submission.allowed(self.forbid))
 
 
 class ClassProxy(Proxy):
     def __call__(self, *args, **kwargs) -> "ObjectProxy":
-        return self.submission._new(self.name, args, kwargs, self.forbid)
+        return self.submission._new(self.name, args, kwargs, self.submission.allowed(self.forbid))
 
 
 class ObjectProxy:
@@ -112,7 +125,7 @@ class ObjectProxy:
         return self.method("__call__", *args, **kwargs)
 
     def method(self, name: str, *args, **kwargs):
-        return self.submission._method(self, name, args, kwargs, self.forbid)
+        return self.submission._method(self, name, args, kwargs, self.submission.allowed(self.forbid))
 
     def eval(self) -> "ObjectProxy":
         self.method("eval")
@@ -155,6 +168,31 @@ class ObjectProxy:
 class Submission:
     """Common logic; subclasses move values and run code."""
 
+    # True while a check re-runs with the library's reference in place of a wrong dependency.
+    substituting = False
+    # The references put in place ("tinyllm.layers.rms_norm"): a check that forbids one (LlamaBlock may not
+    # call the library's rms_norm) allows it while it stands in for the student's own.
+    exempt: frozenset[str] = frozenset()
+
+    def allowed(self, forbid) -> list[str]:
+        return [key for key in forbid if key not in self.exempt]
+
+    @contextlib.contextmanager
+    def substituted(self, names: dict[str, str]) -> Iterator[None]:
+        """Within the block, the submission's ``name`` is the library object ``names[name]`` ("module:attr").
+
+        The student's own code looks the name up where it runs (a notebook's
+        globals), so their other functions call the reference instead. Put back
+        afterwards; a worker restarted meanwhile replays the notebook as written.
+        """
+        self._substitute(names)
+        self.substituting, self.exempt = True, frozenset(target.replace(":", ".") for target in names.values())
+        try:
+            yield
+        finally:
+            self.substituting, self.exempt = False, frozenset()
+            self._restore()
+
     def function(self, name: str, params: list[str] | None = None, forbid: tuple[str, ...] = ()) -> Proxy:
         check_description(name, self.describe(name), params, "function", allowed_library=False)
         self._check_references(name, forbid)
@@ -170,7 +208,7 @@ class Submission:
         return ClassProxy(self, target, ())
 
     def _check_references(self, name: str, forbid: tuple[str, ...]) -> None:
-        used = set(self.describe(name).get("references", [])) & set(forbid)
+        used = set(self.describe(name).get("references", [])) & set(self.allowed(forbid))
         if used:
             raise forbidden_failure(name, used)
 
@@ -185,6 +223,12 @@ class Submission:
         raise NotImplementedError
 
     def _method(self, obj, method, args, kwargs, forbid):
+        raise NotImplementedError
+
+    def _substitute(self, names: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def _restore(self) -> None:
         raise NotImplementedError
 
 
@@ -208,13 +252,27 @@ class LocalSubmission(Submission):
 
     def __init__(self, namespace: dict):
         self.namespace = namespace
+        self._saved: dict[str, Any] = {}
+
+    def _substitute(self, names: dict[str, str]) -> None:
+        from autograder.sandbox.worker import substitute
+
+        substitute(self.namespace, self._saved, names)
+
+    def _restore(self) -> None:
+        from autograder.sandbox.worker import restore
+
+        restore(self.namespace, self._saved)
 
     def describe(self, name: str) -> dict:
-        from autograder.worker import describe_object
+        from autograder.sandbox.worker import ABSENT, describe_object
 
-        if name not in self.namespace:
+        # While a reference stands in for the student's own (substituted), a name is described as the student
+        # wrote it, as the grader's worker does (it described each name before the substitution).
+        own = self._saved[name] if name in self._saved else self.namespace.get(name, ABSENT)
+        if own is ABSENT:
             return {"kind": "missing"}
-        return describe_object(self.namespace[name])
+        return describe_object(own)
 
     def _resolve(self, name: str):
         if ":" in name:
@@ -271,7 +329,7 @@ class LocalSubmission(Submission):
         if method == "state_dict_keys":
             return list(target.state_dict().keys())
         if method == "attribute_kinds":
-            from autograder.worker import attribute_kinds
+            from autograder.sandbox.worker import attribute_kinds
 
             return attribute_kinds(target, args[0])
         args, kwargs = self._unwrap(args, kwargs)
@@ -289,6 +347,22 @@ class RemoteSubmission(Submission):
     def __init__(self, session):
         self.session = session
         self._descriptions: dict[str, dict] = {}
+
+    def _substitute(self, names: dict[str, str]) -> None:
+        response = self.session.request({"op": "substitute", "names": names})
+        if not response.get("ok"):
+            raise CheckFailure(f"the reference could not be put in place: {response.get('error', {}).get('message')}")
+
+    def _restore(self) -> None:
+        # A worker that stopped meanwhile is restarted by the next check, from the notebook as written.
+        if self.session.worker is None:
+            return
+        try:
+            restored = self.session.request({"op": "restore"}).get("ok")
+        except Exception:  # noqa: BLE001 - the worker stopped: nothing of the substitution survives it
+            restored = False
+        if not restored:
+            self.session.close()  # the next check starts a worker that holds the student's names again
 
     def describe(self, name: str) -> dict:
         if name not in self._descriptions:

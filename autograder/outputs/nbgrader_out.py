@@ -32,10 +32,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from autograder.feedback import STATUS_TEXT, parse_test, points, safe_name
-from autograder.report import atomic_write, digest, module_digest, report_key
+from autograder.outputs.feedback import STATUS_TEXT, parse_test, points, safe_name
+from autograder.grading.report import atomic_write, digest, module_digest, report_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COPIED = ("timestamp.txt", "submission_secret.txt")  # what release_feedback reads beside the notebook
 
 
@@ -127,7 +127,7 @@ def write_autograded(folder: Path, reports: list[dict], hide_hidden: bool = True
     ``cache`` a notebook whose report and source have not changed is not written again.
     """
     folder = Path(folder)
-    version = module_digest(sys.modules[__name__], sys.modules["autograder.feedback"])
+    version = module_digest(sys.modules[__name__], sys.modules["autograder.outputs.feedback"])
     releases: dict[str, dict | None] = {}
     written = []
     for report in reports:

@@ -11,7 +11,7 @@ earlier ones'), so a one-student regrade updates that student's cells only.
   and why, checks that timed out, cells left out, a folder graded under
   another name), then the totals.
 * ``grades-canvas.csv``: Canvas's gradebook import format (see
-  :mod:`autograder.course` for the columns and how students are matched).
+  :mod:`autograder.classrun.course` for the columns and how students are matched).
   It is the only LMS format written; nbgrader's gradebook (``--gradebook``,
   then ``nbgrader export``) and Gradescope's ``results.json`` (one report per
   submission) are the other routes out.
@@ -23,7 +23,7 @@ import csv
 import io
 import re
 
-from autograder.course import CanvasStudent, Schedule, read_canvas_roster
+from dataclasses import dataclass
 
 
 def _number(value: float | None) -> str:
@@ -163,6 +163,16 @@ def wide_csv(reports: list[dict]) -> bytes:
 CANVAS_IDENTITY = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
 
 
+@dataclass(frozen=True)
+class CanvasStudent:
+    """A student of the Canvas roster (read by ``autograder.classrun.course.read_canvas_roster``)."""
+    name: str
+    canvas_id: str = ""
+    sis_user_id: str = ""
+    sis_login_id: str = ""
+    section: str = ""
+
+
 def _simple(text: str) -> str:
     return re.sub(r"[\W_]+", "", text).lower()
 
@@ -183,14 +193,16 @@ def match_student(student: str, canvas_user_id: str | None, roster: list[CanvasS
     return None
 
 
-def canvas_csv(reports: list[dict], schedule: Schedule, roster: list[CanvasStudent] | None = None) -> bytes:
-    """The class's scores (after late penalties) as a CSV that Canvas's gradebook import reads."""
-    if roster is None and schedule.roster is not None:
-        roster = read_canvas_roster(schedule.roster)
+def canvas_csv(reports: list[dict], roster: list[CanvasStudent] | None, columns: dict[str, str]) -> bytes:
+    """The class's scores (after late penalties) as a CSV that Canvas's gradebook import reads.
+
+    ``roster``: the course's Canvas roster (None: none given, every student named by their folder);
+    ``columns``: assignment -> its Canvas column, where the course file names one.
+    """
     assignments, table = by_student(reports)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CANVAS_IDENTITY + [schedule.canvas_columns.get(a, a) for a in assignments])
+    writer.writerow(CANVAS_IDENTITY + [columns.get(a, a) for a in assignments])
     maxima = [max((float(row[a].get("max_score") or 0) for row in table.values() if a in row), default=0.0)
               for a in assignments]
     writer.writerow(["Points Possible", "", "", "", ""] + [_number(m) for m in maxima])
@@ -208,11 +220,10 @@ def canvas_csv(reports: list[dict], schedule: Schedule, roster: list[CanvasStude
     return out.getvalue().encode("utf-8")
 
 
-def unmatched_students(reports: list[dict], schedule: Schedule) -> list[str]:
+def unmatched_students(reports: list[dict], roster: list[CanvasStudent] | None) -> list[str]:
     """Students the Canvas roster does not know (empty without a roster)."""
-    if schedule.roster is None:
+    if roster is None:
         return []
-    roster = read_canvas_roster(schedule.roster)
     _, table = by_student(reports)
     missing = []
     for student, row in table.items():

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from autograder.api import EXCEPTION, FAILED, NOT_IMPLEMENTED, CheckFailure
+from autograder.grading.api import EXCEPTION, FAILED, NOT_IMPLEMENTED, CheckFailure, DependencyFailure
 
 SMALL = 24  # tensors with at most this many elements are printed whole
 ROW_ITEMS = 10  # at most this many entries of a row are shown around the wrong one
@@ -187,35 +187,42 @@ def blame(sub, *names: str) -> Iterator[None]:
     ``names`` are the student's own functions the checked code may call
     (MultiHeadAttention calls scaled_dot_product_attention). When the block
     fails and one of them, defined in the submission, fails its own public
-    check, the message names it as the cause instead of describing the symptom.
-    The status (and so the score) stays the block's own.
+    check, the message names it as the cause instead of describing the symptom,
+    and the failure is a :class:`DependencyFailure` listing every one that fails:
+    :func:`autograder.runner.run_check` runs the check again with the library's
+    reference in their place, so that one mistake costs its points once.
+    While that re-run is under way (``sub.substituting``) nothing is blamed.
     """
     try:
         yield
     except CheckFailure as failure:
-        if failure.status not in (FAILED, EXCEPTION, NOT_IMPLEMENTED):
+        if failure.status not in (FAILED, EXCEPTION, NOT_IMPLEMENTED) or getattr(sub, "substituting", False):
             raise
-        cause = _failing_dependency(sub, names)
-        if cause is None:
+        wrong = _failing_dependencies(sub, names)
+        if not wrong:
             raise
-        name, check_id, found = cause
-        raise CheckFailure(f"your `{name}` is the cause: fix it first; see its check ({check_id}). "
-                           f"What that check finds:\n" + textwrap.indent(found, "  | "), failure.status) from None
+        name, check_id, found, _ = wrong[0]
+        raise DependencyFailure(f"your `{name}` is the cause: fix it first; see its check ({check_id}). "
+                                f"What that check finds:\n" + textwrap.indent(found, "  | "), failure.status,
+                                wrong) from None
 
 
-def _failing_dependency(sub, names) -> tuple[str, str, str] | None:
-    from autograder.registry import load_checks
+def _failing_dependencies(sub, names) -> list[tuple[str, str, str, str]]:
+    """(name, its public check's id, what that check finds, its reference) for each of ``names`` that fails."""
+    from autograder.grading.registry import load_checks
 
     public = {c.target: c for c in load_checks(include_hidden=False) if c.id == f"{c.target}_public"}
+    wrong = []
     for name in names:
         if sub.describe(name).get("kind") == "missing" or name not in public:
             continue
+        entry = public[name]
         try:
-            public[name].function(sub)
+            entry.function(sub)
         except CheckFailure as found:
-            return name, public[name].id, found.message
+            wrong.append((name, entry.id, found.message, entry.reference))
         except Exception as error:  # noqa: BLE001 - a dependency that hangs or crashes the worker is the cause
             if type(error).__name__ != "WorkerError":
                 raise
-            return name, public[name].id, f"it did not finish ({error})"
-    return None
+            wrong.append((name, entry.id, f"it did not finish ({error})", entry.reference))
+    return wrong

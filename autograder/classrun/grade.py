@@ -59,11 +59,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from autograder.course import LatePolicy, Schedule, load_course, parse_instant, utc_text
-from autograder.registry import assignments, checks_for, checks_version, hidden_available
-from autograder.report import atomic_write, file_sha256, read_report, write_report
-from autograder.submissions import Found, Submission, UsageError, find_submissions, parse_time
-from autograder.sandbox import (PACKAGE_DIR, Limits, WorkerError, bwrap_works, close_spawners, describe,
+from autograder.classrun.course import LatePolicy, Schedule, load_course, parse_instant, read_canvas_roster, utc_text
+from autograder.grading.registry import assignments, checks_for, checks_version, hidden_available
+from autograder.grading.report import atomic_write, file_sha256, read_report, write_report
+from autograder.classrun.submissions import Found, Submission, UsageError, find_submissions, parse_time
+from autograder.sandbox.host import (PACKAGE_DIR, Limits, WorkerError, bwrap_works, close_spawners, describe,
                                remove_stale_folders, shares_a_zygote, spawner_for, stage_runtime, user_problem)
 
 
@@ -143,7 +143,7 @@ def _stop_sandbox(runtime: Path | None) -> None:
 
 
 def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limits, runtime: Path | None) -> int:
-    from autograder.runner import grade_notebook
+    from autograder.grading.runner import grade_notebook
 
     if isolation == "bwrap" and not bwrap_works():
         print("autograder: bubblewrap (bwrap) is not available, so submissions cannot be sandboxed. Install it "
@@ -190,7 +190,7 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
     skipped = sum(1 for s in submissions if s.path is not None) - len(todo)
     if todo:
         # What the instructor files need (matplotlib among it), imported while the zygote boots.
-        from autograder import feedback, similarity, summary  # noqa: F401
+        from autograder.outputs import feedback, similarity, summary  # noqa: F401
         try:  # from this thread, which outlives the run: the sandbox dies with the thread that started it
             if shares_a_zygote(isolation):
                 spawner_for(runtime, isolation, limits)
@@ -248,7 +248,7 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
     everything = class_reports(out, loaded)
     written = write_outputs(out, [with_notebook(r, plan.found) for _, r in everything], plan, args)
     if args.gradebook:
-        from autograder.gradebook import write_scores
+        from autograder.outputs.gradebook import write_scores
 
         written_scores = write_scores(args.gradebook, [(s, r) for s, r in ordered if s.student])
         if not args.quiet:
@@ -309,7 +309,7 @@ def _plan(args: argparse.Namespace) -> Plan:
                         found.warnings.append(f"{schedule.source}: the {kind} for {student!r} ({assignment}) "
                                               f"matches no student in the submissions{hint}")
     elif args.gradebook:
-        from autograder.gradebook import due_dates
+        from autograder.outputs.gradebook import due_dates
 
         schedule.due = due_dates(args.gradebook, names)
         schedule.source = "the gradebook"
@@ -318,7 +318,7 @@ def _plan(args: argparse.Namespace) -> Plan:
 
 
 def unchosen_report(submission: Submission) -> dict:
-    from autograder.runner import empty_report
+    from autograder.grading.runner import empty_report
 
     checks = checks_for(submission.assignment) if submission.assignment else []
     return empty_report(submission.label, submission.assignment,
@@ -454,7 +454,7 @@ def class_reports(out: Path, loaded: dict[Path, dict | None] | None = None) -> l
 def with_notebook(report: dict, found: Found) -> dict:
     """The report, with where its notebook lies for the similarity report (in memory only: a report
     itself names no path on the grader's disk, so it reads the same from any folder)."""
-    from autograder.report import report_key
+    from autograder.grading.report import report_key
 
     notebook = found.notebook_of(report["extra_data"].get("submission") or "")
     return {**report, "extra_data": {**report["extra_data"], "notebook": str(notebook) if notebook else None},
@@ -463,16 +463,17 @@ def with_notebook(report: dict, found: Found) -> dict:
 
 def write_outputs(out: Path, reports: list[dict], plan: Plan, args: argparse.Namespace) -> str:
     """The class tables and exports, and each student's feedback and autograded notebook."""
-    from autograder.exports import canvas_csv, long_csv, unmatched_students, wide_csv
+    from autograder.outputs.exports import canvas_csv, long_csv, unmatched_students, wide_csv
 
-    missing = unmatched_students(reports, plan.schedule)
+    roster = read_canvas_roster(plan.schedule.roster) if plan.schedule.roster is not None else None
+    missing = unmatched_students(reports, roster)
     if missing:
         print(f"autograder: warning: {len(missing)} student(s) are not in the Canvas roster "
               f"{plan.schedule.roster.name} ({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}): "
               "grades-canvas.csv names them by their folder (SIS Login ID)", file=sys.stderr)
     atomic_write(out / "grades.csv", long_csv(reports))
     atomic_write(out / "grades-wide.csv", wide_csv(reports))
-    atomic_write(out / "grades-canvas.csv", canvas_csv(reports, plan.schedule))
+    atomic_write(out / "grades-canvas.csv", canvas_csv(reports, roster, plan.schedule.canvas_columns))
     return write_instructor_files(out, reports, args.similarity_threshold, hide_hidden=args.hide_hidden_inputs,
                                   autograded=plan.autograded or out / "autograded")
 
@@ -481,11 +482,11 @@ def write_instructor_files(out: Path, reports: list[dict], threshold: float, hid
                            autograded: Path | None = None) -> str:
     """Feedback for each student, the class summary and similarity report per assignment, and the
     autograded notebooks; each file rewritten only when what it shows changed."""
-    from autograder.feedback import write_feedback
-    from autograder.nbgrader_out import write_autograded
-    from autograder.report import OutputCache
-    from autograder.similarity import write_similarity
-    from autograder.summary import write_summary
+    from autograder.outputs.feedback import write_feedback
+    from autograder.outputs.nbgrader_out import write_autograded
+    from autograder.grading.report import OutputCache
+    from autograder.outputs.similarity import write_similarity
+    from autograder.outputs.summary import write_summary
 
     cache = OutputCache(out)
     feedback_folder = out / "feedback"
