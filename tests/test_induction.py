@@ -106,8 +106,9 @@ def test_the_attention_only_model_is_tinygpt_without_its_feed_forward_branches()
         y = x.clone()
         y[:, -1] = (y[:, -1] + 1) % 256
         assert torch.allclose(model(x)[0][:, :-1], model(y)[0][:, :-1], atol=1e-6)
-    with pytest.raises(ValueError, match="feed_forward"):
-        GPTConfig(arch="llama", feed_forward=False)
+    llama = make_model(GPTConfig(arch="llama", d_model=32, n_heads=4, n_layers=2, d_ff=8, feed_forward=False))
+    assert all(isinstance(block.ffn, NoFeedForward) for block in llama.blocks)
+    assert not any("ffn" in name for name, _ in llama.named_parameters())
 
 
 def test_a_copying_head_scores_one():

@@ -58,8 +58,6 @@ class GPTConfig:
         if self.arch == "llama" and self.n_heads >= 1 and (self.d_model // self.n_heads) % 2 != 0:
             problems.append(f"RoPE rotates feature pairs: d_model / n_heads must be even, got "
                             f"{self.d_model // self.n_heads}")
-        if not self.feed_forward and self.arch != "gpt2":
-            problems.append("feed_forward=False is for arch='gpt2' (the attention-only TinyGPT)")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if problems:
@@ -241,12 +239,13 @@ def make_model(config: GPTConfig) -> TinyGPT | TinyLlama:
     embeddings, the causal attention, the final norm, the tied output layer,
     the initialisation of what remains) is TinyGPT's.
     """
-    if config.arch == "llama":
-        return TinyLlama(config)
-    model = TinyGPT(config)
+    model = TinyLlama(config) if config.arch == "llama" else TinyGPT(config)
     if not config.feed_forward:
         for block in model.blocks:
-            block.ln2, block.ffn = nn.Identity(), NoFeedForward()
+            if config.arch == "llama":
+                block.ffn_norm, block.ffn = nn.Identity(), NoFeedForward()
+            else:
+                block.ln2, block.ffn = nn.Identity(), NoFeedForward()
     return model
 
 
