@@ -32,6 +32,9 @@ class GPTConfig:
     # llama: pair i turns by rope_base^(-2i/d_k) per position; the slowest pair (i = d_k/2 - 1) turns
     # once in 2 pi * rope_base^((d_k - 2)/d_k) positions: about 19,900 for d_k = 16.
     rope_base: float = 10000.0
+    # Chapter 16. False: an attention-only model, each block's feed-forward branch switched off
+    # (make_model builds it; the blocks then add only attention to the residual stream).
+    feed_forward: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -220,9 +223,30 @@ def with_kv_cache(model: nn.Module) -> nn.Module:
     return TinyGPTWithCache(model) if isinstance(model, TinyGPT) else model
 
 
+class NoFeedForward(nn.Module):
+    """A block's feed-forward branch switched off: it adds nothing to the residual stream."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+
 def make_model(config: GPTConfig) -> TinyGPT | TinyLlama:
-    """The model config.arch names: TinyGPT for "gpt2", TinyLlama for "llama"."""
-    return TinyLlama(config) if config.arch == "llama" else TinyGPT(config)
+    """The model config.arch names: TinyGPT for "gpt2", TinyLlama for "llama".
+
+    With ``config.feed_forward`` False, the TinyGPT is attention-only: each
+    block's ``ffn`` becomes :class:`NoFeedForward` and its ``ln2`` an identity,
+    so ``x + attn(ln1(x))`` is all a block computes. Everything else (the
+    embeddings, the causal attention, the final norm, the tied output layer,
+    the initialisation of what remains) is TinyGPT's.
+    """
+    model = TinyLlama(config) if config.arch == "llama" else TinyGPT(config)
+    if not config.feed_forward:
+        for block in model.blocks:
+            if config.arch == "llama":
+                block.ffn_norm, block.ffn = nn.Identity(), NoFeedForward()
+            else:
+                block.ln2, block.ffn = nn.Identity(), NoFeedForward()
+    return model
 
 
 def modern_counterpart(config: GPTConfig, n_kv_heads: int) -> GPTConfig:
