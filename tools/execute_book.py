@@ -142,7 +142,9 @@ def execute(jobs: int, timeout: int = 400, log=print, cache_path: Path = CACHE,
             key = str(Path(path).relative_to(ROOT))
             if error is not None:
                 plain = re.sub(r"\x1b\[[0-9;]*m", "", error)  # the traceback's terminal colours
-                last = [line.strip() for line in plain.splitlines() if line.strip()][-1:]  # the exception itself
+                lines = [line.strip() for line in plain.splitlines() if re.search(r"\w", line)]
+                # the exception itself: a traceback's last line; a timeout's first (a preview of the cell follows it)
+                last = lines[:1] if plain.startswith("CellTimeoutError") else lines[-1:]
                 log(f"  [{n}/{len(todo)}] {key} failed after {seconds:.1f} s ({' / '.join(last)}); "
                     "the Sphinx build runs it again and reports it")
                 continue
