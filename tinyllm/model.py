@@ -32,8 +32,8 @@ class GPTConfig:
     # llama: pair i turns by rope_base^(-2i/d_k) per position; the slowest pair (i = d_k/2 - 1) turns
     # once in 2 pi * rope_base^((d_k - 2)/d_k) positions: about 19,900 for d_k = 16.
     rope_base: float = 10000.0
-    # Chapter 16. False: an attention-only model, each block's feed-forward branch switched off
-    # (make_model builds it; the blocks then add only attention to the residual stream).
+    # False: attention-only blocks, each feed-forward branch switched off by make_model (the
+    # models of tinyllm.induction); the blocks then add only attention to the residual stream.
     feed_forward: bool = True
 
     def __post_init__(self) -> None:
