@@ -95,7 +95,7 @@ def _execute(path: str, notebook, timeout: int, cache_path: Path = CACHE):
     return path, notebook, result.time, error
 
 
-def execute(jobs: int, timeout: int = 400, log=print, cache_path: Path = CACHE,
+def execute(jobs: int, timeout: int = 900, log=print, cache_path: Path = CACHE,
             order: str = "longest") -> dict[str, float]:
     """Execute every chapter that the cache lacks, ``jobs`` at a time; returns {chapter: seconds} of those run.
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="chapters executed at a time (default: the number of cores)")
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-    parser.add_argument("--timeout", type=int, default=config.get("execute", {}).get("timeout", 400),
+    parser.add_argument("--timeout", type=int, default=config.get("execute", {}).get("timeout", 900),
                         help="seconds a cell may run (default: _config.yml's execute.timeout)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
