@@ -43,7 +43,7 @@ PROBES = [
 ]
 
 
-@check("01_tokenization", "pre_split", points=2, book=SECTION)
+@check("01_tokenization", "pre_split", points=2, book=SECTION, reference="tinyllm.bpe:pre_split")
 def test_pre_split_public(sub):
     """pre_split cuts text into GPT-2's chunks: contractions, words with their space, numbers, symbols, whitespace."""
     split = function(sub, "pre_split")
@@ -63,7 +63,7 @@ def chunks_hint(got, chunks, vocab_size) -> str:
             "pair that occurs first), then merge the winner inside every chunk.")
 
 
-@check("01_tokenization", "train_bpe_chunks", points=2, book=SECTION)
+@check("01_tokenization", "train_bpe_chunks", points=1, book=SECTION)
 def test_train_bpe_chunks_public(sub):
     """train_bpe_chunks counts and merges pairs within chunks only; counts add up, ties go to the first."""
     train = function(sub, "train_bpe_chunks")
@@ -80,6 +80,12 @@ def test_train_bpe_chunks_public(sub):
             got = train(chunks, vocab_size)
             expect.equal(got, train_bpe_chunks(chunks, vocab_size), f"train_bpe_chunks({chunks!r}, {vocab_size})",
                          inputs=about, hint=chunks_hint(got, chunks, vocab_size))
+
+
+@check("01_tokenization", "train_bpe_chunks", points=1, book=SECTION)
+def test_train_bpe_chunks_errors_public(sub):
+    """train_bpe_chunks raises ValueError for a vocab_size below 256 (the error contract, checked apart)."""
+    train = function(sub, "train_bpe_chunks")
     expect.raises(lambda: train(["abc"], 255), ValueError, "train_bpe_chunks(chunks, vocab_size=255)")
 
 

@@ -23,9 +23,9 @@ def encoding(sub):
     return sub.function("sinusoidal_positional_encoding", ["seq_len", "d_model", "base"], forbid=GROUPS["positional"])
 
 
-@check("02_embeddings", "embedding_lookup", points=2, book=BOOK_EMBEDDING + "#from-ids-to-vectors")
+@check("02_embeddings", "embedding_lookup", points=1, book=BOOK_EMBEDDING + "#from-ids-to-vectors")
 def test_embedding_lookup_public(sub):
-    """embedding_lookup picks rows (= one-hot @ W) for ids of any shape and rejects bad ids."""
+    """embedding_lookup picks rows (= one-hot @ W) for ids of any shape."""
     embedding_lookup = lookup(sub)
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(10, 4, generator=g)
@@ -35,12 +35,19 @@ def test_embedding_lookup_public(sub):
     single = torch.tensor([7])
     expect.close(embedding_lookup(single, weight), F.one_hot(single, 10).float() @ weight,
                  "embedding_lookup(tensor([7]), weight)", hint="Row 7 of the weight matrix.")
+
+
+@check("02_embeddings", "embedding_lookup", points=1, book=BOOK_EMBEDDING + "#from-ids-to-vectors")
+def test_embedding_lookup_errors_public(sub):
+    """embedding_lookup raises IndexError for an id outside the vocabulary, -1 included (the error contract)."""
+    embedding_lookup = lookup(sub)
+    weight = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
     for bad in (10, -1):
         expect.raises(lambda: embedding_lookup(torch.tensor([0, bad]), weight), IndexError,
                       f"embedding_lookup with id {bad} for a vocabulary of 10")
 
 
-@check("02_embeddings", "sinusoidal_positional_encoding", points=2, book=BOOK_POSITIONS + "#the-sinusoidal-encoding")
+@check("02_embeddings", "sinusoidal_positional_encoding", points=1, book=BOOK_POSITIONS + "#the-sinusoidal-encoding")
 def test_sinusoidal_positional_encoding_public(sub):
     """sinusoidal_positional_encoding follows Vaswani et al.: sin at even, cos at odd features."""
     pe_fn = encoding(sub)
@@ -55,4 +62,10 @@ def test_sinusoidal_positional_encoding_public(sub):
                  hint="Without a dtype the table is in torch's default dtype (float32): convert the float64 angles back.")
     expect.close(pe_fn(0, 4), torch.zeros(0, 4), "sinusoidal_positional_encoding(0, 4)",
                  hint="No position: a (0, d_model) tensor.")
+
+
+@check("02_embeddings", "sinusoidal_positional_encoding", points=1, book=BOOK_POSITIONS + "#the-sinusoidal-encoding")
+def test_sinusoidal_positional_encoding_errors_public(sub):
+    """sinusoidal_positional_encoding raises ValueError for an odd d_model (the error contract, checked apart)."""
+    pe_fn = encoding(sub)
     expect.raises(lambda: pe_fn(4, 7), ValueError, "sinusoidal_positional_encoding(4, 7) (odd d_model)")

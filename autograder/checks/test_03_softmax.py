@@ -48,7 +48,8 @@ def test_softmax_public(sub):
 LARGE = torch.tensor([[1000.0, 1001.0, 1002.0], [-1000.0, -1002.0, -1001.0], [0.0, -200.0, 3.0]])
 
 
-@check("03_softmax", "logsumexp", points=1, book=BOOK + "#log-probabilities-log-sum-exp")
+@check("03_softmax", "logsumexp", points=1, book=BOOK + "#log-probabilities-log-sum-exp",
+       reference="tinyllm.softmax:logsumexp")
 def test_logsumexp_public(sub):
     """logsumexp(logits, dim) is log(sum(exp)) along dim, kept as size 1, without overflow."""
     logsumexp = sub.function("logsumexp", ["logits", "dim"], forbid=GROUPS["logsumexp"])
@@ -76,7 +77,8 @@ def test_logsumexp_public(sub):
                  masked, hint=hint)
 
 
-@check("03_softmax", "log_softmax", points=1, book=BOOK + "#log-probabilities-log-sum-exp")
+@check("03_softmax", "log_softmax", points=1, book=BOOK + "#log-probabilities-log-sum-exp",
+       reference="tinyllm.softmax:log_softmax")
 def test_log_softmax_public(sub):
     """log_softmax matches F.log_softmax, exactly where softmax underflows to 0."""
     log_softmax = sub.function("log_softmax", ["logits", "dim"], forbid=GROUPS["softmax"])
@@ -94,7 +96,8 @@ def test_log_softmax_public(sub):
         expect.close(got, F.log_softmax(LARGE, dim=-1), "log_softmax on large logits", LARGE, hint=hint)
 
 
-@check("03_softmax", "cross_entropy", points=2, book=BOOK + "#cross-entropy-computed-stably")
+@check("03_softmax", "cross_entropy", points=2, book=BOOK + "#cross-entropy-computed-stably",
+       reference="tinyllm.softmax:cross_entropy")
 def test_cross_entropy_public(sub):
     """cross_entropy matches F.cross_entropy (mean over positions), stably."""
     cross_entropy = sub.function("cross_entropy", ["logits", "targets"], forbid=GROUPS["cross_entropy"])

@@ -49,7 +49,8 @@ def unpack(result, what: str):
     return result
 
 
-@check("04_attention", "scaled_dot_product_attention", points=3, book=BOOK + "#scaled-dot-product-attention")
+@check("04_attention", "scaled_dot_product_attention", points=3, book=BOOK + "#scaled-dot-product-attention",
+       reference="tinyllm.attention:scaled_dot_product_attention")
 def test_scaled_dot_product_attention_public(sub):
     """attention matches F.scaled_dot_product_attention, scaled by sqrt(d_k), with an exact causal mask."""
     sdpa = attention(sub)
@@ -68,7 +69,7 @@ def test_scaled_dot_product_attention_public(sub):
     expect.close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), "the causal attention output")
 
 
-@check("04_attention", "MultiHeadAttention", points=3, book=BOOK + "#multi-head-attention")
+@check("04_attention", "MultiHeadAttention", points=2, book=BOOK + "#multi-head-attention")
 def test_MultiHeadAttention_public(sub):
     """MultiHeadAttention with copied weights matches nn.MultiheadAttention, causal or not."""
     MultiHeadAttention = mha_class(sub)
@@ -85,6 +86,12 @@ def test_MultiHeadAttention_public(sub):
             got = module(x)
             expect.close(got, expected.detach(), f"MultiHeadAttention({d_model}, {n_heads}, causal={causal})(x)",
                          x, hint=mha_hint(got, expected.detach(), causal))
+
+
+@check("04_attention", "MultiHeadAttention", points=1, book=BOOK + "#multi-head-attention")
+def test_MultiHeadAttention_errors_public(sub):
+    """MultiHeadAttention raises ValueError when d_model does not split into n_heads (the error contract)."""
+    MultiHeadAttention = mha_class(sub)
     expect.raises(lambda: MultiHeadAttention(10, 3), ValueError, "MultiHeadAttention(10, 3)")
 
 

@@ -41,7 +41,8 @@ def block_state(d_model: int, d_ff: int, seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
-@check("05_transformer_layer", "layer_norm", points=2, book=BOOK + "#layer-normalisation")
+@check("05_transformer_layer", "layer_norm", points=2, book=BOOK + "#layer-normalisation",
+       reference="tinyllm.layers:layer_norm")
 def test_layer_norm_public(sub):
     """layer_norm matches F.layer_norm (biased variance) on the last dimension."""
     layer_norm = norm_function(sub)
@@ -60,7 +61,8 @@ def test_layer_norm_public(sub):
     expect.close(normed.mean(-1), torch.zeros(2, 3), "the mean of each normalised vector", atol=1e-5)
 
 
-@check("05_transformer_layer", "FeedForward", points=1, book=BOOK + "#the-feed-forward-network")
+@check("05_transformer_layer", "FeedForward", points=1, book=BOOK + "#the-feed-forward-network",
+       reference="tinyllm.layers:FeedForward")
 def test_FeedForward_public(sub):
     """FeedForward is fc2(GELU(fc1(x))) with submodules fc1 and fc2."""
     FeedForward = sub.cls("FeedForward", ["d_model", "d_ff"])

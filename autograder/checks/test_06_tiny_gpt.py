@@ -48,7 +48,7 @@ def pair(result, what):
     return result
 
 
-@check("06_tiny_gpt", "TinyGPT", points=3, book=BOOK_MODEL + "#the-model")
+@check("06_tiny_gpt", "TinyGPT", points=2, book=BOOK_MODEL + "#the-model")
 def test_TinyGPT_public(sub):
     """TinyGPT with the reference weights gives the reference logits and cross-entropy loss."""
     cls = sub.cls("TinyGPT", ["config"])
@@ -70,6 +70,12 @@ def test_TinyGPT_public(sub):
     expect.close(logits, reference(full)[0].detach(), f"the logits of TinyGPT(config)(idx) for idx of the full "
                  f"context_length, {SMALL['context_length']} tokens", hint="A sequence as long as context_length "
                  "fits: only a longer one raises ValueError.")
+
+
+@check("06_tiny_gpt", "TinyGPT", points=1, book=BOOK_MODEL + "#the-model")
+def test_TinyGPT_errors_public(sub):
+    """TinyGPT raises ValueError for a sequence longer than context_length (the error contract, checked apart)."""
+    model = student_model(sub, sub.cls("TinyGPT", ["config"]), reference_model(seed=0))
     too_long = torch.zeros(1, SMALL["context_length"] + 1, dtype=torch.long)
     expect.raises(lambda: model(too_long), ValueError, "TinyGPT on a sequence longer than context_length")
 
@@ -140,7 +146,8 @@ def top_k_by_hand(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, INF)
 
 
-@check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p")
+@check("06_tiny_gpt", "top_k_filter", points=1, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p",
+       reference="tinyllm.sampling:top_k_filter")
 def test_top_k_filter_public(sub):
     """top_k_filter keeps the k largest logits per row (and ties with the k-th)."""
     top_k = sub.function("top_k_filter", ["logits", "k"], forbid=GROUPS["sampling"])
@@ -157,7 +164,8 @@ def test_top_k_filter_public(sub):
                  hint="Filter along the last dimension, V, whatever the shape (..., V).")
 
 
-@check("06_tiny_gpt", "top_p_filter", points=2, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p")
+@check("06_tiny_gpt", "top_p_filter", points=2, book=BOOK_DECODING + "#cutting-the-tail-top-k-and-top-p",
+       reference="tinyllm.sampling:top_p_filter")
 def test_top_p_filter_public(sub):
     """top_p_filter keeps the smallest most-likely set reaching p, including the token that crosses p."""
     top_p = sub.function("top_p_filter", ["logits", "p"], forbid=GROUPS["sampling"])
@@ -176,7 +184,8 @@ def test_top_p_filter_public(sub):
                  "float32 running sum rounds it to 1.0 (return the logits as they are when p >= 1).")
 
 
-@check("06_tiny_gpt", "sample_next_token", points=2, book=BOOK_DECODING + "#sampling-and-temperature")
+@check("06_tiny_gpt", "sample_next_token", points=2, book=BOOK_DECODING + "#sampling-and-temperature",
+       reference="tinyllm.sampling:sample_next_token")
 def test_sample_next_token_public(sub):
     """sample_next_token: greedy at temperature 0, seeded, respects top-k, follows the distribution."""
     sample = sub.function("sample_next_token", ["logits", "temperature", "top_k", "top_p", "generator"],

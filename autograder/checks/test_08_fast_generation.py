@@ -54,7 +54,7 @@ def cached_attention_by_torch(state, x, chunks, n_heads, n_kv_heads, rope_start=
     return outputs
 
 
-@check("08_fast_generation", "KVCache", points=1, book=BOOK + "#the-kv-cache")
+@check("08_fast_generation", "KVCache", points=1, book=BOOK + "#the-kv-cache", reference="tinyllm.attention:KVCache")
 def test_KVCache_public(sub):
     """KVCache.update appends along the time axis and returns everything stored; length counts the tokens."""
     KVCache = sub.cls("KVCache")
@@ -86,7 +86,7 @@ def test_KVCache_public(sub):
                      hint="length is the number of positions stored: the size of dim -2.")
 
 
-@check("08_fast_generation", "KVCache", points=3, book=BOOK + "#the-causal-mask-over-the-cache")
+@check("08_fast_generation", "KVCache", points=2, book=BOOK + "#the-causal-mask-over-the-cache")
 def test_KVCache_attention_public(sub):
     """GroupedQueryAttention fed in chunks through a cache gives the outputs of the whole sequence."""
     GQA = sub.cls("GroupedQueryAttention", ["d_model", "n_heads", "n_kv_heads"], forbid=GROUPS["grouped_query"])
@@ -133,10 +133,17 @@ def test_KVCache_attention_public(sub):
     expect.close(loaded(GQA, one, d_model, n_heads, 1)(x), cached_attention_by_torch(one, x, [(0, 10)], n_heads, 1)[0],
                  "GroupedQueryAttention(16, 4, 1)(x): one key/value head for all (multi-query attention)", x,
                  atol=1e-4, hint="n_kv_heads = 1 is allowed: every query head reads the one key/value head.")
+
+
+@check("08_fast_generation", "KVCache", points=1, book=BOOK + "#the-causal-mask-over-the-cache")
+def test_KVCache_attention_errors_public(sub):
+    """GroupedQueryAttention raises ValueError when n_heads is not a multiple of n_kv_heads (the error contract)."""
+    GQA = sub.cls("GroupedQueryAttention", ["d_model", "n_heads", "n_kv_heads"], forbid=GROUPS["grouped_query"])
     expect.raises(lambda: GQA(16, 4, 3), ValueError, "GroupedQueryAttention(16, 4, 3) (4 heads do not split into 3 groups)")
 
 
-@check("08_fast_generation", "causal_attention", points=2, book=BOOK + "#the-causal-mask-over-the-cache")
+@check("08_fast_generation", "causal_attention", points=2, book=BOOK + "#the-causal-mask-over-the-cache",
+       reference="tinyllm.attention:causal_attention")
 def test_causal_attention_public(sub):
     """causal_attention(q, k, v, start) matches F.scaled_dot_product_attention with the offset causal mask."""
     attend = sub.function("causal_attention", ["q", "k", "v", "start"], forbid=GROUPS["causal_attention"])
@@ -175,7 +182,7 @@ def generate_function(sub):
     return sub.function("generate_cached", ["model", "idx", "max_new_tokens"], forbid=GROUPS["decoding"])
 
 
-@check("08_fast_generation", "generate_cached", points=2, book=BOOK + "#cached-generation")
+@check("08_fast_generation", "generate_cached", points=1, book=BOOK + "#cached-generation")
 def test_generate_cached_public(sub):
     """generate_cached gives the ids of the uncached generate: greedy, and sampling with the same generator."""
     from tinyllm.sampling import generate
@@ -200,9 +207,6 @@ def test_generate_cached_public(sub):
                      f"generate_cached(model, idx, {width}, temperature=0) for a prompt of 2 tokens, filling the "
                      f"context of {SMALL['context_length']} exactly", fits,
                      hint="A prompt and new tokens that together fill context_length fit: only more is an error.")
-        expect.raises(lambda: generate_cached(model, fits, width + 1, temperature=0), ValueError,
-                      f"generate_cached(model, idx, {width + 1}) for a prompt of 2 tokens and a context of "
-                      f"{SMALL['context_length']} (one token too many for the cache)")
         repeat = torch.tensor([[7, 7, 9, 7]])
         expect.equal(generate_cached(model, repeat, 8, repetition_penalty=5.0, temperature=0),
                      generate(reference, repeat, 8, repetition_penalty=5.0, temperature=0),
@@ -210,6 +214,19 @@ def test_generate_cached_public(sub):
                      hint="Before choosing each token, pass the last position's logits through "
                      "apply_repetition_penalty(logits, idx, repetition_penalty) with all the ids so far: the "
                      "prompt and every token chosen before.")
+
+
+@check("08_fast_generation", "generate_cached", points=1, book=BOOK + "#cached-generation")
+def test_generate_cached_errors_public(sub):
+    """generate_cached raises ValueError when the prompt and the new tokens overflow context_length (the error
+    contract, checked apart from the values)."""
+    generate_cached = generate_function(sub)
+    model = library_model(sub, reference_model(seed=4))
+    fits = torch.tensor([[2, 3]])
+    width = SMALL["context_length"] - 2
+    expect.raises(lambda: generate_cached(model, fits, width + 1, temperature=0), ValueError,
+                  f"generate_cached(model, idx, {width + 1}) for a prompt of 2 tokens and a context of "
+                  f"{SMALL['context_length']} (one token too many for the cache)")
 
 
 @check("08_fast_generation", "generate_cached", points=2, book=BOOK + "#cached-generation")

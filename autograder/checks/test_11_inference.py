@@ -320,7 +320,8 @@ def check_distribution(counts: dict, p: torch.Tensor, q: torch.Tensor, what: str
     raise CheckFailure(f"{what}: in {n} calls, {found}.\n  p = {p.tolist()}\n  q = {q.tolist()}\n  {hint}")
 
 
-@check("11_inference", "speculative_accept", points=2, book=BOOK + "#the-accept-reject-rule")
+@check("11_inference", "speculative_accept", points=2, book=BOOK + "#the-accept-reject-rule",
+       reference="tinyllm.speculative:speculative_accept")
 def test_speculative_accept_public(sub):
     """speculative_accept on cases whose outcome is certain: all accepted, always rejected, always accepted."""
     fn = accept_function(sub)

@@ -75,7 +75,8 @@ def attention_hint(got, q, k, v, padding) -> str:
     return hint
 
 
-@check("12_encoders", "bidirectional_attention", points=3, book=BOOK + "#attention-without-the-causal-mask")
+@check("12_encoders", "bidirectional_attention", points=3, book=BOOK + "#attention-without-the-causal-mask",
+       reference="tinyllm.attention:bidirectional_attention")
 def test_bidirectional_attention_public(sub):
     """bidirectional_attention matches F.scaled_dot_product_attention with a key padding mask, and no causal mask."""
     attend = attention_function(sub)

@@ -170,11 +170,17 @@ def true(condition: bool, message: str) -> None:
 
 
 def raises(call, exception: type[BaseException], what: str) -> None:
-    """``call()`` must raise ``exception`` (in the student's code)."""
+    """``call()`` must raise ``exception`` (in the student's code).
+
+    A function not written yet (NotImplementedError) or one that uses what it may not is reported as
+    such, as a value check would: only another exception is the wrong one.
+    """
     try:
         call()
     except CheckFailure as failure:
-        if failure.status == "exception" and exception.__name__ in failure.message:
+        if failure.status != "exception":
+            raise
+        if exception.__name__ in failure.message:
             return
         raise CheckFailure(f"{what} should raise {exception.__name__}, but: {failure.message}") from None
     raise CheckFailure(f"{what} should raise {exception.__name__}, but it returned normally.")

@@ -196,7 +196,8 @@ def run_check(check: Check, submission: api.Submission) -> tuple[str, str]:
 
 
 def _with_references(check: Check, submission: api.Submission, failure: api.DependencyFailure) -> tuple[str, str]:
-    references = {name: reference for name, _, _, reference in failure.wrong if reference}
+    # Never the check's own target: a check of KVCache that finds KVCache wrong charges KVCache, as it should.
+    references = {name: reference for name, _, _, reference in failure.wrong if reference and name != check.target}
     if not references or submission.substituting:
         return failure.status, failure.message
     try:

@@ -55,13 +55,14 @@ def test_sample_next_token_hidden(sub):
                           forbid=GROUPS["sampling"])
     g = torch.Generator().manual_seed(test_sample_next_token_hidden.autograder_check.seed)
     logits = torch.randn(2, 3, 20, generator=g) * 3
-    ids = sample(logits, temperature=0.7, top_k=5, top_p=0.8, generator=torch.Generator().manual_seed(1))
-    expect.true(isinstance(ids, torch.Tensor) and tuple(ids.shape) == (2, 3),
-                f"on logits of shape (2, 3, 20) sample_next_token should return ids of shape (2, 3); got "
-                f"{expect.describe_tensor(ids)}.")
-    allowed = reference_top_p(reference_top_k(logits / 0.7, 5), 0.8).isfinite()
-    picked = allowed.gather(-1, ids.long().clamp(0, 19).unsqueeze(-1)).squeeze(-1)
-    expect.true(bool(picked.all()), "sample_next_token drew an id that top-k / top-p should have removed.")
+    with expect.blame(sub, "top_k_filter", "top_p_filter"):  # a wrong filter costs its own checks' points
+        ids = sample(logits, temperature=0.7, top_k=5, top_p=0.8, generator=torch.Generator().manual_seed(1))
+        expect.true(isinstance(ids, torch.Tensor) and tuple(ids.shape) == (2, 3),
+                    f"on logits of shape (2, 3, 20) sample_next_token should return ids of shape (2, 3); got "
+                    f"{expect.describe_tensor(ids)}.")
+        allowed = reference_top_p(reference_top_k(logits / 0.7, 5), 0.8).isfinite()
+        picked = allowed.gather(-1, ids.long().clamp(0, 19).unsqueeze(-1)).squeeze(-1)
+        expect.true(bool(picked.all()), "sample_next_token drew an id that top-k / top-p should have removed.")
     cold = sample(logits, temperature=0.01, generator=torch.Generator().manual_seed(2))
     expect.equal(cold, logits.argmax(-1), "sample_next_token at temperature 0.01", hint="A low temperature "
                  "sharpens the distribution towards the argmax.")
