@@ -113,6 +113,7 @@ def test_hostile_case_gets_exactly_its_report(case, hostile_run):
     assert report["extra_data"]["assignment"] == "03_softmax"
 
 
+@pytest.mark.alone  # lists every process of the machine: no other test file may grade beside it
 @pytest.mark.slow
 def test_hostile_cases_change_no_other_report_and_leave_nothing_behind(hostile_run):
     graded = reports(hostile_run["out"])
@@ -135,6 +136,7 @@ FALLBACK_CASES = ["loops_forever_ignoring_sigalrm", "calls_os_exit_in_softmax", 
                   "uses_the_network", "fills_the_disk", "reads_the_environment_secrets", "cheats_patched_comparisons"]
 
 
+@pytest.mark.alone  # lists every process of the machine: no other test file may grade beside it
 @pytest.mark.slow
 def test_one_sandbox_per_worker_where_namespaces_cannot_nest(tmp_path):
     cases = [case for case in hostile.CASES if case.name in FALLBACK_CASES]
@@ -188,6 +190,7 @@ def make_class(folder: Path, count: int) -> None:
         target.write_text(json.dumps(notebook))
 
 
+@pytest.mark.alone  # lists every process of the machine: no other test file may grade beside it
 @pytest.mark.slow
 def test_sigkill_at_random_points_loses_nothing(tmp_path):
     submitted = tmp_path / "submitted"

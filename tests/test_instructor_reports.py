@@ -256,7 +256,7 @@ def test_starter_code_alone_is_not_compared(sim_class):
 
 def test_similarity_is_the_same_in_every_process(sim_class):
     """Hashes are BLAKE2b, not Python's salted hash(): other PYTHONHASHSEEDs give the same scores."""
-    script = ("import json, sys; from pathlib import Path; from autograder import similarity as s;"
+    script = ("import json, sys; from pathlib import Path; from autograder.outputs import similarity as s;"
               "e = sorted((n, Path(p)) for n, p in json.loads(sys.argv[1]).items());"
               "print(json.dumps([(p.a, p.b, p.score) for p in s.find_similar(e, '03_softmax', threshold=0)]))")
     entries = json.dumps({n: str(p) for n, p in sim_class.items()})
