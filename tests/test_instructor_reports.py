@@ -579,6 +579,21 @@ def test_summary_page_shows_the_same_numbers(graded, tmp_path):
     assert len(p.imgs) == 2
     for img in p.imgs:
         assert img["src"].startswith("data:image/svg+xml;base64,") and len(img["alt"]) > 40
+    # Each figure is well-formed SVG with one bar per row of its table, each as long as its number says.
+    import base64
+    import xml.etree.ElementTree as ET
+
+    scores_svg, rates_svg = (ET.fromstring(base64.b64decode(img["src"].split(",", 1)[1])) for img in p.imgs)
+    svg = "{http://www.w3.org/2000/svg}"
+    bars = [r for r in scores_svg.iter(f"{svg}rect") if r.get("width") != "100%"]
+    assert len(bars) == len(s["distribution"])
+    heights = [float(b.get("height")) for b in bars]
+    busiest = max(range(len(bars)), key=lambda i: s["distribution"][i]["count"])
+    assert all(h <= heights[busiest] for h in heights)
+    rates = [float(r.get("width")) for r in rates_svg.iter(f"{svg}rect") if r.get("width") != "100%"]
+    assert len(rates) == len(s["checks"])
+    full = max(rates) / max(c["pass_rate"] for c in s["checks"])
+    assert rates == pytest.approx([full * c["pass_rate"] for c in s["checks"]], abs=0.1)
     assert "&lt;script&gt;" in text  # the student's message, escaped, among the common failures
     assert summary.summary_html(s) == text  # the same reports give the same page
 
