@@ -16,8 +16,9 @@ from tinyllm.bpe import END_OF_TEXT, BPETokenizer
 from tinyllm.data import document_sequences, read_corpus, split_corpus, split_documents, token_stream
 from tinyllm.model import GPTConfig
 from tinyllm.ngram import NGramLM
-from tinyllm.train import (IGNORE, DocumentSampler, Trainer, TrainConfig, build_model, evaluate_documents,
-                           load_checkpoint, pad_sequences, sequence_loss)
+from tinyllm.batches import IGNORE, DocumentSampler, pad_sequences, sequence_loss
+from tinyllm.evaluation import evaluate_documents
+from tinyllm.train import TrainConfig, Trainer, build_model, load_checkpoint
 
 DOCS = ["Q: What is a cat?\nA: A small animal.", "Q: What is a dog?\nA: A loyal animal.",
         "Q: What is a cow?\nA: A big animal that gives milk.", "Q: What is a hen?\nA: A bird that lays eggs."]

@@ -179,7 +179,7 @@ def test_evaluate_reports_the_model_and_the_baselines(trained, small_corpus, cap
         assert 0 < s["bits_per_byte"] < 8
     # Same checkpoint, same numbers as the library computes directly: each test document from position 0.
     from tinyllm.data import document_sequences, split_corpus
-    from tinyllm.train import evaluate_documents
+    from tinyllm.evaluation import evaluate_documents
 
     ckpt = load_checkpoint(trained)
     test_docs = split_documents(split_corpus(small_corpus.read_text()).test)

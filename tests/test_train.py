@@ -6,18 +6,9 @@ import pytest
 import torch
 
 from tinyllm.model import GPTConfig
-from tinyllm.train import (
-    BatchSampler,
-    Trainer,
-    TrainConfig,
-    build_model,
-    evaluate,
-    load_checkpoint,
-    lr_at,
-    param_groups,
-    save_checkpoint,
-    windows,
-)
+from tinyllm.batches import BatchSampler, windows
+from tinyllm.evaluation import evaluate
+from tinyllm.train import TrainConfig, Trainer, build_model, load_checkpoint, lr_at, param_groups, save_checkpoint
 
 TINY = GPTConfig(vocab_size=260, context_length=8, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.1)
 
@@ -110,7 +101,7 @@ def test_callback_sees_steps_and_evaluations_and_can_stop():
 
 def test_throughput_counts_the_tokens_predicted_and_the_padded_positions_apart():
     """Documents of different lengths: a batch is padded to its longest, padding is computed, never scored."""
-    from tinyllm.train import DocumentSampler
+    from tinyllm.batches import DocumentSampler
 
     g = torch.Generator().manual_seed(0)
     documents = [[256] + torch.randint(0, 256, (int(n),), generator=g).tolist() + [256]

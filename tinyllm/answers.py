@@ -220,7 +220,7 @@ def exact_by_teacher_forcing(model: nn.Module, tokenizer, documents: list[str], 
     each whole trained sequence (padded at the end, which a causal model
     never sees) decides it.
     """
-    from tinyllm.train import pad_sequences
+    from tinyllm.batches import pad_sequences
 
     T = model.config.context_length
     device = next(model.parameters()).device

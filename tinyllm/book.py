@@ -307,8 +307,9 @@ def short_training_run(steps: int, warmup_steps: int, grad_clip: float, weight_d
     from tinyllm.data import read_corpus, training_data
     from tinyllm.model import GPTConfig
     from tinyllm.optim import AdamW, clip_grad_norm, cosine_lr
-    from tinyllm.train import (DocumentSampler, TrainConfig, build_model, evaluate_documents, param_groups,
-                               sequence_loss)
+    from tinyllm.batches import DocumentSampler, sequence_loss
+    from tinyllm.evaluation import evaluate_documents
+    from tinyllm.train import TrainConfig, build_model, param_groups
 
     config, defaults = GPTConfig(), TrainConfig()
     _, data = training_data(read_corpus(), config.vocab_size, config.context_length)

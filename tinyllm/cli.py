@@ -2,7 +2,8 @@
 
 The command line is a thin shell over the library the book shows: the
 tokenizer of chapter 2 (``tinyllm.bpe``), the model of chapter 8
-(``tinyllm.model``), its training loop and checkpoints (``tinyllm.train``) and
+(``tinyllm.model``), its training loop and checkpoints (``tinyllm.train``, with
+``tinyllm.batches`` and ``tinyllm.evaluation``) and
 the samplers of chapter 9 (``tinyllm.sampling``). Defaults are the book's
 small model, so ``tiny-llm train`` reproduces chapter 8's run.
 
@@ -39,8 +40,8 @@ from tinyllm.posttrain import (ChatTokenizer, FineTuneConfig, FineTuner, grow_vo
 from tinyllm.quantize import BITS, load_quantized, quantize_model, save_quantized
 from tinyllm.sampling import CallRecorder, generate, generate_cached
 from tinyllm.speculative import speculative_generate
-from tinyllm.train import (SAMPLES, Checkpoint, Trainer, TrainConfig, bits_per_byte, build_model, cpu_threads,
-                           evaluate, evaluate_documents, load_checkpoint)
+from tinyllm.evaluation import bits_per_byte, evaluate, evaluate_documents
+from tinyllm.train import SAMPLES, Checkpoint, TrainConfig, Trainer, build_model, cpu_threads, load_checkpoint
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -35,7 +35,7 @@ from tinyllm.embedding import Embedding
 from tinyllm.layers import DecoderBlock, EncoderBlock, LayerNorm
 from tinyllm.model import GPTConfig, TinyGPT
 from tinyllm.softmax import cross_entropy
-from tinyllm.train import IGNORE, sequence_loss
+from tinyllm.batches import IGNORE, sequence_loss
 
 NOT_MASKED = -100  # the label of a position the masked LM does not score (PyTorch's ignore_index, BERT's code)
 
@@ -346,7 +346,7 @@ def pair_score(model: nn.Module, pairs: list[tuple[list[int], list[int]]], token
 @torch.no_grad()
 def answer_loss(decoder: nn.Module, pairs: list[tuple[list[int], list[int]]], end_of_text: int) -> float:
     """Mean loss (nats per token) of a decoder-only model on the same targets, read after end-of-text and the source."""
-    from tinyllm.train import pad_sequences
+    from tinyllm.batches import pad_sequences
 
     was_training = decoder.training
     decoder.eval()

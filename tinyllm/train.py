@@ -1,4 +1,6 @@
-"""Training a TinyGPT: batches, the learning-rate schedule, the loop, evaluation, checkpoints (chapter 8).
+"""Training a TinyGPT: the configuration, the learning-rate schedule, the loop and its checkpoints (chapter 8).
+
+The samples it trains on are ``tinyllm.batches``; what it measures is ``tinyllm.evaluation``.
 
 This is the one training implementation of the project: the book's chapter 8
 calls it, and so does the ``tiny-llm`` command line. Everything that decides
@@ -27,11 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tinyllm.batches import IGNORE, BatchSampler, DocumentSampler, sequence_loss
 from tinyllm.embedding import Embedding
+from tinyllm.evaluation import evaluate, evaluate_documents
 from tinyllm.layers import LayerNorm
 from tinyllm.model import GPTConfig, TinyGPT, make_model
 from tinyllm.optim import AdamW, clip_grad_norm, cosine_lr
-from tinyllm.softmax import cross_entropy
 
 CHECKPOINT_FORMAT = "tinyllm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -50,7 +53,6 @@ class _Saved:
 
 
 SAMPLES = ("documents", "windows")  # the two ways to cut training samples, see TrainConfig.samples
-IGNORE = -1  # a target that is not scored: the padding after a document's end
 
 
 @dataclass
@@ -113,99 +115,6 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-# --------------------------------------------------------------------------- data
-
-
-def windows(ids: Tensor | list[int], context_length: int) -> tuple[Tensor, Tensor]:
-    """Every training window of a token sequence: x (N, T) and y (N, T), y shifted by one.
-
-    Window i is x = ids[i : i+T], y = ids[i+1 : i+T+1], for every start i, so
-    N = len(ids) - T. Both are views (``unfold``), not copies: no memory is
-    spent on the T-fold overlap.
-    """
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    if ids.dim() != 1 or ids.numel() < context_length + 1:
-        raise ValueError(
-            f"need a 1-D sequence of at least context_length + 1 = {context_length + 1} ids, "
-            f"got shape {tuple(ids.shape)}"
-        )
-    x = ids[:-1].unfold(0, context_length, 1)  # (N, T)
-    y = ids[1:].unfold(0, context_length, 1)  # (N, T)
-    return x, y
-
-
-class BatchSampler:
-    """Random training windows, drawn with a private, seeded ``torch.Generator``.
-
-    Each batch picks ``batch_size`` start positions uniformly (with
-    replacement). The generator's state is all there is to the sampler's
-    position, so saving it and restoring it continues the same stream.
-    """
-
-    def __init__(self, ids: Tensor | list[int], context_length: int, batch_size: int, seed: int):
-        self.x, self.y = windows(ids, context_length)
-        self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def next_batch(self) -> tuple[Tensor, Tensor]:
-        starts = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)  # (B,)
-        return self.x[starts], self.y[starts]  # (B, T), (B, T)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-
-class DocumentSampler:
-    """Random training documents, each a sample of its own that starts at position 0.
-
-    ``sequences`` are whole documents as ids (``tinyllm.data.document_sequences``:
-    end-of-text, the document, end-of-text). A batch draws ``batch_size`` of
-    them uniformly (with replacement, from a private seeded generator) and pads
-    them to the longest: x with end-of-text ids, y with ``IGNORE``, so padding
-    is never a target. Every token is therefore learned at the position it has
-    in its own document, after that document's own tokens and nothing else.
-    """
-
-    def __init__(self, sequences: list[list[int]], batch_size: int, seed: int):
-        if not sequences or min(len(seq) for seq in sequences) < 2:
-            raise ValueError("need at least one sequence, each of at least 2 ids")
-        self.sequences = [torch.as_tensor(seq, dtype=torch.long) for seq in sequences]
-        self.pad_id = int(self.sequences[0][0])  # the end-of-text id that opens every sequence
-        self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def next_batch(self) -> tuple[Tensor, Tensor]:
-        picks = torch.randint(len(self.sequences), (self.batch_size,), generator=self.generator).tolist()
-        return pad_sequences([self.sequences[i] for i in picks], self.pad_id)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-
-def pad_sequences(sequences: list[Tensor | list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Inputs x (B, L) and targets y (B, L) for sequences of up to L + 1 ids; y is IGNORE on padding."""
-    L = max(len(seq) for seq in sequences) - 1
-    x = torch.full((len(sequences), L), pad_id, dtype=torch.long)
-    y = torch.full((len(sequences), L), IGNORE, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        seq = torch.as_tensor(seq, dtype=torch.long)
-        x[row, : len(seq) - 1] = seq[:-1]
-        y[row, : len(seq) - 1] = seq[1:]
-    return x, y
-
-
-def sequence_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy over the targets that are not IGNORE: logits (B, T, V), targets (B, T)."""
-    scored = targets != IGNORE  # (B, T)
-    return cross_entropy(logits[scored], targets[scored])  # (N, V) and (N,): the scored positions
 
 
 # --------------------------------------------------------------------------- schedule
@@ -281,81 +190,6 @@ def build_model(config: GPTConfig, seed: int) -> TinyGPT:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return make_model(config)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, ids: Tensor | list[int], context_length: int, batch_size: int = 64) -> float:
-    """Mean cross-entropy (nats per token) of ``model`` on every token of ``ids`` after the first.
-
-    The sequence is cut into non-overlapping windows of ``context_length``
-    (the last one shorter), so each of the len(ids) - 1 targets is predicted
-    exactly once, as the n-gram baselines' ``nll`` does. It is cheap (one
-    forward position per token) and slightly pessimistic: the first tokens of
-    each window see little context, where a sliding window would give every
-    token a full context at T times the cost.
-    """
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    if ids.numel() < 2:
-        raise ValueError("need at least two ids to predict one")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    T = context_length
-    n_full = (ids.numel() - 1) // T
-    x_full = ids[: n_full * T].view(n_full, T)  # (n_full, T)
-    y_full = ids[1 : n_full * T + 1].view(n_full, T)
-    chunks = [(x_full[i : i + batch_size], y_full[i : i + batch_size]) for i in range(0, n_full, batch_size)]
-    rest = ids.numel() - 1 - n_full * T
-    if rest:  # the tail: a last, shorter window
-        chunks.append((ids[n_full * T : -1].view(1, rest), ids[n_full * T + 1 :].view(1, rest)))
-    total = 0.0
-    for x, y in chunks:
-        _, loss = model(x.to(device), y.to(device))  # mean over x.numel() targets
-        total += loss.item() * y.numel()
-    model.train(was_training)
-    return total / (ids.numel() - 1)
-
-
-@torch.no_grad()
-def evaluate_documents(model: nn.Module, sequences: list[list[int]], batch_size: int = 64) -> float:
-    """Mean cross-entropy (nats per token) of ``model`` on document sequences, read as it was trained.
-
-    Each sequence is scored from its own position 0, every id after its
-    first predicted once: for whole documents, exactly the ids after the
-    first of ``tinyllm.data.token_stream(sequences)``, which the counting
-    baselines score.
-    """
-    if not sequences or min(len(seq) for seq in sequences) < 2:
-        raise ValueError("need at least one sequence of at least two ids")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(sequences), batch_size):
-        x, y = pad_sequences(sequences[start : start + batch_size], int(sequences[start][0]))
-        logits, _ = model(x.to(device))
-        n = int((y != IGNORE).sum())
-        total += sequence_loss(logits, y.to(device)).item() * n
-        count += n
-    model.train(was_training)
-    return total / count
-
-
-def bits_per_byte(nll_per_token: float, ids: list[int], token_bytes: Callable[[int], bytes]) -> float:
-    """Convert a mean loss over ``ids[1:]`` (nats per token) to bits per byte of the text predicted.
-
-    The total cost, nll * (len(ids) - 1) nats, divided by ln 2 and by the
-    number of bytes the predicted tokens spell. Unlike perplexity per token,
-    this does not depend on the tokenizer, so models with different
-    vocabularies (or a byte-level one) can be compared.
-    """
-    n_bytes = sum(len(token_bytes(t)) for t in ids[1:])
-    if n_bytes == 0:
-        raise ValueError("need at least two ids to predict one")
-    return nll_per_token * (len(ids) - 1) / (n_bytes * math.log(2))
 
 
 # --------------------------------------------------------------------------- the loop

@@ -31,7 +31,8 @@ CELL_FILENAME = "<cell {}>"
 ORACLE_MODULES = ["tinyllm.attention", "tinyllm.bpe", "tinyllm.data", "tinyllm.embedding", "tinyllm.encoder",
                   "tinyllm.layers", "tinyllm.model",
                   "tinyllm.ngram", "tinyllm.optim", "tinyllm.positional", "tinyllm.posttrain", "tinyllm.quantize",
-                  "tinyllm.sampling", "tinyllm.softmax", "tinyllm.speculative", "tinyllm.train"]
+                  "tinyllm.sampling", "tinyllm.softmax", "tinyllm.speculative", "tinyllm.train", "tinyllm.batches",
+                  "tinyllm.evaluation"]
 
 
 class OverTime(BaseException):
