@@ -199,8 +199,8 @@ def bar_chart(values: list[float], labels: list[str], title: str, value_label: s
         out.append(_text(left + span / 2, height - 10, value_label))
     else:
         left, top_margin, bar = 56, 34, max(18, min(48, 480 // n))
-        rotate = n > 10  # long tick labels, slanted so they do not collide
         longest = max((len(label) for label in labels), default=0)
+        rotate = n > 10 or 5.5 * longest > bar  # labels wider than a bar, slanted so they do not collide
         bottom = 44 + (int(3.8 * longest) if rotate else 0)
         width = left + bar * n + 20
         height = top_margin + 200 + bottom
@@ -219,6 +219,7 @@ def bar_chart(values: list[float], labels: list[str], title: str, value_label: s
                              extra=f'transform="rotate(-45 {cx:.1f} {base + 14:.1f})"' if rotate else ""))
         out.append(_text(left + bar * n / 2, height - 6, category_label))
         out.append(_text(14, base - 100, value_label, extra=f'transform="rotate(-90 14 {base - 100})"'))
+    width = max(width, 7.5 * len(title) + 20)  # a class with few distinct scores draws few bars; keep the title whole
     out.append(_text(width / 2, 20, title, size=13))
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
             f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="DejaVu Sans, Arial, sans-serif">'
