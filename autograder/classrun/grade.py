@@ -189,7 +189,7 @@ def _grade(args: argparse.Namespace, plan: "Plan", isolation: str, limits: Limit
             todo.append(submission)
     skipped = sum(1 for s in submissions if s.path is not None) - len(todo)
     if todo:
-        # What the instructor files need (matplotlib among it), imported while the zygote boots.
+        # What the instructor files need, imported while the zygote boots.
         from autograder.outputs import feedback, similarity, summary  # noqa: F401
         try:  # from this thread, which outlives the run: the sandbox dies with the thread that started it
             if shares_a_zygote(isolation):
