@@ -129,3 +129,34 @@ def test_a_copying_head_scores_one():
         model.tok_emb.weight[:16] = 0.0
         model.tok_emb.weight[:16, :d_k] = torch.eye(16, d_k) * 3 - 1.0 / d_k  # distinct tokens in the head's features
     assert copying_score(model, 0, 0, 8) == 1.0
+
+
+def test_the_chapters_model_has_an_output_layer_of_its_own_unless_tied():
+    from dataclasses import replace
+
+    from tinyllm.induction import InductionTask, attention_only_model
+
+    task = replace(InductionTask(), d_model=16, n_heads=2, length=8)
+    untied = attention_only_model(task, 2, seed=0)
+    assert untied.lm_head.weight is not untied.tok_emb.weight
+    assert not torch.equal(untied.lm_head.weight, untied.tok_emb.weight)
+    assert untied.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)  # drawn as TinyGPT draws weights
+    tied = attention_only_model(replace(task, tied=True), 2, seed=0)
+    assert tied.lm_head.weight is tied.tok_emb.weight
+    assert untied.num_parameters() == tied.num_parameters() + 256 * 16  # the second table counts
+    again = attention_only_model(task, 2, seed=0)  # the same seed gives the same model
+    assert all(torch.equal(a, b) for a, b in zip(untied.state_dict().values(), again.state_dict().values()))
+
+
+def test_the_previous_token_score_reads_the_subdiagonal():
+    from tinyllm.induction import previous_token_score
+
+    T = 6
+    previous = torch.zeros(T, T)
+    previous[0, 0] = 1.0
+    previous[torch.arange(1, T), torch.arange(T - 1)] = 1.0  # every query on the key before it
+    uniform = torch.ones(T, T).tril() / torch.arange(1, T + 1)[:, None]
+    weights = torch.stack([previous, uniform])[None]  # (1, 2, T, T)
+    score = previous_token_score(weights)
+    assert score[0].item() == pytest.approx(1.0)
+    assert score[1].item() == pytest.approx(sum(1 / (i + 1) for i in range(1, T)) / (T - 1))
