@@ -186,7 +186,7 @@ class InductionTask:
     (:func:`attention_only_model`): measured over three seeds at these sizes,
     the two-layer model with the tied table formed no induction head in 600
     steps, and with its own output layer formed one in every seed, its loss
-    on the repeats falling suddenly after about 250 steps (chapter 16 asserts
+    on the repeats falling suddenly after about 250 steps (chapter 16 measures
     both). The period varies because with a fixed one a head could find the
     earlier copy by position alone.
     """
@@ -247,7 +247,8 @@ def induction_run(n_layers: int, task: InductionTask | None = None, seed: int = 
     held-out batch is recorded. At the end: each head's prefix-matching
     score, the best head (by that score) with its copying score and its
     attention on one held-out sequence, each head's previous-token score, the
-    loss at every position of the held-out batch and the in-context score. A run for :func:`tinyllm.book.compare_runs`.
+    loss at every position of the held-out batch and the in-context score.
+    A run for :func:`tinyllm.book.compare_runs`.
     """
     from tinyllm.optim import AdamW, cosine_lr
     from tinyllm.train import param_groups
