@@ -300,17 +300,25 @@ def test_every_see_link_goes_to_a_section_that_exists():
 
 def test_every_public_check_answers_within_a_second():
     """CPU seconds of this process (the checks run in it): what a student waits for on a quiet machine,
-    whatever else the test machine runs beside this test."""
+    whatever else the test machine runs beside this test.
+
+    CPU time still grows when the cores are shared (caches, the other hyperthread): a CI run beside the
+    other test process measured 1.03 s for a check whose median is 0.72 s on a quiet machine (bench_checks).
+    So a check over the limit runs twice more and keeps its fastest time, as ``timeit`` does; a check that
+    is slow every time still fails.
+    """
     slow = []
     for assignment in assignments():
         names = namespace(assignment)
         for entry in checks_for(assignment, include_hidden=False):
-            start = time.process_time()
-            status, _ = autograder.run_one(entry, LocalSubmission(names), names, 10.0)
-            seconds = time.process_time() - start
-            assert status == "passed", entry.id
-            if seconds >= 1.0:
-                slow.append(f"{entry.id}: {seconds:.2f} s")
+            times = []
+            while len(times) < 3 and (not times or min(times) >= 1.0):
+                start = time.process_time()
+                status, _ = autograder.run_one(entry, LocalSubmission(names), names, 10.0)
+                times.append(time.process_time() - start)
+                assert status == "passed", entry.id
+            if min(times) >= 1.0:
+                slow.append(f"{entry.id}: {', '.join(f'{t:.2f}' for t in times)} s")
     assert not slow, slow
 
 
