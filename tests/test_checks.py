@@ -298,6 +298,7 @@ def test_every_see_link_goes_to_a_section_that_exists():
             assert f'id="{anchor}"' in built.read_text(encoding="utf-8"), f"{entry.id}: no #{anchor} in {page}"
 
 
+@pytest.mark.alone  # reads CPU time, which grows when the other test process shares the cores
 def test_every_public_check_answers_within_a_second():
     """CPU seconds of this process (the checks run in it): what a student waits for on a quiet machine,
     whatever else the test machine runs beside this test.
