@@ -307,3 +307,45 @@ def test_a_timeout_reads_the_same_whichever_guard_stopped_the_code(fired, tmp_pa
         assert (raised.value.kind, raised.value.message) == ("timeout", "5 s of CPU time, 20 s in all")
     finally:
         session.cleanup()
+
+
+def test_a_checks_random_draws_do_not_depend_on_another_thread_or_on_what_ran_before():
+    """--jobs grades submissions in threads of one process, and the checks' own code draws from the
+    global generators (a seeded reference model, random inputs). Each check draws what it would draw
+    alone, whatever another thread draws while it waits on its sandbox, and gives the caller (a
+    notebook running its public checks) its generators back as they were."""
+    import random
+    import threading
+    import time
+
+    from autograder.grading.runner import checks_running, waiting_on_the_sandbox
+
+    def a_check(seed: int, out: list) -> None:
+        with checks_running(seed):
+            draws = []
+            for _ in range(40):
+                draws += [torch.rand(2), torch.tensor([random.random()])]
+                with waiting_on_the_sandbox():  # where a check calls the submission
+                    time.sleep(0.0005)
+            out.append(torch.cat(draws))
+
+    alone: list = []
+    torch.manual_seed(123)
+    for seed in (1, 2):
+        a_check(seed, alone)
+        torch.rand(5)  # whatever ran before a check does not change its draws
+    assert not torch.equal(alone[0], alone[1])
+    together: list[list] = [[], []]
+    for _ in range(3):
+        together = [[], []]
+        threads = [threading.Thread(target=a_check, args=(seed, together[i])) for i, seed in enumerate((1, 2))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert torch.equal(together[0][0], alone[0]) and torch.equal(together[1][0], alone[1])
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    a_check(3, [])
+    assert torch.equal(torch.rand(3), expected), "a check must leave the caller's generators as it found them"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import textwrap
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from autograder.grading import api
 from autograder.grading.api import CheckFailure, RemoteSubmission
@@ -35,6 +40,59 @@ def time_limit(cpu_seconds: float) -> str:
     either way, so it never says which one fired.
     """
     return f"{cpu_seconds:g} s of CPU time, {wall_backstop(cpu_seconds):g} s in all"
+
+
+# The grader grades --jobs submissions in threads of one process, and the checks' own code (the seeded
+# reference models, the random inputs) draws from the process's global generators: two checks drawing at
+# once would each get the other's numbers, so a mutant could pass in one run and fail in the next. That
+# code therefore runs one thread at a time, from generators seeded by the check's own seed; a thread lets
+# go only while it waits on its sandbox, and takes its generators back as it left them.
+_CHECKS_LOCK = threading.Lock()
+_HOLDER = threading.local()
+
+
+def _generators() -> tuple:
+    return torch.get_rng_state(), random.getstate()
+
+
+def _set_generators(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    random.setstate(state[1])
+
+
+@contextmanager
+def checks_running(seed: int):
+    """Run a check's own code alone, its generators seeded by ``seed``; the caller's come back after."""
+    if getattr(_HOLDER, "held", False):  # a check inside a check (a re-run): the outer one holds the lock
+        yield
+        return
+    with _CHECKS_LOCK:
+        _HOLDER.held = True
+        before = _generators()
+        try:
+            torch.manual_seed(seed)
+            random.seed(seed)
+            yield
+        finally:
+            _set_generators(before)  # a notebook's own draws go on as if no check had run
+            _HOLDER.held = False
+
+
+@contextmanager
+def waiting_on_the_sandbox():
+    """Let other threads' checks run while this one waits on its sandbox; its generators are kept."""
+    if not getattr(_HOLDER, "held", False):
+        yield
+        return
+    state = _generators()
+    _HOLDER.held = False
+    _CHECKS_LOCK.release()
+    try:
+        yield
+    finally:
+        _CHECKS_LOCK.acquire()
+        _HOLDER.held = True
+        _set_generators(state)
 
 
 class WorkerSession:
@@ -125,6 +183,10 @@ class WorkerSession:
         return worker, errors
 
     def request(self, message: dict) -> dict:
+        with waiting_on_the_sandbox():
+            return self._request(message)
+
+    def _request(self, message: dict) -> dict:
         worker = self.ensure_started()
         try:
             response = worker.request({**message, "cpu_seconds": self.limits.call_seconds},
@@ -185,7 +247,8 @@ def run_check(check: Check, submission: api.Submission) -> tuple[str, str]:
     a crash or a forbidden function is final, so a runaway loop costs its time once.
     """
     try:
-        check.function(submission)
+        with checks_running(check.seed):
+            check.function(submission)
     except api.DependencyFailure as failure:
         return _with_references(check, submission, failure)
     except CheckFailure as failure:
@@ -201,7 +264,7 @@ def _with_references(check: Check, submission: api.Submission, failure: api.Depe
     if not references or submission.substituting:
         return failure.status, failure.message
     try:
-        with submission.substituted(references):
+        with submission.substituted(references), checks_running(check.seed):
             check.function(submission)
     except (CheckFailure, WorkerError):
         return failure.status, failure.message  # wrong with the references too: the first failure stands
