@@ -11,16 +11,17 @@ running, load average 4-8; then with a busy loop ``python -c 'while 1: pass'`` a
 
 - Two presets: Lighthouse's desktop preset (simulated desktop: 10 Mbit/s, 40 ms RTT, no CPU
   slowdown) and its default, mobile emulation (a mid-range phone on slow 4G, 150 ms RTT,
-  the CPU slowed 4x). That 4x assumes a host of Lighthouse benchmarkIndex 1500-2000
-  (docs/throttling.md, "Calibrating the CPU slowdown"); this machine measured 1134-1910
-  from one run to the next, and a CI machine scored the Plotly chapter 0.83-0.95 where this
-  one scored 0.95-0.97. So the slowdown is calibrated as those docs say: the median index of
-  the runs so far over 1750 / 4 (the phone stays the same whatever the host), and each
-  run's index and slowdown go to scores.txt and to a failure's message. Mobile scored these pages 0.28-0.78 before tools/sphinx_site.py
+  the CPU slowed 4x). Mobile scored these pages 0.28-0.78 before tools/sphinx_site.py
   bundled and purged the stylesheets, cut the icon fonts to the icons drawn, typeset the
   maths at build time and fetched Plotly only near its figure (see its docstring). The
-  CPU part of a mobile score is the trace's own task times multiplied by 4, so it moves
-  with this machine's load far more than desktop's does.
+  CPU part of a mobile score is the trace's own task times multiplied by the slowdown, so it
+  moves with this machine's load far more than desktop's does.
+- Lighthouse's 4x assumes a host of benchmarkIndex 1500-2000 (its docs/throttling.md,
+  "Calibrating the CPU slowdown"); this machine measured 1134-2247 from one run to the next,
+  and a CI machine scored the Plotly chapter 0.83-0.95 where this one scored 0.94-0.97. So
+  the slowdown is calibrated as those docs say: the median index of the runs so far (every
+  run measures it) over 1750 / 4, within 1x-8x, so that the phone stays the same whatever
+  the host. Each run's index and slowdown go to scores.txt and to a failure's message.
 - Accessibility, best practices and SEO came out the same on every run (1.00; they read
   the page, not a clock). Performance moves from run to run: five runs of each page
   gave 0.95-1.00 (index, text chapter) and 0.90-0.99 (Plotly chapter), and with the busy
@@ -71,7 +72,7 @@ import lighthouse from "lighthouse";
 import desktopConfig from "lighthouse/core/config/desktop-config.js";
 import * as chromeLauncher from "chrome-launcher";
 
-const [runs, reports, categories, required] = JSON.parse(process.argv[1]);
+const [runs, reports, categories, required, measured] = JSON.parse(process.argv[1]);
 // "mobile" is Lighthouse's default config (a mid-range phone, slow 4G, the CPU 4x slower).
 const configs = { desktop: desktopConfig, mobile: undefined };
 const chrome = await chromeLauncher.launch({
@@ -81,9 +82,9 @@ const chrome = await chromeLauncher.launch({
 try {
   // The mobile preset's CPU slowdown, calibrated to this host as Lighthouse's docs/throttling.md
   // describes: its 4x takes a host of benchmarkIndex 1500-2000 to a mid-tier phone, so the
-  // slowdown is the host's index over 1750 / 4, the index being the median of every run's so far
-  // (each run measures it; one alone moves by a third from run to run on a shared machine).
-  const indices = [];
+  // slowdown is the host's index over 1750 / 4, the index being the median of every run's so far,
+  // earlier calls' included (one alone moves by a third from run to run on a shared machine).
+  const indices = [...measured];
   const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1;
                            return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
   for (const [name, url, preset] of runs) {
@@ -126,11 +127,14 @@ try {
 """
 
 
-def lighthouse_runs(base: str, runs: list[tuple[str, str, str]]) -> list[dict]:
-    """One Lighthouse run per (report name, page path, preset), in order."""
+def lighthouse_runs(base: str, runs: list[tuple[str, str, str]], measured: list[float] = ()) -> list[dict]:
+    """One Lighthouse run per (report name, page path, preset), in order.
+
+    ``measured``: the host's benchmark indices from earlier runs, for the mobile slowdown's calibration.
+    """
     REPORTS.mkdir(parents=True, exist_ok=True)
     argument = json.dumps([[[name, base + path, preset] for name, path, preset in runs], str(REPORTS),
-                           list(CATEGORIES), REQUIRED])
+                           list(CATEGORIES), REQUIRED, list(measured)])
     result = subprocess.run(["node", "--input-type=module", "-e", RUNNER, argument], cwd=ROOT,
                             env={**os.environ, "CHROME_PATH": CHROMIUM}, capture_output=True, text=True,
                             timeout=120 + 60 * len(runs))
@@ -150,8 +154,10 @@ def median_policy(base: str) -> dict[tuple[str, str], list[dict]]:
         results[tuple(run["name"].split("-")[:2])].append(run)
     threshold = CATEGORIES["performance"]
     doubtful = [key for key, runs in results.items() if min(r["scores"]["performance"] for r in runs) < threshold]
+    measured = [run["host"]["benchmarkIndex"] for runs in results.values() for run in runs
+                if run["host"]["benchmarkIndex"]]
     for run in lighthouse_runs(base, [(f"{page}-{preset}-{i}", PAGES[page], preset)
-                                      for i in (3, 4, 5) for page, preset in doubtful]):
+                                      for i in (3, 4, 5) for page, preset in doubtful], measured):
         results[tuple(run["name"].split("-")[:2])].append(run)
     return results
 
