@@ -335,9 +335,8 @@ def test_a_checks_random_draws_do_not_depend_on_another_thread_or_on_what_ran_be
         a_check(seed, alone)
         torch.rand(5)  # whatever ran before a check does not change its draws
     assert not torch.equal(alone[0], alone[1])
-    together: list[list] = [[], []]
     for _ in range(3):
-        together = [[], []]
+        together: list[list] = [[], []]
         threads = [threading.Thread(target=a_check, args=(seed, together[i])) for i, seed in enumerate((1, 2))]
         for thread in threads:
             thread.start()
