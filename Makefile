@@ -12,10 +12,11 @@ PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}{sys.ver
 CONSTRAINTS := $(wildcard requirements/constraints-py$(PYVER).txt)
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: help book pdf test pin notebooks solutions exercises gradescope grade preview system-deps clean clean-book
+.PHONY: help book runs pdf test pin notebooks solutions exercises gradescope grade preview system-deps clean clean-book
 
 help:
 	@echo "make book       build the book into _build/html (installs what it needs)"
+	@echo "make runs       train every run the chapters read from nothing (~15 min) and ship them in trained/"
 	@echo "make pdf        build the whole book as one PDF, _build/pdf/book.pdf (XeLaTeX; installs TeX as root)"
 	@echo "make test       run the whole test suite (builds the book first)"
 	@echo "make pin        record the last commit of the student package as what notebooks install"
@@ -60,6 +61,16 @@ book: $(VENV)/.book-installed
 	OMP_NUM_THREADS=1 $(BIN)/jupyter-book build -n -W --keep-going .
 	@echo
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html  (or run: make preview)"
+
+# Train every run the chapters read, from nothing (about 15 minutes on two cores), ship the results
+# in trained/ (tools/trained.py) and build the book from them. After a change to the training code
+# the build trains what trained/ lacks, and tests/test_trained.py fails until this has run.
+runs: $(VENV)/.book-installed
+	rm -rf _build/.jupyter_cache _build/models _build/runs-fresh
+	TINYLLM_CACHE=$(CURDIR)/_build/runs-fresh $(BIN)/python -m tools.execute_book --no-shipped $(if $(BOOK_JOBS),--jobs $(BOOK_JOBS))
+	$(BIN)/python -m tools.trained ship _build/runs-fresh
+	mv _build/runs-fresh _build/models
+	$(MAKE) book
 
 # The whole book as one PDF: the chapters executed as for `make book` (the same cache; the LaTeX
 # build refuses to execute one itself, tools/sphinx_print.py), Sphinx's LaTeX builder, then XeLaTeX.

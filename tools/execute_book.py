@@ -96,14 +96,27 @@ def _execute(path: str, notebook, timeout: int, cache_path: Path = CACHE):
 
 
 def execute(jobs: int, timeout: int = 900, log=print, cache_path: Path = CACHE,
-            order: str = "longest") -> dict[str, float]:
+            order: str = "longest", shipped: bool = True) -> dict[str, float]:
     """Execute every chapter that the cache lacks, ``jobs`` at a time; returns {chapter: seconds} of those run.
 
     ``order``: "longest" first as last measured (the build's), or "book" / "reverse" (the
     table of contents' order, or its reverse: a test executes the book both ways).
+    ``shipped``: first copy the shipped training runs (``trained/``, see
+    tools.trained) into the model cache, so that the chapters read them instead of
+    training; False trains every run the cache lacks (``make runs``). Either way,
+    what the chapters trained is listed in the model cache's record.
     """
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
+
+    from tinyllm.book import cache_dir
+    from tools import trained
+
+    models = cache_dir()
+    if shipped:
+        copied = trained.seed(models)
+        if copied:
+            log(f"execute_book: {copied} shipped training runs copied into {models}")
 
     cache_path.mkdir(parents=True, exist_ok=True)
     cache = get_cache(str(cache_path))
@@ -133,6 +146,7 @@ def execute(jobs: int, timeout: int = 900, log=print, cache_path: Path = CACHE,
     if not todo:
         return ran
     start = time.perf_counter()
+    before = set(trained.entries(models))
     # spawn: fresh workers, not copies of this process (which may hold threads and open databases)
     with ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_execute, str(path), notebook, timeout, cache_path): inputs
@@ -155,6 +169,10 @@ def execute(jobs: int, timeout: int = 900, log=print, cache_path: Path = CACHE,
             ran[key] = seconds
             log(f"  [{n}/{len(todo)}] {key} executed in {seconds:.1f} s "
                 f"({time.perf_counter() - start:.0f} s since the start)")
+    new = trained.record(models, before)
+    if new:
+        log(f"execute_book: the chapters trained {len(new)} runs that the model cache lacked "
+            f"(listed in {models / trained.RECORD})")
     return ran
 
 
@@ -186,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
     parser.add_argument("--timeout", type=int, default=config.get("execute", {}).get("timeout", 900),
                         help="seconds a cell may run (default: _config.yml's execute.timeout)")
+    parser.add_argument("--no-shipped", dest="shipped", action="store_false",
+                        help="train every run the model cache lacks instead of copying the shipped ones (make runs)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     CACHE.parent.mkdir(parents=True, exist_ok=True)
-    execute(args.jobs, args.timeout)
+    execute(args.jobs, args.timeout, shipped=args.shipped)
     return 0
 
 
