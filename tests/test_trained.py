@@ -13,9 +13,7 @@ from tools.bookconfig import ROOT
 
 def test_the_last_build_trained_nothing_that_is_not_shipped():
     """A fresh clone's build must read every run from trained/; what it trained instead is stale there."""
-    from tinyllm.book import cache_dir
-
-    missing = trained.stale(cache_dir())
+    missing = trained.stale()
     assert not missing, (f"the last build trained {len(missing)} runs that trained/ lacks, e.g. {missing[:3]}: "
                          "the training code changed; run `make runs` and commit trained/")
 
@@ -66,10 +64,11 @@ def test_shipping_slims_checkpoints_and_seeding_fills_only_what_the_cache_lacks(
     assert (build / "run_x_0123.json").read_text() == '{"loss": 9.0}'
     before = set(trained.entries(build))
     (build / "run_y_4567.json").write_text("{}")  # what a chapter trained
-    assert trained.record(build, before) == ["run_y_4567.json"]
-    assert trained.stale(build, shipped) == ["run_y_4567.json"]
+    record = tmp_path / trained.RECORD
+    assert trained.record(record, build, before) == ["run_y_4567.json"]
+    assert trained.stale(record, shipped) == ["run_y_4567.json"]
     (shipped / "run_y_4567.json").write_text("{}")  # make runs shipped it
-    assert trained.stale(build, shipped) == []
+    assert trained.stale(record, shipped) == []
 
 
 def test_the_build_copies_the_shipped_runs_unless_told_to_train(tmp_path, monkeypatch):

@@ -144,6 +144,8 @@ def execute(jobs: int, timeout: int = 900, log=print, cache_path: Path = CACHE,
     log(f"execute_book: {len(todo)} of {len(chapters())} chapters to execute, {jobs} at a time")
     ran: dict[str, float] = {}
     if not todo:
+        if not (cache_path / trained.RECORD).exists():  # a build that executes nothing trains nothing
+            (cache_path / trained.RECORD).write_text("", encoding="utf-8")
         return ran
     start = time.perf_counter()
     before = set(trained.entries(models))
@@ -169,10 +171,10 @@ def execute(jobs: int, timeout: int = 900, log=print, cache_path: Path = CACHE,
             ran[key] = seconds
             log(f"  [{n}/{len(todo)}] {key} executed in {seconds:.1f} s "
                 f"({time.perf_counter() - start:.0f} s since the start)")
-    new = trained.record(models, before)
+    new = trained.record(cache_path / trained.RECORD, models, before)
     if new:
         log(f"execute_book: the chapters trained {len(new)} runs that the model cache lacked "
-            f"(listed in {models / trained.RECORD})")
+            f"(listed in {cache_path / trained.RECORD})")
     return ran
 
 

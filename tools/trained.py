@@ -11,8 +11,8 @@ of the library modules that train it. Those results are shipped here, so a
 fresh clone's build copies them into its model cache (``_build/models``) and
 executes every chapter without training. A change to the training code
 changes the keys: the build then trains what it lacks, as before, lists it in
-``_build/models/trained-by-the-last-build.txt``, and ``tests/test_trained.py``
-fails until ``make runs`` ships the new results.
+``_build/.jupyter_cache/trained-by-the-last-build.txt``, and
+``tests/test_trained.py`` fails until ``make runs`` ships the new results.
 
 Checkpoints of ``trained_tiny_gpt`` are shipped without their optimiser state
 and their copy of the best weights (a finished run's weights are the ones it
@@ -29,15 +29,17 @@ from pathlib import Path
 from tools.bookconfig import ROOT
 
 SHIPPED = ROOT / "trained"
+# Beside the executed chapters it describes, so a test that executes them into a cache of its own
+# (tests/test_book_build.py) leaves the build's record alone.
 RECORD = "trained-by-the-last-build.txt"
+BUILD_RECORD = ROOT / "_build" / ".jupyter_cache" / RECORD
 
 
 def entries(folder: Path) -> dict[str, Path]:
-    """{name: path} of a model cache's finished entries (no locks, no half-written files, no record)."""
+    """{name: path} of a model cache's finished entries (no locks, no half-written files)."""
     if not folder.is_dir():
         return {}
-    return {p.name: p for p in sorted(folder.iterdir())
-            if p.is_file() and p.suffix in (".json", ".pt") and p.name != RECORD}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in (".json", ".pt")}
 
 
 def seed(cache: Path, shipped: Path | None = None) -> int:
@@ -55,10 +57,10 @@ def seed(cache: Path, shipped: Path | None = None) -> int:
     return copied
 
 
-def record(cache: Path, before: set[str]) -> list[str]:
-    """Write (and return) the entries that appeared in ``cache`` since ``before``: what the build trained."""
+def record(path: Path, cache: Path, before: set[str]) -> list[str]:
+    """Write to ``path`` (and return) the entries that appeared in ``cache`` since ``before``: what was trained."""
     trained = sorted(set(entries(cache)) - before)
-    (cache / RECORD).write_text("".join(name + "\n" for name in trained), encoding="utf-8")
+    path.write_text("".join(name + "\n" for name in trained), encoding="utf-8")
     return trained
 
 
@@ -91,18 +93,15 @@ def ship(cache: Path, shipped: Path | None = None) -> list[str]:
     return sorted(found)
 
 
-def stale(cache: Path, shipped: Path | None = None) -> list[str]:
-    """What the last build that executed a chapter trained, less what is shipped since."""
-    shipped = shipped or SHIPPED
-    path = cache / RECORD
+def stale(path: Path | None = None, shipped: Path | None = None) -> list[str]:
+    """What the last build that executed a chapter trained (its record, ``path``), less what is shipped since."""
+    path, shipped = path or BUILD_RECORD, shipped or SHIPPED
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make book` first")
     return [name for name in path.read_text(encoding="utf-8").split() if name not in entries(shipped)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinyllm.book import cache_dir
-
     parser = argparse.ArgumentParser(prog="python -m tools.trained", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     ship_parser = commands.add_parser("ship", help="replace trained/ by the entries of a model cache")
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         size = sum(p.stat().st_size for p in entries(SHIPPED).values())
         print(f"tools.trained: shipped {len(names)} runs into {SHIPPED.relative_to(ROOT)}/ ({size / 1e6:.1f} MB)")
         return 0
-    missing = stale(cache_dir())
+    missing = stale()
     if missing:
         print(f"tools.trained: the last build trained {len(missing)} runs that trained/ lacks "
               f"(e.g. {missing[0]}): run `make runs` and commit trained/", file=sys.stderr)
