@@ -104,7 +104,7 @@ def execute(jobs: int, timeout: int = 900, log=print, cache_path: Path = CACHE,
     ``shipped``: first copy the shipped training runs (``trained/``, see
     tools.trained) into the model cache, so that the chapters read them instead of
     training; False trains every run the cache lacks (``make runs``). Either way,
-    what the chapters trained is listed in the model cache's record.
+    what the chapters trained is listed in ``cache_path``'s record (tools.trained.RECORD).
     """
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
