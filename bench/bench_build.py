@@ -1,12 +1,14 @@
 """The book's build time: cold serial and parallel, warm, and cold under load, in one run on this machine.
 
-    python bench/bench_build.py                  # everything (four cold builds: about 20 minutes on 2 cores)
+    python bench/bench_build.py                  # everything (three cold builds: about 13 minutes on 2 cores)
     python bench/bench_build.py --skip-load      # without the build under load
     python bench/bench_build.py --smoke          # a one-chapter book, built cold: checks that it runs
 
 Each build runs in a fresh copy of the checkout's tracked files, with an empty
-``_build`` and an empty model cache, as on a fresh clone with the virtual
-environment installed; the copy's own ``tinyllm`` is imported. A build is what
+``_build`` and a model cache that starts empty, as on a fresh clone with the
+virtual environment installed: the build fills it from the shipped training runs
+(``trained/``, tools/trained.py), so it trains only what they lack. The copy's
+own ``tinyllm`` is imported. A build is what
 ``make book`` does: ``tools.execute_book --jobs N`` (the chapters N at a time,
 one thread per kernel), then the strict Sphinx build. Measured:
 
