@@ -4,8 +4,9 @@
     python -m tools.trained ship DIR            # replace trained/ by the entries of the model cache DIR
     python -m tools.trained check               # the last build trained nothing that is not shipped
 
-The chapters train about 1,300 CPU-seconds of models and seeded comparisons
-(chapter 10 alone runs 24). ``tinyllm.book`` caches each result under a key
+Training the chapters' models and seeded comparisons (chapter 10 alone runs
+24) keeps two cores busy for over 13 minutes: ``make runs`` executed the
+chapters in 811 s. ``tinyllm.book`` caches each result under a key
 that hashes everything it depends on: its arguments, the corpus and the source
 of the library modules that train it. Those results are shipped here, so a
 fresh clone's build copies them into its model cache (``_build/models``) and
