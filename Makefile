@@ -16,7 +16,7 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check -q $(if $(CONSTR
 
 help:
 	@echo "make book       build the book into _build/html (installs what it needs)"
-	@echo "make runs       train every run the chapters read from nothing (~15 min) and ship them in trained/"
+	@echo "make runs       train every run the chapters read from nothing (~14 min) and ship them in trained/"
 	@echo "make pdf        build the whole book as one PDF, _build/pdf/book.pdf (XeLaTeX; installs TeX as root)"
 	@echo "make test       run the whole test suite (builds the book first)"
 	@echo "make pin        record the last commit of the student package as what notebooks install"
@@ -62,7 +62,7 @@ book: $(VENV)/.book-installed
 	@echo
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html  (or run: make preview)"
 
-# Train every run the chapters read, from nothing (about 15 minutes on two cores), ship the results
+# Train every run the chapters read, from nothing (about 14 minutes on two cores), ship the results
 # in trained/ (tools/trained.py) and build the book from them. After a change to the training code
 # the build trains what trained/ lacks, and tests/test_trained.py fails until this has run.
 runs: $(VENV)/.book-installed

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from tools import execute_book, trained
-from tools.bookconfig import ROOT
 
 
 def test_the_last_build_trained_nothing_that_is_not_shipped():

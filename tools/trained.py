@@ -99,7 +99,8 @@ def stale(path: Path | None = None, shipped: Path | None = None) -> list[str]:
     path, shipped = path or BUILD_RECORD, shipped or SHIPPED
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make book` first")
-    return [name for name in path.read_text(encoding="utf-8").split() if name not in entries(shipped)]
+    have = entries(shipped)
+    return [name for name in path.read_text(encoding="utf-8").split() if name not in have]
 
 
 def main(argv: list[str] | None = None) -> int:
